@@ -1,0 +1,3 @@
+from llmtally.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,552 @@
+"""Capture at the HTTP client: one hook on ``send`` of httpx and httpx2, sync and async.
+
+The current openai and anthropic SDKs (and so LangChain's ChatOpenAI and ChatAnthropic) send every
+request through ``httpx2.Client.send`` / ``AsyncClient.send``; many other SDKs use ``httpx``.
+Hooking ``send`` meters all of them from the wire format alone, without depending on SDK internals.
+
+The hook never changes what the caller gets: the request goes out as it came, the response object
+is the one the client built, and a streamed body reaches the caller chunk for chunk. A streamed
+response's byte stream is wrapped by a tap that decodes SSE events as the caller reads them and
+settles the call when the stream ends or is closed. Anything that goes wrong inside llmtally is
+logged and swallowed (``_guard``); errors of the call itself propagate untouched.
+
+Patching is idempotent and reversible. A client module imported after ``instrument()`` is patched
+on import by a meta-path hook, so ``import llmtally`` never has to import httpx itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+import zlib
+from decimal import Decimal
+from typing import Any
+
+from . import _scope, wire
+from ._pricing import price_usage
+from ._usage import Call, Usage
+
+__all__ = ["add_sink", "ensure_instrumented", "instrument", "is_instrumented", "remove_sink", "uninstrument"]
+
+log = logging.getLogger("llmtally")
+
+_MODULES = ("httpx", "httpx2")
+_lock = threading.RLock()
+_patched: dict[str, tuple[Any, Any, Any]] = {}  # module name -> (module, sync send, async send)
+_instrumented = False
+_finder: _PatchOnImport | None = None
+
+#: Callables that receive every settled Call (the ledger and OpenTelemetry sinks register here).
+_sinks: list[Any] = []
+
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
+_ZERO = Decimal(0)
+
+
+def add_sink(sink: Any) -> None:
+    """Send every settled ``Call`` to ``sink(call)``, whether or not a scope is open."""
+    with _lock:
+        if sink not in _sinks:
+            _sinks.append(sink)
+    ensure_instrumented()
+
+
+def remove_sink(sink: Any) -> None:
+    with _lock:
+        if sink in _sinks:
+            _sinks.remove(sink)
+
+
+# ---------------------------------------------------------------------------------------------
+# One metered request
+# ---------------------------------------------------------------------------------------------
+
+
+class _Meter:
+    """The state of one request from ``send`` until its call is settled."""
+
+    __slots__ = (
+        "_decoder",
+        "_sse",
+        "_stream",
+        "broken",
+        "done",
+        "host",
+        "parser",
+        "perf",
+        "request",
+        "scopes",
+        "started",
+        "status",
+    )
+
+    def __init__(self, parser: wire.Parser, request: Any, host: str, scopes: tuple[Any, ...]) -> None:
+        self.parser = parser
+        self.request = request
+        self.host = host
+        self.scopes = scopes
+        self.started = time.time()
+        self.perf = time.perf_counter()
+        self.status: int | None = None
+        self._stream: wire.StreamParser | None = None
+        self._sse: Any = None
+        self._decoder: Any = None
+        self.broken = False
+        self.done = False
+
+    # -- outcomes ------------------------------------------------------------------------------
+    def failed(self, exc: BaseException) -> None:
+        """The request raised before any response (connection error, timeout, cancellation)."""
+        self._settle(None, error=f"{type(exc).__name__}: {exc}"[:300])
+
+    def response(self, response: Any, read: bool) -> None:
+        """The client returned ``response``; ``read`` tells whether its body is already in memory."""
+        self.status = status = response.status_code
+        if status >= 400:
+            # Errors cost nothing; the body is the caller's to read, untouched.
+            self._settle(None, error=f"HTTP {status}")
+            return
+        sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        if read:
+            content = response.content
+            if sse:
+                self._begin_stream()
+                self._feed_decoded(content)
+                self.finish()
+            else:
+                self._body(content)
+            return
+        encoding = response.headers.get("content-encoding", "").lower().strip()
+        inflate = _decoder(encoding) if encoding and encoding != "identity" else None
+        if sse:
+            self._begin_stream()
+            self._decoder = inflate
+        else:
+            self._decoder = _Collect(inflate)
+        # Swap the body stream for a tap; the caller reads the very same bytes through it.
+        response.stream = _tap_for(response.stream, self)
+
+    # -- bodies --------------------------------------------------------------------------------
+    def _body(self, content: bytes) -> None:
+        obj = wire.loads(content)
+        if obj is None:
+            log.warning(
+                "llmtally: the response of POST %s%s is not %s JSON; counted without usage",
+                self.host,
+                self.request.url.path,
+                self.parser.endpoint,
+            )
+            result: wire.Result | None = wire.Result()
+        else:
+            result = self.parser.body(obj)
+            if result is None:  # same path, another API (an OpenAI thread message, say): not a model call
+                self.done = True
+                self.request = None
+                return
+        self._settle(result)
+
+    # -- streams -------------------------------------------------------------------------------
+    def _begin_stream(self) -> None:
+        from ._sse import SSEDecoder
+
+        self._stream = self.parser.stream()
+        self._sse = SSEDecoder()
+
+    def feed(self, chunk: bytes) -> None:
+        """One raw chunk as the caller reads it."""
+        if self.broken or self.done:
+            return
+        try:
+            decoder = self._decoder
+            if decoder is not None:
+                chunk = decoder.decompress(chunk)
+                if self._stream is None:
+                    return
+            self._feed_decoded(chunk)
+        except Exception as exc:
+            self.broken = True
+            log.warning(
+                "llmtally: could not read the stream of POST %s%s (%s: %s); counting it from what was read",
+                self.host,
+                self.request.url.path,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _feed_decoded(self, chunk: bytes) -> None:
+        stream = self._stream
+        for name, data in self._sse.feed(chunk):
+            stream.event(name, data)  # type: ignore[union-attr]
+
+    def finish(self) -> None:
+        """The stream ended or was closed: settle with what it carried."""
+        if self.done:
+            return
+        try:
+            if isinstance(self._decoder, _Collect):
+                self._body(self._decoder.body())
+                return
+            if self._stream is not None and not self.broken:
+                for name, data in self._sse.close():
+                    self._stream.event(name, data)
+            self._settle(self._stream.result if self._stream is not None else wire.Result(), stream=True)
+        except Exception:
+            log.exception("llmtally: failed to settle a streamed call")
+            self.done = True
+
+    # -- settle --------------------------------------------------------------------------------
+    def _settle(self, result: wire.Result | None, *, error: str | None = None, stream: bool = False) -> None:
+        if self.done:
+            return
+        self.done = True
+        latency = time.perf_counter() - self.perf
+        requested = self._requested_model()
+        hint = wire.provider_for_host(self.host)
+        call = Call(
+            provider=hint or self.parser.provider,
+            endpoint=self.parser.endpoint,
+            model=None,
+            requested_model=requested,
+            status=self.status,
+            stream=stream,
+            started_at=self.started,
+            latency=latency,
+            url_host=self.host,
+            scope_path=tuple(t.name or "" for t in self.scopes),
+        )
+        if result is None:
+            call.ok = False
+            call.error = error
+            call.cost = _ZERO
+            call.model = requested
+        else:
+            call.model = result.model or requested
+            call.request_id = result.request_id
+            usage = result.usage
+            if usage is None:
+                usage = self._estimate(result, call.model)
+                call.estimated = True
+            call.usage = usage
+            cost, source = price_usage(
+                usage, call.model, provider=hint, api_url=f"https://{self.host}", at=self.started
+            )
+            call.cost, call.price_source = cost, source
+            if source is not None:
+                call.provider = source.split(": ", 1)[1].split("/", 1)[0]
+        self.request = None  # drop the request (and its prompt) as soon as possible
+        _scope.record(call, self.scopes)
+        for sink in _sinks:
+            try:
+                sink(call)
+            except Exception:
+                log.exception("llmtally: sink %r failed", sink)
+
+    def _requested_model(self) -> str | None:
+        try:
+            content = self.request.content
+        except Exception:
+            return None
+        # The SDKs serialise ``model`` after ``messages``: search from the end. A JSON string cannot
+        # hold an unescaped quote, so this matches a key, not prompt text.
+        at = content.rfind(b'"model"')
+        if at < 0:
+            return None
+        m = _MODEL.match(content, at)
+        return m.group(1).decode("utf-8", "replace") if m else None
+
+    def _estimate(self, result: wire.Result, model: str | None) -> Usage:
+        from . import _tokens
+
+        prompt = 0
+        try:
+            obj = wire.loads(self.request.content)
+            if obj is not None:
+                texts, messages = self.parser.request_text(obj)
+                prompt = _tokens.estimate_chat_input(texts, messages, model)
+        except Exception:
+            log.exception("llmtally: could not estimate the input tokens of a call")
+        completion = _tokens.count(result.text, model) if result.text else 0
+        result.text = []
+        return Usage(prompt, completion)
+
+
+class _Collect:
+    """A streamed JSON body (``stream=True`` without SSE): kept whole, as the SDK keeps it, then parsed."""
+
+    __slots__ = ("inflate", "parts", "size")
+    LIMIT = 64 * 1024 * 1024
+
+    def __init__(self, inflate: Any) -> None:
+        self.inflate = inflate
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def decompress(self, chunk: bytes) -> bytes:
+        if self.inflate is not None:
+            chunk = self.inflate.decompress(chunk)
+        self.size += len(chunk)
+        if self.size > self.LIMIT:
+            raise ValueError(f"a JSON response body over {self.LIMIT} bytes")
+        self.parts.append(chunk)
+        return chunk
+
+    def body(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def _decoder(encoding: str) -> Any:
+    if encoding == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    raise ValueError(f"unsupported content-encoding {encoding!r} on an SSE stream")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stream taps: subclasses of each module's byte-stream base, which Response checks with isinstance
+# ---------------------------------------------------------------------------------------------
+
+_tap_classes: dict[Any, tuple[type, type]] = {}
+
+
+def _tap_classes_for(module: Any) -> tuple[type, type]:
+    classes = _tap_classes.get(module)
+    if classes is not None:
+        return classes
+
+    class SyncTap(module.SyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, inner: Any, meter: _Meter) -> None:
+            self._inner = inner
+            self._meter = meter
+
+        def __iter__(self) -> Any:
+            meter = self._meter
+            for chunk in self._inner:
+                meter.feed(chunk)
+                yield chunk
+            meter.finish()
+
+        def close(self) -> None:
+            try:
+                self._inner.close()
+            finally:
+                self._meter.finish()
+
+        def __getattr__(self, name: str) -> Any:  # elapsed, and whatever else the client reads
+            return getattr(self._inner, name)
+
+    class AsyncTap(module.AsyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, inner: Any, meter: _Meter) -> None:
+            self._inner = inner
+            self._meter = meter
+
+        async def __aiter__(self) -> Any:
+            meter = self._meter
+            async for chunk in self._inner:
+                meter.feed(chunk)
+                yield chunk
+            meter.finish()
+
+        async def aclose(self) -> None:
+            try:
+                await self._inner.aclose()
+            finally:
+                self._meter.finish()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    classes = _tap_classes[module] = (SyncTap, AsyncTap)
+    return classes
+
+
+def _tap_for(stream: Any, meter: _Meter) -> Any:
+    for name, (module, _, _) in _patched.items():
+        sync_tap, async_tap = _tap_classes_for(module)
+        if isinstance(stream, module.SyncByteStream):
+            return sync_tap(stream, meter)
+        if isinstance(stream, module.AsyncByteStream):
+            return async_tap(stream, meter)
+    raise TypeError(f"unknown response stream type {type(stream).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The hooks
+# ---------------------------------------------------------------------------------------------
+
+
+def _begin(request: Any, scopes: tuple[Any, ...]) -> _Meter | None:
+    try:
+        url = request.url
+        parser = wire.route(request.method, url.path)
+        if parser is None:
+            return None
+        return _Meter(parser, request, url.host, scopes)
+    except Exception:
+        log.exception("llmtally: could not inspect a request; it is sent unmetered")
+        return None
+
+
+def _after(meter: _Meter, response: Any, kwargs: dict[str, Any]) -> None:
+    try:
+        meter.response(response, not kwargs.get("stream", False))
+    except Exception:
+        log.exception("llmtally: could not meter a response; the caller gets it untouched")
+
+
+def _failed(meter: _Meter, exc: BaseException) -> None:
+    try:
+        meter.failed(exc)
+    except Exception:
+        log.exception("llmtally: could not record a failed request")
+
+
+def _make_sync(orig: Any) -> Any:
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        scopes = _scope._scopes.get()
+        if not scopes and not _sinks:
+            return orig(self, request, *args, **kwargs)
+        meter = _begin(request, scopes)
+        if meter is None:
+            return orig(self, request, *args, **kwargs)
+        try:
+            response = orig(self, request, *args, **kwargs)
+        except BaseException as exc:
+            _failed(meter, exc)
+            raise
+        _after(meter, response, kwargs)
+        return response
+
+    send.__llmtally_original__ = orig  # type: ignore[attr-defined]
+    send.__wrapped__ = orig  # type: ignore[attr-defined]
+    return send
+
+
+def _make_async(orig: Any) -> Any:
+    async def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        scopes = _scope._scopes.get()
+        if not scopes and not _sinks:
+            return await orig(self, request, *args, **kwargs)
+        meter = _begin(request, scopes)
+        if meter is None:
+            return await orig(self, request, *args, **kwargs)
+        try:
+            response = await orig(self, request, *args, **kwargs)
+        except BaseException as exc:
+            _failed(meter, exc)
+            raise
+        _after(meter, response, kwargs)
+        return response
+
+    send.__llmtally_original__ = orig  # type: ignore[attr-defined]
+    send.__wrapped__ = orig  # type: ignore[attr-defined]
+    return send
+
+
+def _patch_module(module: Any) -> None:
+    with _lock:
+        if any(m is module for m, _, _ in _patched.values()):
+            return  # httpx2.alias_httpx() makes both names one module
+        sync_send = module.Client.send
+        async_send = module.AsyncClient.send
+        if hasattr(sync_send, "__llmtally_original__"):
+            return
+        module.Client.send = _make_sync(sync_send)
+        module.AsyncClient.send = _make_async(async_send)
+        _patched[module.__name__] = (module, sync_send, async_send)
+
+
+class _PatchOnImport:  # a meta-path finder; importlib.abc would cost 25 ms of import time
+    """Patches httpx / httpx2 right after they are imported, for SDKs imported after instrument()."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in _MODULES:
+            return None
+        # Let the normal finders find it, then wrap the loader's exec_module.
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                loader = spec.loader
+                exec_module = loader.exec_module
+
+                def exec_and_patch(module: Any, _exec: Any = exec_module) -> None:
+                    _exec(module)
+                    try:
+                        if _instrumented:
+                            _patch_module(module)
+                    except Exception:
+                        log.exception("llmtally: could not instrument %s", fullname)
+
+                spec.loader = _LoaderProxy(loader, exec_and_patch)
+                return spec
+        return None
+
+
+class _LoaderProxy:
+    def __init__(self, loader: Any, exec_module: Any) -> None:
+        self._loader = loader
+        self._exec = exec_module
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._exec(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+def instrument() -> None:
+    """Hook the HTTP clients (httpx, httpx2; sync and async) so LLM calls are metered.
+
+    Idempotent; the first ``track()`` calls it. Undo with ``uninstrument()``.
+    """
+    global _instrumented, _finder
+    with _lock:
+        if _instrumented:
+            return
+        from ._pricing import warm
+        from ._threads import patch_threads
+
+        _instrumented = True
+        for name in _MODULES:
+            module = sys.modules.get(name)
+            if module is not None:
+                _patch_module(module)
+        if _finder is None:
+            _finder = _PatchOnImport()
+            sys.meta_path.insert(0, _finder)
+        patch_threads()
+        warm()
+
+
+def ensure_instrumented() -> None:
+    if not _instrumented:
+        instrument()
+
+
+def is_instrumented() -> bool:
+    return _instrumented
+
+
+def uninstrument() -> None:
+    """Remove every hook ``instrument()`` installed; clients behave exactly as before."""
+    global _instrumented, _finder
+    with _lock:
+        from ._threads import unpatch_threads
+
+        for module, sync_send, async_send in _patched.values():
+            module.Client.send = sync_send
+            module.AsyncClient.send = async_send
+        _patched.clear()
+        if _finder is not None and _finder in sys.meta_path:
+            sys.meta_path.remove(_finder)
+        _finder = None
+        unpatch_threads()
+        _instrumented = False

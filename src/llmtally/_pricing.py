@@ -1,0 +1,306 @@
+"""Prices from the genai-prices catalogue, resolved once per model and computed in Decimal.
+
+genai-prices' ``calc_price`` resolves the model and walks its unit registry on every call (tens to
+hundreds of microseconds). A metered call needs a price in about a microsecond, so this module asks
+the catalogue once per (provider, host, model), turns each of the model's price sets into a small
+*plan* -- (usage field, price, per, the more specific priced units it must subtract) -- and applies
+the plan with a few Decimal multiplications. The arithmetic is the catalogue's own (leaf values,
+tier cliffs by total input), so the result is the Decimal ``calc_price`` returns; a benchmark and a
+test check that on many (model, usage) pairs.
+
+The catalogue is the bundled snapshot: nothing is fetched at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from ._usage import Usage
+
+__all__ = ["cost_of", "price_usage", "resolve", "warm"]
+
+
+log = logging.getLogger("llmtally")
+
+# genai-prices usage key -> its position in _counts(usage). Keys not listed count 0 for us (audio and
+# image tokens are not metered separately yet), which is what the catalogue assumes when unreported.
+_USAGE_INDEX = {
+    "input_tokens": 0,
+    "output_tokens": 1,
+    "cache_read_tokens": 2,
+    "cache_write_tokens": 3,
+    "cache_write_1h_tokens": 4,
+    "output_reasoning_tokens": 5,
+    "requests": 6,
+}
+_ZERO_INDEX = 7
+
+
+def _counts(u: Usage) -> tuple[int, ...]:
+    return (
+        u.prompt_tokens,
+        u.completion_tokens,
+        u.cached_tokens,
+        u.cache_write_tokens,
+        u.cache_write_1h_tokens,
+        u.reasoning_tokens,
+        1,
+        0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One priced unit: count = usage - (leaf counts of its priced descendants); cost = price*count/per.
+
+    ``scaled`` is the price as an integer in units of 10**-exponent of the whole plan, so a call is
+    priced with integer arithmetic and one Decimal at the end: the same exact value as the
+    catalogue's Decimal sum, about ten times faster. ``tiers`` are (threshold, scaled price) cliffs
+    chosen by total input tokens, highest first.
+    """
+
+    index: int
+    scaled: int
+    tiers: tuple[tuple[int, int], ...]
+    subtract: tuple[int, ...]  # indices of earlier steps (more specific units)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    steps: tuple[_Step, ...]
+    exponent: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A model found in the catalogue."""
+
+    provider_id: str
+    model_id: str
+    info: Any  # genai_prices.types.ModelInfo
+    source: str
+
+
+_lock = threading.Lock()
+_resolved: dict[tuple[str | None, str | None, str], Resolved | None] = {}
+_plans: dict[int, _Plan] = {}
+_warned: set[str] = set()
+
+
+def _snapshot() -> Any:
+    from genai_prices import data_snapshot
+
+    return data_snapshot.get_snapshot()
+
+
+def warm() -> None:
+    """Load the catalogue in a background thread, so the first priced call does not wait for it."""
+
+    def load() -> None:
+        try:
+            _snapshot()
+        except Exception:  # pragma: no cover - logged, pricing retries on demand
+            log.exception("llmtally: could not load the genai-prices catalogue")
+
+    threading.Thread(target=load, name="llmtally-warm-prices", daemon=True).start()
+
+
+def resolve(model: str, provider: str | None = None, api_url: str | None = None) -> Resolved | None:
+    """The catalogue entry for ``model``, or ``None`` if unknown. Cached, including misses."""
+    key = (provider, api_url, model)
+    try:
+        return _resolved[key]
+    except KeyError:
+        pass
+    found = _lookup(model, provider, api_url)
+    with _lock:
+        _resolved[key] = found
+    return found
+
+
+def _lookup(model: str, provider: str | None, api_url: str | None) -> Resolved | None:
+    import genai_prices
+
+    snap = _snapshot()
+    attempts: list[tuple[str | None, str | None]] = []
+    if provider is not None:
+        attempts.append((provider, None))
+    if api_url is not None:
+        attempts.append((None, api_url))
+    # An OpenAI-compatible server we do not recognise (a proxy, a local gateway): price by model name.
+    attempts.append((None, None))
+    for provider_id, url in attempts:
+        try:
+            prov, info = snap.find_provider_model(model, None, provider_id, url)
+        except LookupError:
+            continue
+        source = f"genai-prices {genai_prices.__version__}: {prov.id}/{info.id}"
+        return Resolved(prov.id, info.id, info, source)
+    return None
+
+
+def _plan(model_price: Any) -> _Plan:
+    key = id(model_price)
+    plan = _plans.get(key)
+    if plan is not None:
+        return plan
+    from genai_prices.types import TieredPrices
+    from genai_prices.units import _get_registry
+
+    registry = _get_registry()
+    priced = []
+    for price_key, value in model_price.__dict__.items():
+        if price_key.startswith("_") or value is None:
+            continue
+        try:
+            unit = registry.unit_for_price_key(price_key)
+        except KeyError:
+            continue
+        priced.append((unit, value))
+    # Most specific units first, as the catalogue computes leaf values.
+    priced.sort(key=lambda uv: (-len(uv[0].dimensions), uv[0].usage_key))
+
+    def decimals(value: Any) -> list[Decimal]:
+        if isinstance(value, TieredPrices):
+            return [value.base, *(t.price for t in value.tiers)]
+        return [value]
+
+    # price / per == scaled * 10**-exponent for every price of the model, all integers.
+    exponent = 0
+    for unit, value in priced:
+        per_digits = len(str(unit.per)) - 1
+        if unit.per != 10**per_digits:
+            raise ValueError(f"per={unit.per} is not a power of ten")
+        for d in decimals(value):
+            exponent = max(exponent, per_digits - int(d.as_tuple().exponent))
+
+    def scale(d: Decimal, per: int) -> int:
+        scaled = d * 10**exponent / per
+        if scaled != scaled.to_integral_value():  # pragma: no cover - exponent covers every digit
+            raise ValueError(f"cannot scale price {d}")
+        return int(scaled)
+
+    steps: list[_Step] = []
+    for i, (unit, value) in enumerate(priced):
+        subtract = tuple(
+            j for j in range(i) if unit.dimensions.items() <= priced[j][0].dimensions.items()
+        )
+        if isinstance(value, TieredPrices):
+            base = scale(value.base, unit.per)
+            tiers = tuple((t.start, scale(t.price, unit.per)) for t in reversed(value.tiers))
+        else:
+            base, tiers = scale(value, unit.per), ()
+        steps.append(_Step(_USAGE_INDEX.get(unit.usage_key, _ZERO_INDEX), base, tiers, subtract))
+    plan = _Plan(tuple(steps), exponent)
+    with _lock:
+        _plans[key] = plan
+    return plan
+
+
+def _apply(plan: _Plan, usage: Usage) -> Decimal:
+    counts = _counts(usage)
+    leaves: list[int] = []
+    total = 0
+    for step in plan.steps:
+        count = counts[step.index]
+        for j in step.subtract:
+            count -= leaves[j]
+        if count < 0:
+            raise ValueError(f"inconsistent usage {usage!r}: a part exceeds its whole")
+        leaves.append(count)
+        if count:
+            price = step.scaled
+            for start, tier_price in step.tiers:
+                if usage.prompt_tokens > start:
+                    price = tier_price
+                    break
+            total += price * count
+    return _decimal(total, plan.exponent)
+
+
+def _decimal(scaled: int, exponent: int) -> Decimal:
+    # Strip the scaling's trailing zeros in integers: Decimal('0.00111'), not Decimal('0.0011100').
+    while exponent and not scaled % 10:
+        scaled //= 10
+        exponent -= 1
+    return Decimal(scaled).scaleb(-exponent) if exponent else Decimal(scaled)
+
+
+def _model_price(info: Any, at: float | datetime | None) -> Any:
+    prices = info.prices
+    if not isinstance(prices, list):
+        return prices
+    if at is None:
+        ts = datetime.now(tz=timezone.utc)
+    elif isinstance(at, datetime):
+        ts = at
+    else:
+        ts = datetime.fromtimestamp(at, tz=timezone.utc)
+    return info.get_prices(ts)
+
+
+def price_usage(
+    usage: Usage,
+    model: str | None,
+    *,
+    provider: str | None = None,
+    api_url: str | None = None,
+    at: float | datetime | None = None,
+) -> tuple[Decimal | None, str | None]:
+    """(cost, price source) for one call; cost ``None`` when the model is not in the catalogue."""
+    if not model:
+        return None, None
+    found = resolve(model, provider, api_url)
+    if found is None:
+        _warn_unknown(model, provider)
+        return None, None
+    try:
+        return _apply(_plan(_model_price(found.info, at)), usage), found.source
+    except (ValueError, ArithmeticError, TypeError, AttributeError) as exc:
+        log.warning("llmtally: cannot price %s usage %r: %s", model, usage, exc)
+        return None, None
+
+
+def _warn_unknown(model: str, provider: str | None) -> None:
+    key = f"{provider or '?'}/{model}"
+    if key in _warned:
+        return
+    with _lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    log.warning(
+        "llmtally: no price known for model %r%s; its tokens are counted, its cost is unknown "
+        "and left out of totals",
+        model,
+        f" (provider {provider!r})" if provider else "",
+    )
+
+
+def cost_of(
+    model: str,
+    *,
+    provider: str | None = None,
+    input_tokens: int,
+    output_tokens: int,
+    cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    at: datetime | None = None,
+) -> Decimal | None:
+    """The price in USD of one call's usage, or ``None`` if the model's price is unknown.
+
+    ``input_tokens`` is all input including ``cached_tokens`` and ``cache_write_tokens``;
+    ``output_tokens`` includes ``reasoning_tokens``. ``at`` picks the price in force then (now by
+    default)::
+
+        >>> llmtally.cost_of("gpt-4", input_tokens=11, output_tokens=13)
+        Decimal('0.00111')
+    """
+    usage = Usage(input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens)
+    return price_usage(usage, model, provider=provider, at=at)[0]

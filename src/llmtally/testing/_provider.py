@@ -1,0 +1,194 @@
+"""`FakeProvider`: the script, the request log and the routing every front end shares."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from . import _anthropic, _openai
+from ._script import FakeRequest, Reply
+from ._wire import Answer
+
+if TYPE_CHECKING:
+    from ._server import LoopbackServer
+
+__all__ = ["FakeProvider"]
+
+Route = Callable[[FakeRequest, Reply, str], Answer]
+
+# Longest suffix first: "/chat/completions" must not be taken for legacy "/completions".
+_ROUTES: list[tuple[str, Route, Callable[[Reply, str], Answer]]] = [
+    ("/messages/count_tokens", _anthropic.count_tokens, _anthropic.error),
+    ("/chat/completions", _openai.chat_completions, _openai.error),
+    ("/completions", _openai.completions, _openai.error),
+    ("/embeddings", _openai.embeddings, _openai.error),
+    ("/responses", _openai.responses, _openai.error),
+    ("/messages", _anthropic.messages, _anthropic.error),
+]
+_AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
+
+
+class FakeProvider:
+    """A scripted stand-in for the OpenAI and Anthropic APIs, for tests and benchmarks.
+
+    Each request the provider answers takes the next `Reply` from the script (or asks ``handler``);
+    when the script runs dry it answers like ``Reply()``: the text ``"ok"``. It speaks the real wire
+    formats, so the real SDKs can talk to it, over loopback HTTP or in memory:
+
+        fake = FakeProvider()
+        fake.add(Reply(text="Hello there", prompt_tokens=11, completion_tokens=2))
+        with fake.serve() as base_url:
+            client = openai.OpenAI(base_url=base_url + "/v1", api_key="sk-test", max_retries=0)
+            client.chat.completions.create(model="gpt-4o", messages=[...])
+        assert fake.requests[0].json["model"] == "gpt-4o"
+
+    Routes are matched on the path's suffix, so ``/v1/chat/completions`` and Azure's
+    ``/openai/deployments/{name}/chat/completions`` both work: ``/chat/completions``,
+    ``/completions``, ``/embeddings``, ``/responses`` (OpenAI) and ``/messages``,
+    ``/messages/count_tokens`` (Anthropic). Anything else is a 404, which takes no reply.
+    """
+
+    def __init__(
+        self, replies: Iterable[Reply] = (), *, handler: Callable[[FakeRequest], Reply] | None = None
+    ) -> None:
+        self.handler = handler
+        self.requests: list[FakeRequest] = []
+        self._script: deque[Reply] = deque(replies)
+        self._lock = threading.Lock()
+        self._server: LoopbackServer | None = None
+
+    # -- the script ---------------------------------------------------------------------------
+
+    def add(self, reply: Reply | str) -> FakeProvider:
+        """Queue one reply (a string is shorthand for ``Reply(text=...)``). Returns the provider."""
+        with self._lock:
+            self._script.append(Reply(text=reply) if isinstance(reply, str) else reply)
+        return self
+
+    def extend(self, replies: Iterable[Reply | str]) -> FakeProvider:
+        """Queue several replies, in order."""
+        for reply in replies:
+            self.add(reply)
+        return self
+
+    def add_many(self, reply: Reply, n: int) -> FakeProvider:
+        """Queue the same reply ``n`` times."""
+        with self._lock:
+            self._script.extend([reply] * n)
+        return self
+
+    @property
+    def pending(self) -> int:
+        """How many scripted replies are still unused."""
+        return len(self._script)
+
+    def reset(self) -> None:
+        """Forget the script and the recorded requests."""
+        with self._lock:
+            self._script.clear()
+            self.requests.clear()
+
+    def _next_reply(self, request: FakeRequest) -> Reply:
+        if self.handler is not None:
+            return self.handler(request)
+        with self._lock:
+            return self._script.popleft() if self._script else Reply()
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def answer(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Answer:
+        """Record one request and build its answer; ``target`` is the path plus any query string."""
+        path, _, query = target.partition("?")
+        try:
+            parsed: Any = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        request = FakeRequest(
+            method=method.upper(),
+            path=path,
+            headers={k.lower(): v for k, v in headers.items()},
+            body=body,
+            query=dict(parse_qsl(query)),
+            json=parsed,
+        )
+        with self._lock:
+            self.requests.append(request)
+        route = next((r for r in _ROUTES if path.endswith(r[0])), None)
+        if route is None or request.method != "POST":
+            error = _anthropic.error if "anthropic-version" in request.headers else _openai.error
+            return error(Reply(status=404), f"Unknown route: {method} {path}")
+        build, error, reply = route[1], route[2], self._next_reply(request)
+        if reply.status >= 400:
+            return error(reply, reply.error or _phrase(reply.status))
+        return build(request, reply, _served_model(request, reply))
+
+    # -- front ends ---------------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Start the loopback HTTP server and return its base URL (prefer `serve`)."""
+        from ._server import LoopbackServer
+
+        if self._server is not None:
+            raise RuntimeError("FakeProvider is already serving at " + self._server.url)
+        self._server = LoopbackServer(self)
+        return self._server.url
+
+    def stop(self) -> None:
+        """Stop the loopback server, closing every open connection."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
+    @contextmanager
+    def serve(self) -> Iterator[str]:
+        """Serve on ``127.0.0.1`` (an ephemeral port) for the ``with`` block; yields the base URL.
+
+        OpenAI clients want ``base_url + "/v1"``; Anthropic clients want ``base_url`` itself.
+        """
+        url = self.start()
+        try:
+            yield url
+        finally:
+            self.stop()
+
+    @property
+    def url(self) -> str:
+        """The base URL while serving."""
+        if self._server is None:
+            raise RuntimeError("FakeProvider is not serving; use `with fake.serve() as url:`")
+        return self._server.url
+
+    def httpx_transport(self) -> Any:
+        """An ``httpx.MockTransport`` that answers in memory, streams included, for sync and async clients."""
+        from ._transport import make_transport
+
+        return make_transport(self, "httpx")
+
+    def httpx2_transport(self) -> Any:
+        """The same as `httpx_transport`, for ``httpx2``, the HTTP client of the openai and anthropic SDKs."""
+        from ._transport import make_transport
+
+        return make_transport(self, "httpx2")
+
+
+def _served_model(request: FakeRequest, reply: Reply) -> str:
+    if reply.model:
+        return reply.model
+    azure = _AZURE_DEPLOYMENT.search(request.path)
+    if azure:
+        return azure.group(1)
+    return request.model or "fake-model"
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"

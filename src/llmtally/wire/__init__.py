@@ -1,0 +1,52 @@
+"""Wire formats by endpoint: which parser reads a request's response, and whose price applies.
+
+A request is recognised by its method and the end of its URL path, so the same parser serves the
+provider's own host, Azure deployments, proxies and OpenAI-compatible servers.
+"""
+
+from __future__ import annotations
+
+from ._base import Parser, Result, StreamParser, loads
+from .anthropic import Messages
+from .openai import ChatCompletions, Completions, Embeddings, Responses
+
+__all__ = ["Parser", "Result", "StreamParser", "loads", "provider_for_host", "route"]
+
+_CHAT = ChatCompletions()
+_COMPLETIONS = Completions()
+_EMBEDDINGS = Embeddings()
+_RESPONSES = Responses()
+_MESSAGES = Messages()
+
+# Longest suffix first: "/chat/completions" must win over "/completions".
+_SUFFIXES: tuple[tuple[str, Parser], ...] = (
+    ("/chat/completions", _CHAT),
+    ("/completions", _COMPLETIONS),
+    ("/embeddings", _EMBEDDINGS),
+    ("/responses", _RESPONSES),
+    ("/messages", _MESSAGES),
+)
+
+_HOSTS = {
+    "api.openai.com": "openai",
+    "api.anthropic.com": "anthropic",
+}
+
+
+def route(method: str, path: str) -> Parser | None:
+    """The parser for a request, or ``None`` if it is not a metered LLM call."""
+    if method != "POST":
+        return None
+    path = path.rstrip("/")
+    for suffix, parser in _SUFFIXES:
+        if path.endswith(suffix):
+            return parser
+    return None
+
+
+def provider_for_host(host: str) -> str | None:
+    """The catalogue's provider id for a well-known API host, else ``None`` (price by URL, then model)."""
+    provider = _HOSTS.get(host)
+    if provider is None and (host.endswith(".openai.azure.com") or host.endswith(".cognitiveservices.azure.com")):
+        provider = "azure"
+    return provider

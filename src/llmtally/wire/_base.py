@@ -1,0 +1,73 @@
+"""What every wire format gives back, and the helpers they share."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._usage import Usage
+
+__all__ = ["Parser", "Result", "StreamParser", "as_int", "loads"]
+
+
+def as_int(value: Any) -> int:
+    """A token count from a response: a non-negative int, or 0 for anything else (null, garbage)."""
+    if type(value) is int and value >= 0:
+        return value
+    return 0
+
+
+def loads(data: bytes) -> Any:
+    """JSON from the wire; ``None`` for anything that is not a JSON object (garbage, ``[DONE]``)."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+@dataclass(slots=True)
+class Result:
+    """What a response said about itself: served model, usage (``None`` if absent), request id.
+
+    ``text`` collects the streamed output, only so a stream without usage can be counted offline;
+    it is dropped as soon as the call is settled and never stored.
+    """
+
+    model: str | None = None
+    usage: Usage | None = None
+    request_id: str | None = None
+    text: list[str] = field(default_factory=list)
+
+
+class StreamParser:
+    """Fed each SSE event of one response; ``result`` holds what was learned so far."""
+
+    __slots__ = ("result",)
+
+    def __init__(self) -> None:
+        self.result = Result()
+
+    def event(self, name: str, data: bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Parser:
+    """One API endpoint's wire format."""
+
+    #: Short name of the endpoint, e.g. ``"chat.completions"``.
+    endpoint = ""
+    #: Provider whose format this is, the pricing fallback when the host is not recognised.
+    provider = ""
+
+    def body(self, obj: dict[str, Any]) -> Result | None:  # pragma: no cover - interface
+        """What a JSON response says, or ``None`` if it is another API's answer on the same path."""
+        raise NotImplementedError
+
+    def stream(self) -> StreamParser:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
+        """Input texts of a request and the count of chat messages, for offline estimates."""
+        return [], 0

@@ -1,0 +1,125 @@
+"""Anthropic's Messages API.
+
+Anthropic's ``input_tokens`` *exclude* cache reads and writes::
+
+    {"input_tokens": 21, "cache_creation_input_tokens": 188086, "cache_read_input_tokens": 0,
+     "output_tokens": 393, "cache_creation": {"ephemeral_5m_input_tokens": 188086,
+                                              "ephemeral_1h_input_tokens": 0}}
+
+so prompt tokens = input + cache reads + cache writes. Streams send usage in ``message_start``
+(input side, and an early output count) and cumulative counts in ``message_delta``; the later
+value of each field wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._usage import Usage
+from ._base import Parser, Result, StreamParser, as_int, loads
+
+__all__ = ["Messages", "messages_usage"]
+
+_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+
+
+def messages_usage(u: Any) -> Usage | None:
+    if not isinstance(u, dict):
+        return None
+    return _to_usage({k: as_int(u.get(k)) for k in _FIELDS}, u.get("cache_creation"))
+
+
+def _to_usage(f: dict[str, int], creation: Any) -> Usage:
+    write = f["cache_creation_input_tokens"]
+    read = f["cache_read_input_tokens"]
+    write_1h = as_int(creation.get("ephemeral_1h_input_tokens")) if isinstance(creation, dict) else 0
+    return Usage(
+        prompt_tokens=f["input_tokens"] + read + write,
+        completion_tokens=f["output_tokens"],
+        cached_tokens=read,
+        cache_write_tokens=write,
+        cache_write_1h_tokens=min(write_1h, write),
+    )
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class _MessagesStream(StreamParser):
+    __slots__ = ("_creation", "_fields")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fields: dict[str, int] | None = None
+        self._creation: Any = None
+
+    def _merge(self, u: Any) -> None:
+        if not isinstance(u, dict):
+            return
+        fields = self._fields if self._fields is not None else dict.fromkeys(_FIELDS, 0)
+        for k in _FIELDS:
+            if k in u and u[k] is not None:
+                fields[k] = as_int(u[k])
+        if isinstance(u.get("cache_creation"), dict):
+            self._creation = u["cache_creation"]
+        self._fields = fields
+        self.result.usage = _to_usage(fields, self._creation)
+
+    def event(self, name: str, data: bytes) -> None:
+        obj = loads(data)
+        if obj is None:
+            return
+        kind = obj.get("type") or name
+        r = self.result
+        if kind == "content_block_delta":
+            delta = obj.get("delta")
+            if isinstance(delta, dict):
+                for key in ("text", "partial_json", "thinking"):
+                    if isinstance(delta.get(key), str):
+                        r.text.append(delta[key])
+        elif kind == "message_start":
+            msg = obj.get("message")
+            if isinstance(msg, dict):
+                r.model = _str(msg.get("model"))
+                r.request_id = _str(msg.get("id"))
+                self._merge(msg.get("usage"))
+        elif kind == "message_delta":
+            self._merge(obj.get("usage"))
+
+
+class Messages(Parser):
+    endpoint = "messages"
+    provider = "anthropic"
+
+    def body(self, obj: dict[str, Any]) -> Result | None:
+        # OpenAI's Assistants API also POSTs to .../messages; its objects say "object": "thread.message".
+        if "object" in obj or obj.get("type", "message") != "message":
+            return None
+        return Result(_str(obj.get("model")), messages_usage(obj.get("usage")), _str(obj.get("id")))
+
+    def stream(self) -> StreamParser:
+        return _MessagesStream()
+
+    def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
+        texts: list[str] = []
+        system = obj.get("system")
+        if isinstance(system, str):
+            texts.append(system)
+        elif isinstance(system, list):
+            texts.extend(b["text"] for b in system if isinstance(b, dict) and isinstance(b.get("text"), str))
+        messages = obj.get("messages")
+        count = 0
+        if isinstance(messages, list):
+            for m in messages:
+                if not isinstance(m, dict):
+                    continue
+                count += 1
+                content = m.get("content")
+                if isinstance(content, str):
+                    texts.append(content)
+                elif isinstance(content, list):
+                    for b in content:
+                        if isinstance(b, dict) and isinstance(b.get("text"), str):
+                            texts.append(b["text"])
+        return texts, count

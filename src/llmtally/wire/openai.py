@@ -1,0 +1,230 @@
+"""OpenAI's wire formats: Chat Completions, Responses, Embeddings and legacy Completions.
+
+The same formats are spoken by Azure OpenAI and by OpenAI-compatible servers (vLLM, Ollama, Groq,
+Together, DeepSeek, gateways), so the served model is always taken from the response.
+
+Chat Completions usage::
+
+    {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29,
+     "prompt_tokens_details": {"cached_tokens": 0},
+     "completion_tokens_details": {"reasoning_tokens": 0}}
+
+Streams carry it only in a last chunk with ``"choices": []`` when the request set
+``stream_options.include_usage``. Responses API usage names the same things ``input_tokens`` /
+``output_tokens`` with ``*_details``, and streams send it in ``response.completed``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._usage import Usage
+from ._base import Parser, Result, StreamParser, as_int, loads
+
+__all__ = [
+    "ChatCompletions",
+    "Completions",
+    "Embeddings",
+    "Responses",
+    "chat_usage",
+    "responses_usage",
+]
+
+
+def _details(usage: dict[str, Any], key: str, field: str) -> int:
+    details = usage.get(key)
+    return as_int(details.get(field)) if isinstance(details, dict) else 0
+
+
+def chat_usage(u: Any) -> Usage | None:
+    """Usage of Chat Completions, legacy Completions and Embeddings, in llmtally's convention."""
+    if not isinstance(u, dict):
+        return None
+    prompt = as_int(u.get("prompt_tokens"))
+    completion = as_int(u.get("completion_tokens"))
+    cached = _details(u, "prompt_tokens_details", "cached_tokens")
+    if not cached:
+        # DeepSeek reports cache hits at the top level.
+        cached = as_int(u.get("prompt_cache_hit_tokens"))
+    reasoning = _details(u, "completion_tokens_details", "reasoning_tokens")
+    return Usage(prompt, completion, min(cached, prompt), 0, min(reasoning, completion))
+
+
+def responses_usage(u: Any) -> Usage | None:
+    if not isinstance(u, dict):
+        return None
+    prompt = as_int(u.get("input_tokens"))
+    completion = as_int(u.get("output_tokens"))
+    cached = _details(u, "input_tokens_details", "cached_tokens")
+    reasoning = _details(u, "output_tokens_details", "reasoning_tokens")
+    return Usage(prompt, completion, min(cached, prompt), 0, min(reasoning, completion))
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _message_texts(messages: Any) -> tuple[list[str], int]:
+    texts: list[str] = []
+    count = 0
+    if not isinstance(messages, list):
+        return texts, count
+    for m in messages:
+        if not isinstance(m, dict):
+            continue
+        count += 1
+        for key in ("role", "name"):
+            if isinstance(m.get(key), str):
+                texts.append(m[key])
+        content = m.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+        calls = m.get("tool_calls")
+        if isinstance(calls, list):
+            for call in calls:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict):
+                    texts.extend(v for v in (fn.get("name"), fn.get("arguments")) if isinstance(v, str))
+    return texts, count
+
+
+class _ChatStream(StreamParser):
+    __slots__ = ()
+
+    def event(self, name: str, data: bytes) -> None:
+        obj = loads(data)
+        if obj is None:
+            return
+        r = self.result
+        if r.model is None:
+            r.model = _str(obj.get("model"))
+            r.request_id = _str(obj.get("id"))
+        usage = obj.get("usage")
+        if usage:
+            r.usage = chat_usage(usage)
+        choices = obj.get("choices")
+        if not isinstance(choices, list):
+            return
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                # Legacy completions stream text at the choice level.
+                text = choice.get("text")
+                if isinstance(text, str):
+                    r.text.append(text)
+                continue
+            for key in ("content", "reasoning_content", "refusal"):
+                text = delta.get(key)
+                if isinstance(text, str):
+                    r.text.append(text)
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                for call in calls:
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(fn, dict):
+                        r.text.extend(v for v in (fn.get("name"), fn.get("arguments")) if isinstance(v, str))
+
+
+class ChatCompletions(Parser):
+    endpoint = "chat.completions"
+    provider = "openai"
+
+    def body(self, obj: dict[str, Any]) -> Result | None:
+        result = Result(_str(obj.get("model")), chat_usage(obj.get("usage")), _str(obj.get("id")))
+        if result.usage is None:
+            # A server that reports no usage: keep the answer's text to count it offline.
+            for choice in obj.get("choices") or ():
+                if isinstance(choice, dict):
+                    msg = choice.get("message")
+                    text = msg.get("content") if isinstance(msg, dict) else choice.get("text")
+                    if isinstance(text, str):
+                        result.text.append(text)
+        return result
+
+    def stream(self) -> StreamParser:
+        return _ChatStream()
+
+    def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
+        texts, count = _message_texts(obj.get("messages"))
+        tools = obj.get("tools")
+        if isinstance(tools, list):
+            import json
+
+            texts.append(json.dumps(tools))
+        return texts, count
+
+
+class Completions(ChatCompletions):
+    endpoint = "completions"
+
+    def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
+        prompt = obj.get("prompt")
+        if isinstance(prompt, str):
+            return [prompt], 0
+        if isinstance(prompt, list):
+            return [p for p in prompt if isinstance(p, str)], 0
+        return [], 0
+
+
+class Embeddings(ChatCompletions):
+    endpoint = "embeddings"
+
+    def body(self, obj: dict[str, Any]) -> Result | None:
+        usage = chat_usage(obj.get("usage"))
+        if usage is not None:
+            usage.completion_tokens = usage.reasoning_tokens = 0
+        return Result(_str(obj.get("model")), usage, None)
+
+
+class _ResponsesStream(StreamParser):
+    __slots__ = ()
+
+    def event(self, name: str, data: bytes) -> None:
+        obj = loads(data)
+        if obj is None:
+            return
+        kind = obj.get("type") or name
+        r = self.result
+        if kind == "response.output_text.delta" or kind == "response.function_call_arguments.delta":
+            delta = obj.get("delta")
+            if isinstance(delta, str):
+                r.text.append(delta)
+            return
+        response = obj.get("response")
+        if not isinstance(response, dict):
+            return
+        r.model = _str(response.get("model")) or r.model
+        r.request_id = _str(response.get("id")) or r.request_id
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            usage = responses_usage(response.get("usage"))
+            if usage is not None:
+                r.usage = usage
+
+
+class Responses(Parser):
+    endpoint = "responses"
+    provider = "openai"
+
+    def body(self, obj: dict[str, Any]) -> Result | None:
+        if obj.get("object", "response") != "response":
+            return None
+        return Result(_str(obj.get("model")), responses_usage(obj.get("usage")), _str(obj.get("id")))
+
+    def stream(self) -> StreamParser:
+        return _ResponsesStream()
+
+    def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
+        texts: list[str] = []
+        if isinstance(obj.get("instructions"), str):
+            texts.append(obj["instructions"])
+        inp = obj.get("input")
+        if isinstance(inp, str):
+            return [*texts, inp], 1
+        more, count = _message_texts(inp)
+        return texts + more, count
