@@ -1,0 +1,214 @@
+"""Each wire parser on bodies and streams of the shapes the providers send."""
+
+from __future__ import annotations
+
+import json
+
+from llmtally._sse import SSEDecoder
+from llmtally._usage import Usage
+from llmtally.wire import provider_for_host, route
+from llmtally.wire.anthropic import Messages
+from llmtally.wire.openai import ChatCompletions, Completions, Embeddings, Responses
+
+
+def run_stream(parser, raw: bytes):
+    sp = parser.stream()
+    dec = SSEDecoder()
+    for name, data in dec.feed(raw) + dec.close():
+        sp.event(name, data)
+    return sp.result
+
+
+def sse(*objs, event_names=False) -> bytes:
+    out = b""
+    for o in objs:
+        if isinstance(o, bytes):
+            out += b"data: " + o + b"\n\n"
+            continue
+        if event_names:
+            out += f"event: {o['type']}\n".encode()
+        out += b"data: " + json.dumps(o).encode() + b"\n\n"
+    return out
+
+
+class TestRoute:
+    """Requests are recognised by method and path suffix, on any host."""
+
+    def test_paths(self) -> None:
+        assert isinstance(route("POST", "/v1/chat/completions"), ChatCompletions)
+        assert isinstance(route("POST", "/openai/deployments/d/chat/completions"), ChatCompletions)
+        assert type(route("POST", "/v1/completions")) is Completions
+        assert isinstance(route("POST", "/v1/embeddings"), Embeddings)
+        assert isinstance(route("POST", "/v1/responses"), Responses)
+        assert isinstance(route("POST", "/v1/messages"), Messages)
+
+    def test_not_metered(self) -> None:
+        assert route("GET", "/v1/chat/completions") is None
+        assert route("POST", "/v1/messages/count_tokens") is None
+        assert route("POST", "/v1/files") is None
+        assert route("GET", "/v1/responses/resp_1") is None
+
+    def test_hosts(self) -> None:
+        assert provider_for_host("api.openai.com") == "openai"
+        assert provider_for_host("api.anthropic.com") == "anthropic"
+        assert provider_for_host("myres.openai.azure.com") == "azure"
+        assert provider_for_host("127.0.0.1") is None
+
+
+class TestOpenAIChat:
+    """Chat Completions: cached and reasoning tokens are parts of prompt and completion."""
+
+    BODY = {
+        "id": "chatcmpl-abc",
+        "object": "chat.completion",
+        "model": "o3-2025-04-16",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": 1200,
+            "completion_tokens": 300,
+            "total_tokens": 1500,
+            "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 256, "audio_tokens": 0},
+        },
+    }
+
+    def test_body(self) -> None:
+        r = ChatCompletions().body(self.BODY)
+        assert r.model == "o3-2025-04-16"
+        assert r.request_id == "chatcmpl-abc"
+        assert r.usage == Usage(1200, 300, 1024, 0, 256)
+
+    def test_body_without_details(self) -> None:
+        body = {"model": "llama3", "usage": {"prompt_tokens": 5, "completion_tokens": 7}}
+        assert ChatCompletions().body(body).usage == Usage(5, 7)
+
+    def test_deepseek_cache_hits(self) -> None:
+        body = {"model": "deepseek-chat", "usage": {"prompt_tokens": 100, "completion_tokens": 7,
+                                                    "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36}}
+        assert ChatCompletions().body(body).usage == Usage(100, 7, 64)
+
+    def test_no_usage_keeps_text_for_estimate(self) -> None:
+        r = ChatCompletions().body({"model": "m", "choices": [{"message": {"content": "hello there"}}]})
+        assert r.usage is None and r.text == ["hello there"]
+
+    def test_garbage_counts(self) -> None:
+        body = {"model": 5, "usage": {"prompt_tokens": "x", "completion_tokens": -3, "prompt_tokens_details": 7}}
+        r = ChatCompletions().body(body)
+        assert r.model is None and r.usage == Usage(0, 0)
+
+    def test_stream_with_usage(self) -> None:
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-2024-08-06", "usage": None}
+        raw = sse(
+            {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+            {**chunk, "choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+            {**chunk, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+            {**chunk, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11,
+                                               "prompt_tokens_details": {"cached_tokens": 0}}},
+            b"[DONE]",
+        )
+        r = run_stream(ChatCompletions(), raw)
+        assert r.model == "gpt-4o-2024-08-06"
+        assert r.usage == Usage(9, 2)
+        assert "".join(r.text) == "Hello"
+
+    def test_stream_tool_call_text_collected(self) -> None:
+        chunk = {"id": "c1", "model": "gpt-4"}
+        raw = sse(
+            {**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "search", "arguments": ""}}]}}]},
+            {**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "function": {"arguments": "{\"q\": 1}"}}]}}]},
+            b"[DONE]",
+        )
+        r = run_stream(ChatCompletions(), raw)
+        assert r.usage is None
+        assert "".join(r.text) == 'search{"q": 1}'
+
+    def test_legacy_completions_stream(self) -> None:
+        raw = sse({"id": "cmpl", "model": "gpt-3.5-turbo-instruct", "choices": [{"text": "abc", "index": 0}]},
+                  {"id": "cmpl", "model": "gpt-3.5-turbo-instruct", "choices": [],
+                   "usage": {"prompt_tokens": 3, "completion_tokens": 1}}, b"[DONE]")
+        r = run_stream(Completions(), raw)
+        assert r.text == ["abc"] and r.usage == Usage(3, 1)
+
+
+class TestEmbeddings:
+    """Embeddings have input tokens only."""
+
+    def test_body(self) -> None:
+        body = {"object": "list", "data": [], "model": "text-embedding-3-small",
+                "usage": {"prompt_tokens": 8, "total_tokens": 8}}
+        r = Embeddings().body(body)
+        assert r.model == "text-embedding-3-small" and r.usage == Usage(8, 0)
+
+
+class TestResponses:
+    """Responses API: input/output tokens with details; streams settle on response.completed."""
+
+    USAGE = {"input_tokens": 2000, "input_tokens_details": {"cached_tokens": 1536},
+             "output_tokens": 500, "output_tokens_details": {"reasoning_tokens": 384}, "total_tokens": 2500}
+
+    def test_body(self) -> None:
+        r = Responses().body({"id": "resp_1", "object": "response", "model": "gpt-5", "usage": self.USAGE})
+        assert r.usage == Usage(2000, 500, 1536, 0, 384) and r.model == "gpt-5" and r.request_id == "resp_1"
+
+    def test_other_objects_on_the_path_are_not_calls(self) -> None:
+        assert Responses().body({"object": "list", "data": []}) is None
+
+    def test_stream(self) -> None:
+        resp = {"id": "resp_1", "object": "response", "model": "gpt-5", "status": "in_progress", "usage": None}
+        raw = sse(
+            {"type": "response.created", "sequence_number": 0, "response": resp},
+            {"type": "response.output_text.delta", "sequence_number": 1, "delta": "Hi"},
+            {"type": "response.output_text.delta", "sequence_number": 2, "delta": " there"},
+            {"type": "response.completed", "sequence_number": 3,
+             "response": {**resp, "status": "completed", "usage": self.USAGE}},
+            event_names=True,
+        )
+        r = run_stream(Responses(), raw)
+        assert r.usage == Usage(2000, 500, 1536, 0, 384)
+        assert "".join(r.text) == "Hi there"
+
+
+class TestAnthropic:
+    """Anthropic input_tokens exclude cache reads and writes; llmtally adds them back."""
+
+    def test_body(self) -> None:
+        body = {"id": "msg_1", "type": "message", "model": "claude-sonnet-4-5-20250929",
+                "usage": {"input_tokens": 21, "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 3000,
+                          "output_tokens": 393,
+                          "cache_creation": {"ephemeral_5m_input_tokens": 400, "ephemeral_1h_input_tokens": 600}}}
+        r = Messages().body(body)
+        assert r.usage == Usage(4021, 393, 3000, 1000, 0, 600)
+        assert r.model == "claude-sonnet-4-5-20250929"
+
+    def test_openai_thread_messages_are_not_calls(self) -> None:
+        assert Messages().body({"id": "msg_1", "object": "thread.message", "role": "user"}) is None
+        assert Messages().body({"type": "error", "error": {}}) is None
+
+    def test_stream_delta_wins(self) -> None:
+        raw = sse(
+            {"type": "message_start", "message": {"id": "msg_1", "type": "message", "model": "claude-3-5-haiku-20241022",
+                                                  "usage": {"input_tokens": 25, "cache_read_input_tokens": 100,
+                                                            "cache_creation_input_tokens": 0, "output_tokens": 1}}},
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {"type": "ping"},
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}},
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 15}},
+            {"type": "message_stop"},
+            event_names=True,
+        )
+        r = run_stream(Messages(), raw)
+        assert r.usage == Usage(125, 15, 100, 0)
+        assert r.model == "claude-3-5-haiku-20241022" and r.request_id == "msg_1"
+        assert r.text == ["Hello"]
+
+    def test_stream_delta_with_input_counts(self) -> None:
+        # Newer API versions repeat cumulative input counts in message_delta.
+        raw = sse(
+            {"type": "message_start", "message": {"model": "claude-opus-4-1", "usage": {"input_tokens": 10, "output_tokens": 1}}},
+            {"type": "message_delta", "usage": {"input_tokens": 12, "cache_read_input_tokens": 5, "output_tokens": 40}},
+            event_names=True,
+        )
+        assert run_stream(Messages(), raw).usage == Usage(17, 40, 5, 0)
