@@ -1,0 +1,197 @@
+"""The capture never alters a call: whatever the server sends, the caller gets it, byte for byte."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+
+import httpx
+import httpx2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import llmtally
+from llmtally import _capture
+from llmtally.wire.openai import ChatCompletions
+
+CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+USAGE_CHUNK = b'data: {"id":"c","model":"gpt-4","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":13}}\n\n'
+STREAM = [
+    b'data: {"id":"c","model":"gpt-4","choices":[{"index":0,"delta":{"content":"Hel"}}],"usage":null}\n\n',
+    b'data: {"id":"c","model":"gpt-4","choices":[{"index":0,"delta":{"content":"lo"}}],"usage":null}\n\n',
+    USAGE_CHUNK,
+    b"data: [DONE]\n\n",
+]
+
+HTTPX_MODULES = [httpx, httpx2]
+settings.register_profile("capture", max_examples=60, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.load_profile("capture")
+
+
+def client_for(module, handler):
+    return module.Client(transport=module.MockTransport(handler))
+
+
+def sse_response(module, chunks, headers=None):
+    return module.Response(200, headers={"content-type": "text/event-stream", **(headers or {})},
+                           content=iter(chunks))
+
+
+class TestGarbageBodies:
+    """Malformed bodies reach the caller unchanged and never raise inside llmtally."""
+
+    @pytest.mark.parametrize("module", HTTPX_MODULES)
+    @given(body=st.binary(max_size=400), ctype=st.sampled_from(["application/json", "text/event-stream", "text/plain"]))
+    def test_body(self, module, body: bytes, ctype: str) -> None:
+        client = client_for(module, lambda req: module.Response(200, headers={"content-type": ctype}, content=body))
+        with llmtally.track() as t:
+            r = client.post("http://fake/v1/chat/completions", json=CHAT)
+        assert r.content == body
+        assert t.successful_requests == 1  # counted, usage estimated when unreadable
+
+    @pytest.mark.parametrize("module", HTTPX_MODULES)
+    @given(chunks=st.lists(st.one_of(st.binary(max_size=80), st.sampled_from(STREAM)), max_size=12))
+    def test_stream(self, module, chunks: list[bytes]) -> None:
+        client = client_for(module, lambda req: sse_response(module, chunks))
+        with llmtally.track() as t:
+            with client.stream("POST", "http://fake/v1/chat/completions", json=CHAT) as r:
+                got = list(r.iter_raw())
+        assert b"".join(got) == b"".join(chunks)
+        assert t.successful_requests == 1
+
+    @given(body=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(
+            ["usage", "model", "prompt_tokens", "completion_tokens", "choices", "delta", "prompt_tokens_details",
+             "cached_tokens", "input_tokens", "output_tokens", "type", "message", "response"]), c, max_size=4),
+        max_leaves=20))
+    def test_json_shapes(self, body) -> None:
+        raw = json.dumps(body).encode()
+        for path in ("/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/embeddings"):
+            client = client_for(httpx2, lambda req: httpx2.Response(200, content=raw,
+                                                                   headers={"content-type": "application/json"}))
+            with llmtally.track():
+                r = client.post("http://fake" + path, json=CHAT)
+            assert r.content == raw
+
+
+class TestStreams:
+    """Streams are settled at their end, on early close, and on a read error."""
+
+    def test_usage_from_stream(self) -> None:
+        client = client_for(httpx2, lambda req: sse_response(httpx2, STREAM))
+        with llmtally.track() as t:
+            with client.stream("POST", "http://fake/v1/chat/completions", json=CHAT) as r:
+                r.read()
+        assert (t.prompt_tokens, t.completion_tokens, t.estimated_requests) == (11, 13, 0)
+        assert t.calls[0].stream
+
+    def test_gzip_stream(self) -> None:
+        body = gzip.compress(b"".join(STREAM))
+        client = client_for(httpx, lambda req: sse_response(httpx, [body[:20], body[20:]],
+                                                            {"content-encoding": "gzip"}))
+        with llmtally.track() as t:
+            with client.stream("POST", "http://fake/v1/chat/completions", json=CHAT) as r:
+                text = b"".join(r.iter_bytes())
+        assert text == b"".join(STREAM)
+        assert (t.prompt_tokens, t.completion_tokens) == (11, 13)
+
+    def test_early_close_settles_once(self) -> None:
+        client = client_for(httpx2, lambda req: sse_response(httpx2, STREAM))
+        with llmtally.track() as t:
+            with client.stream("POST", "http://fake/v1/chat/completions", json=CHAT) as r:
+                next(r.iter_raw())
+        assert t.successful_requests == 1 and len(t.calls) == 1
+        assert t.calls[0].estimated  # the usage chunk was never read
+
+    def test_read_error_reaches_caller(self) -> None:
+        def broken():
+            yield STREAM[0]
+            raise httpx2.ReadError("connection reset")
+
+        client = client_for(httpx2, lambda req: sse_response(httpx2, broken()))
+        with llmtally.track() as t:
+            with pytest.raises(httpx2.ReadError, match="connection reset"):
+                with client.stream("POST", "http://fake/v1/chat/completions", json=CHAT) as r:
+                    r.read()
+        assert len(t.calls) == 1
+
+    async def test_async_stream(self) -> None:
+        async def chunks():
+            for c in STREAM:
+                yield c
+
+        def handler(req):
+            return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=chunks())
+
+        async with httpx2.AsyncClient(transport=httpx2.MockTransport(handler)) as client:
+            with llmtally.track() as t:
+                async with client.stream("POST", "http://fake/v1/chat/completions", json=CHAT) as r:
+                    got = [c async for c in r.aiter_raw()]
+        assert b"".join(got) == b"".join(STREAM)
+        assert (t.prompt_tokens, t.completion_tokens) == (11, 13)
+
+
+class TestFailures:
+    """Connection failures and HTTP errors are failed requests that cost nothing."""
+
+    @pytest.mark.parametrize("module", HTTPX_MODULES)
+    def test_connect_error(self, module) -> None:
+        def handler(req):
+            raise module.ConnectError("refused")
+
+        client = client_for(module, handler)
+        with llmtally.track() as t:
+            with pytest.raises(module.ConnectError):
+                client.post("http://fake/v1/chat/completions", json=CHAT)
+        assert (t.failed_requests, t.successful_requests, t.cost) == (1, 0, 0)
+        assert t.calls[0].requested_model == "gpt-4"
+
+    def test_http_error_body_untouched(self) -> None:
+        err = b'{"error": {"message": "slow down", "type": "rate_limit"}}'
+        client = client_for(httpx2, lambda req: httpx2.Response(429, content=err))
+        with llmtally.track() as t:
+            r = client.post("http://fake/v1/chat/completions", json=CHAT)
+        assert r.status_code == 429 and r.content == err
+        assert t.failed_requests == 1 and t.calls[0].status == 429
+
+
+class TestInternalFailure:
+    """A bug inside llmtally is logged; the caller still gets exactly what the server sent."""
+
+    def test_parser_crash(self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        def boom(self, obj):
+            raise ZeroDivisionError("inside llmtally")
+
+        monkeypatch.setattr(ChatCompletions, "body", boom)
+        body = b'{"model": "gpt-4", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'
+        client = client_for(httpx2, lambda req: httpx2.Response(200, content=body))
+        caplog.set_level(logging.ERROR, "llmtally")
+        with llmtally.track():
+            r = client.post("http://fake/v1/chat/completions", json=CHAT)
+        assert r.content == body
+        assert any("inside llmtally" in (r.exc_text or "") for r in caplog.records)
+
+    def test_stream_tap_crash(self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        def boom(self, chunk):
+            raise ValueError("garbled beyond repair")
+
+        monkeypatch.setattr(_capture._Meter, "_feed_decoded", boom)
+        client = client_for(httpx2, lambda req: sse_response(httpx2, STREAM))
+        caplog.set_level(logging.WARNING, "llmtally")
+        with llmtally.track() as t:
+            with client.stream("POST", "http://fake/v1/chat/completions", json=CHAT) as r:
+                got = b"".join(r.iter_raw())
+        assert got == b"".join(STREAM)
+        assert t.successful_requests == 1
+        assert any("garbled beyond repair" in r.getMessage() for r in caplog.records)
+
+    def test_non_llm_requests_pass_through(self) -> None:
+        client = client_for(httpx2, lambda req: httpx2.Response(200, content=b"{}"))
+        with llmtally.track() as t:
+            client.get("http://fake/v1/models")
+            client.post("http://fake/v1/files", content=b"x")
+        assert t.calls == []

@@ -1,0 +1,205 @@
+"""Scopes: nesting, exceptions, threads, executors, asyncio tasks, decorators, the summary text."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import httpx
+import httpx2
+import pytest
+
+import llmtally
+from llmtally.testing import FakeProvider, Reply
+
+CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "Tell me a joke"}]}
+
+
+def joke(n: int = 1) -> Reply:
+    return Reply(text="ha", prompt_tokens=11, completion_tokens=13, model="gpt-4")
+
+
+def post(client: httpx.Client | httpx2.Client) -> None:
+    r = client.post("http://fake/v1/chat/completions", json=CHAT)
+    assert r.status_code == 200
+
+
+class TestTallyText:
+    """str(tally) is LangChain's summary, exact money, extra lines only when non-zero."""
+
+    def test_seed_summary(self, fake: FakeProvider) -> None:
+        fake.add(joke())
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        with llmtally.get_openai_callback() as cb:
+            post(client)
+        assert str(cb) == (
+            "Tokens Used: 24\n"
+            "    Prompt Tokens: 11\n"
+            "    Completion Tokens: 13\n"
+            "Successful Requests: 1\n"
+            "Total Cost (USD): $0.00111"
+        )
+        assert cb.total_cost == 0.00111 and cb.cost == Decimal("0.00111")
+        assert "<table" in cb._repr_html_() and "0.00111" in cb._repr_html_()
+
+    def test_extra_lines(self, fake: FakeProvider) -> None:
+        fake.add(Reply(text="a", prompt_tokens=1000, completion_tokens=100, cached_tokens=800,
+                       reasoning_tokens=60, model="o3"))
+        fake.add(Reply(text="b", prompt_tokens=5, completion_tokens=5, model="my-private-model"))
+        fake.add(Reply(status=500, error="boom"))
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        with llmtally.track() as t:
+            post(client)
+            post(client)
+            assert client.post("http://fake/v1/chat/completions", json=CHAT).status_code == 500
+        text = str(t)
+        assert "        Cached Tokens: 800" in text
+        assert "        Reasoning Tokens: 60" in text
+        assert "Failed Requests: 1" in text
+        assert "Unpriced Requests: 1 (my-private-model: price unknown, not in the total)" in text
+        expected = llmtally.cost_of("o3", input_tokens=1000, output_tokens=100, cached_tokens=800, reasoning_tokens=60)
+        assert t.cost == expected
+        assert text.endswith(f"Total Cost (USD): ${expected}")
+        assert t.unpriced_requests == 1 and t.successful_requests == 2 and t.failed_requests == 1
+        assert t.by_model["my-private-model"].cost is None
+        assert t.by_model["o3"].cost == expected
+
+
+class TestNesting:
+    """A call counts in every enclosing scope; leaving restores the outer state exactly."""
+
+    def test_nested(self, fake: FakeProvider) -> None:
+        fake.add_many(joke(), 3)
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        with llmtally.track("outer") as outer:
+            post(client)
+            with llmtally.track("inner") as inner:
+                post(client)
+                assert llmtally.current_scopes() == (outer, inner)
+            post(client)
+        assert (outer.successful_requests, inner.successful_requests) == (3, 1)
+        assert outer.total_tokens == 72 and inner.total_tokens == 24
+        assert inner.calls[0].scope_path == ("outer", "inner")
+        assert llmtally.current_scopes() == ()
+
+    def test_exception_restores_outer(self, fake: FakeProvider) -> None:
+        fake.add_many(joke(), 2)
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        with llmtally.track("outer") as outer:
+            with pytest.raises(RuntimeError), llmtally.track("inner"):
+                post(client)
+                raise RuntimeError("boom")
+            assert llmtally.current_scopes() == (outer,)
+            post(client)
+        assert outer.successful_requests == 2
+
+    def test_no_scope_no_count(self, fake: FakeProvider) -> None:
+        fake.add_many(joke(), 2)
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        with llmtally.track() as t:
+            pass
+        post(client)
+        assert t.successful_requests == 0
+
+    async def test_async_with(self, fake: FakeProvider) -> None:
+        fake.add_many(joke(), 2)
+        async with httpx.AsyncClient(transport=fake.httpx_transport()) as client:
+            async with llmtally.track("a") as t:
+                r = await client.post("http://fake/v1/chat/completions", json=CHAT)
+                assert r.status_code == 200
+        assert t.total_tokens == 24
+
+
+class TestDecorator:
+    """As a decorator each invocation opens its own scope, nested in the caller's."""
+
+    def test_sync_and_async(self, fake: FakeProvider) -> None:
+        fake.add_many(joke(), 3)
+        client = httpx2.Client(transport=fake.httpx2_transport())
+
+        @llmtally.track("step")
+        def step() -> None:
+            post(client)
+
+        @llmtally.track
+        async def astep() -> None:
+            post(client)
+
+        with llmtally.track() as outer:
+            step()
+            step()
+            asyncio.run(astep())
+        assert outer.successful_requests == 3
+        assert step.__name__ == "step"
+
+
+class TestThreads:
+    """Threads and executor tasks started inside a scope count in it; pool workers inherit nothing."""
+
+    def test_thread(self, fake: FakeProvider) -> None:
+        fake.add_many(joke(), 4)
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        with llmtally.track() as t:
+            threads = [threading.Thread(target=post, args=(client,)) for _ in range(4)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        assert t.successful_requests == 4 and t.total_tokens == 96
+
+    def test_executor_created_outside(self, fake: FakeProvider) -> None:
+        fake.add_many(joke(), 12)
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        with ThreadPoolExecutor(4) as pool:
+            with llmtally.track("a") as a:
+                list(pool.map(lambda _: post(client), range(6)))
+            with llmtally.track("b") as b:
+                list(pool.map(lambda _: post(client), range(4)))
+            # Workers created during scope "a" must not keep counting into it.
+            list(pool.map(lambda _: post(client), range(2)))
+        assert a.successful_requests == 6 and b.successful_requests == 4
+
+    def test_many_threads_exact(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        with llmtally.track() as t:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda _: post(client), range(400)))
+        assert t.successful_requests == 400
+        assert t.total_tokens == 400 * 24
+        assert t.cost == Decimal("0.00111") * 400
+
+    async def test_many_tasks_exact(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        async with httpx2.AsyncClient(transport=fake.httpx2_transport()) as client:
+
+            async def one() -> None:
+                r = await client.post("http://fake/v1/chat/completions", json=CHAT)
+                assert r.status_code == 200
+
+            async with llmtally.track() as t:
+                await asyncio.gather(*(one() for _ in range(200)))
+                await asyncio.to_thread(lambda: None)
+        assert t.successful_requests == 200 and t.total_tokens == 200 * 24
+
+
+class TestInstrument:
+    """instrument() is idempotent and uninstrument() restores the clients exactly."""
+
+    def test_roundtrip(self, fake: FakeProvider) -> None:
+        original = httpx.Client.send
+        llmtally.instrument()
+        patched = httpx.Client.send
+        llmtally.instrument()
+        assert httpx.Client.send is patched
+        llmtally.uninstrument()
+        unpatched = httpx.Client.send
+        assert getattr(unpatched, "__llmtally_original__", None) is None
+        assert unpatched is getattr(original, "__llmtally_original__", original)
+        assert threading.Thread.start.__module__ == "threading"
+        fake.add_many(joke(), 1)
+        with llmtally.track() as t:  # re-instruments
+            post(httpx.Client(transport=fake.httpx_transport()))
+        assert t.successful_requests == 1
