@@ -167,6 +167,7 @@ class TestInternalFailure:
             raise ZeroDivisionError("inside llmtally")
 
         monkeypatch.setattr(ChatCompletions, "body", boom)
+        monkeypatch.setattr(ChatCompletions, "fast_body", boom)
         body = b'{"model": "gpt-4", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'
         client = client_for(httpx2, lambda req: httpx2.Response(200, content=body))
         caplog.set_level(logging.ERROR, "llmtally")

@@ -78,6 +78,19 @@ class TestOpenAIChat:
         assert r.request_id == "chatcmpl-abc"
         assert r.usage == Usage(1200, 300, 1024, 0, 256)
 
+    def test_fast_body_agrees_with_full_parse(self) -> None:
+        for indent in (None, 2):
+            raw = json.dumps(self.BODY, indent=indent).encode()
+            fast = ChatCompletions().fast_body(raw)
+            assert fast == ChatCompletions().body(self.BODY)
+
+    def test_fast_body_ignores_usage_inside_strings(self) -> None:
+        body = {"id": "x", "model": "gpt-4o", "choices": [{"message": {"content": 'say "usage": {"prompt_tokens": 999}',
+                                                                       "tool_calls": [{"function": {"arguments": '{"usage": {"prompt_tokens": 5}}'}}]}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+        assert ChatCompletions().fast_body(json.dumps(body).encode()).usage == Usage(3, 4)
+        assert ChatCompletions().fast_body(b'{"model": "m", "usage": null}') is None
+
     def test_body_without_details(self) -> None:
         body = {"model": "llama3", "usage": {"prompt_tokens": 5, "completion_tokens": 7}}
         assert ChatCompletions().body(body).usage == Usage(5, 7)
@@ -136,10 +149,11 @@ class TestEmbeddings:
     """Embeddings have input tokens only."""
 
     def test_body(self) -> None:
-        body = {"object": "list", "data": [], "model": "text-embedding-3-small",
-                "usage": {"prompt_tokens": 8, "total_tokens": 8}}
+        body = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1] * 64}],
+                "model": "text-embedding-3-small", "usage": {"prompt_tokens": 8, "total_tokens": 8}}
         r = Embeddings().body(body)
         assert r.model == "text-embedding-3-small" and r.usage == Usage(8, 0)
+        assert Embeddings().fast_body(json.dumps(body).encode()) == r
 
 
 class TestResponses:

@@ -131,6 +131,10 @@ class _Meter:
 
     # -- bodies --------------------------------------------------------------------------------
     def _body(self, content: bytes) -> None:
+        result = self.parser.fast_body(content)
+        if result is not None:
+            self._settle(result)
+            return
         obj = wire.loads(content)
         if obj is None:
             log.warning(
@@ -204,7 +208,7 @@ class _Meter:
         self.done = True
         latency = time.perf_counter() - self.perf
         requested = self._requested_model()
-        hint = wire.provider_for_host(self.host)
+        hint, api_url = _host_info(self.host)
         call = Call(
             provider=hint or self.parser.provider,
             endpoint=self.parser.endpoint,
@@ -230,9 +234,7 @@ class _Meter:
                 usage = self._estimate(result, call.model)
                 call.estimated = True
             call.usage = usage
-            cost, source = price_usage(
-                usage, call.model, provider=hint, api_url=f"https://{self.host}", at=self.started
-            )
+            cost, source = price_usage(usage, call.model, provider=hint, api_url=api_url, at=self.started)
             call.cost, call.price_source = cost, source
             if source is not None:
                 call.provider = source.split(": ", 1)[1].split("/", 1)[0]
@@ -271,6 +273,17 @@ class _Meter:
         completion = _tokens.count(result.text, model) if result.text else 0
         result.text = []
         return Usage(prompt, completion)
+
+
+_hosts: dict[str, tuple[str | None, str]] = {}
+
+
+def _host_info(host: str) -> tuple[str | None, str]:
+    """(provider id if well known, URL for the catalogue's API patterns), cached per host."""
+    info = _hosts.get(host)
+    if info is None:
+        info = _hosts[host] = (wire.provider_for_host(host), f"https://{host}")
+    return info
 
 
 class _Collect:

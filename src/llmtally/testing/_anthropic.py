@@ -64,7 +64,14 @@ def _blocks(reply: Reply) -> list[dict[str, Any]]:
     if reply.content or not reply.tool_calls:
         blocks.append({"type": "text", "text": reply.content})
     for call in reply.tool_calls or ():
-        blocks.append({"type": "tool_use", "id": call.id or new_id("toolu_"), "name": call.name, "input": call.arguments_dict()})
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call.id or new_id("toolu_"),
+                "name": call.name,
+                "input": call.arguments_dict(),
+            }
+        )
     return blocks
 
 
@@ -97,7 +104,9 @@ def _events(reply: Reply, message: dict[str, Any], tokens: Tokens) -> Iterator[b
     yield named_event({"type": "message_start", "message": start})
     for index, block in enumerate(message["content"]):
         if block["type"] == "text":
-            yield named_event({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})
+            yield named_event(
+                {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
+            )
             if index == 0:
                 yield named_event({"type": "ping"})
             for piece in split_text(block["text"], reply.chunks):

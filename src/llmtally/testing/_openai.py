@@ -34,7 +34,9 @@ def _headers(reply: Reply) -> dict[str, str]:
 
 def error(reply: Reply, message: str) -> Answer:
     """An error body in OpenAI's ``{"error": {...}}`` shape."""
-    kind, code = _ERROR_TYPES.get(reply.status, ("server_error" if reply.status >= 500 else "invalid_request_error", None))
+    kind, code = _ERROR_TYPES.get(
+        reply.status, ("server_error" if reply.status >= 500 else "invalid_request_error", None)
+    )
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return json_answer(reply, reply.status, body, _headers(reply))
 
@@ -83,17 +85,25 @@ def chat_completions(request: FakeRequest, reply: Reply, model: str) -> Answer:
         "system_fingerprint": _FINGERPRINT,
     }
     if request.stream:
-        return stream_answer(reply, _chat_events(reply, head, ids, tokens, _wants_usage(reply, request)), _headers(reply))
+        return stream_answer(
+            reply, _chat_events(reply, head, ids, tokens, _wants_usage(reply, request)), _headers(reply)
+        )
     message: dict[str, Any] = {"role": "assistant", "content": reply.content or None, "refusal": None}
     if reply.tool_calls:
         message["tool_calls"] = [
-            {"id": id_, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json()}}
-            for id_, call in zip(ids, reply.tool_calls)
+            {
+                "id": id_,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments_json()},
+            }
+            for id_, call in zip(ids, reply.tool_calls, strict=True)
         ]
     body: dict[str, Any] = {
         "object": "chat.completion",
         **head,
-        "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(reply), "logprobs": None}],
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": _finish_reason(reply), "logprobs": None}
+        ],
     }
     if reply.include_usage is not False:
         body["usage"] = _usage(tokens)
@@ -116,8 +126,13 @@ def _chat_events(
     yield chunk({"role": "assistant", "content": "", "refusal": None})
     for piece in split_text(reply.content, reply.chunks):
         yield chunk({"content": piece})
-    for index, (id_, call) in enumerate(zip(ids, reply.tool_calls or ())):
-        opening = {"index": index, "id": id_, "type": "function", "function": {"name": call.name, "arguments": ""}}
+    for index, (id_, call) in enumerate(zip(ids, reply.tool_calls or (), strict=True)):
+        opening = {
+            "index": index,
+            "id": id_,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
         yield chunk({"tool_calls": [opening]})
         for piece in split_text(call.arguments_json(), None):
             yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
@@ -130,10 +145,19 @@ def _chat_events(
 def completions(request: FakeRequest, reply: Reply, model: str) -> Answer:
     """``POST /completions``, the legacy text completion API."""
     tokens = resolve_tokens(reply, request)
-    head = {"id": reply.request_id or new_id("cmpl-"), "object": "text_completion", "created": now(), "model": model}
+    head = {
+        "id": reply.request_id or new_id("cmpl-"),
+        "object": "text_completion",
+        "created": now(),
+        "model": model,
+    }
     finish = reply.finish_reason or "stop"
     if request.stream:
-        return stream_answer(reply, _completion_events(reply, head, finish, tokens, _wants_usage(reply, request)), _headers(reply))
+        return stream_answer(
+            reply,
+            _completion_events(reply, head, finish, tokens, _wants_usage(reply, request)),
+            _headers(reply),
+        )
     body: dict[str, Any] = {
         **head,
         "system_fingerprint": _FINGERPRINT,
@@ -212,9 +236,15 @@ def _output(reply: Reply, message_id: str, ids: list[str]) -> list[dict[str, Any
     if reply.content or not reply.tool_calls:
         text = {"type": "output_text", "text": reply.content, "annotations": [], "logprobs": []}
         items.append(
-            {"type": "message", "id": message_id, "status": "completed", "role": "assistant", "content": [text]}
+            {
+                "type": "message",
+                "id": message_id,
+                "status": "completed",
+                "role": "assistant",
+                "content": [text],
+            }
         )
-    for call_id, call in zip(ids, reply.tool_calls or ()):
+    for call_id, call in zip(ids, reply.tool_calls or (), strict=True):
         items.append(
             {
                 "type": "function_call",
@@ -281,14 +311,22 @@ def _responses_events(reply: Reply, response: dict[str, Any]) -> Iterator[bytes]
         where = {"item_id": item["id"], "output_index": index}
         if item["type"] == "message":
             part = item["content"][0]
-            yield event("response.output_item.added", output_index=index, item={**item, "status": "in_progress", "content": []})
+            yield event(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "content": []},
+            )
             yield event("response.content_part.added", **where, content_index=0, part={**part, "text": ""})
             for piece in split_text(part["text"], reply.chunks):
                 yield event("response.output_text.delta", **where, content_index=0, delta=piece, logprobs=[])
             yield event("response.output_text.done", **where, content_index=0, text=part["text"], logprobs=[])
             yield event("response.content_part.done", **where, content_index=0, part=part)
         else:
-            yield event("response.output_item.added", output_index=index, item={**item, "status": "in_progress", "arguments": ""})
+            yield event(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
             for piece in split_text(item["arguments"], None):
                 yield event("response.function_call_arguments.delta", **where, delta=piece)
             yield event("response.function_call_arguments.done", **where, arguments=item["arguments"])

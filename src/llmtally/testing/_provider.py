@@ -122,9 +122,10 @@ class FakeProvider:
             self.requests.append(request)
         route = next((r for r in _ROUTES if path.endswith(r[0])), None)
         if route is None or request.method != "POST":
-            error = _anthropic.error if "anthropic-version" in request.headers else _openai.error
-            return error(Reply(status=404), f"Unknown route: {method} {path}")
-        build, error, reply = route[1], route[2], self._next_reply(request)
+            # Only Anthropic clients send anthropic-version; everyone else gets OpenAI's shape.
+            shape = _anthropic.error if "anthropic-version" in request.headers else _openai.error
+            return shape(Reply(status=404), f"Unknown route: {method} {path}")
+        _, build, error, reply = (*route, self._next_reply(request))
         if reply.status >= 400:
             return error(reply, reply.error or _phrase(reply.status))
         return build(request, reply, _served_model(request, reply))

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-__all__ = ["FakeRequest", "Reply", "ToolCall", "Tokens", "count_prompt_tokens", "resolve_tokens"]
+__all__ = ["FakeRequest", "Reply", "Tokens", "ToolCall", "count_prompt_tokens", "resolve_tokens"]
 
 
 @dataclass
@@ -59,7 +59,9 @@ class Reply:
 
     ``include_usage=None`` behaves like the real provider (OpenAI chat/completions streams carry
     usage only when the request sets ``stream_options.include_usage``; Responses and Anthropic
-    streams always do); ``True`` forces usage in; ``False`` leaves it out everywhere, bodies included.
+    streams always do); ``True`` forces usage in; ``False`` leaves it out everywhere, bodies included
+    (no real provider does that to Anthropic messages, and the anthropic SDK's ``messages.stream``
+    helper fails on it; iterate ``messages.create(stream=True)`` instead).
 
     ``status >= 400`` answers with ``error`` in the provider's error JSON shape. ``chunks`` splits the
     streamed text into exactly that many pieces (some may be empty); by default a stream sends about one

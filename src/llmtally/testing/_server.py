@@ -8,15 +8,18 @@ of them down so no handler thread outlives the ``with`` block.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from ._wire import Answer
+
 if TYPE_CHECKING:
     from ._provider import FakeProvider
-    from ._wire import Answer
 
 __all__ = ["LoopbackServer"]
 
@@ -24,6 +27,12 @@ __all__ = ["LoopbackServer"]
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Without this, Nagle's algorithm holds back each small write (a header block, an event)
+        # until the client's delayed ACK: ~40 ms per request, and streams that arrive in clumps.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def handle_one_request(self) -> None:
         try:
@@ -34,7 +43,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         body = self._read_body()
-        answer = self.server.provider.answer(self.command, self.path, dict(self.headers.items()), body)
+        try:
+            answer = self.server.provider.answer(self.command, self.path, dict(self.headers.items()), body)
+        except Exception as exc:
+            # A broken handler should fail the test with its own message, not as a dropped connection.
+            traceback.print_exc()
+            message = f"FakeProvider handler raised {exc!r}"
+            error = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+            answer = Answer(500, {"content-type": "application/json"}, json.dumps(error).encode())
         if answer.delay:
             time.sleep(answer.delay)
         if answer.events is None:
@@ -82,13 +98,20 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, provider: FakeProvider) -> None:
         self.provider = provider
         self.connections: set[socket.socket] = set()
+        self.handler_threads: set[threading.Thread] = set()
         self.connections_lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
             self.connections.add(request)
+            self.handler_threads = {t for t in self.handler_threads if t.is_alive()}
         super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.handler_threads.add(threading.current_thread())
+        super().process_request_thread(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
         with self.connections_lock:
@@ -103,7 +126,9 @@ class LoopbackServer:
         self._server = _Server(provider)
         host, port = self._server.server_address[:2]
         self.url = f"http://{host!s}:{port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="llmtally-fake", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="llmtally-fake", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:
@@ -118,7 +143,12 @@ class LoopbackServer:
                 pass
         self._server.server_close()
         self._thread.join()
-        # Handler threads are daemons, but a clean stop waits for each to let go of its socket.
+        # Handler threads are daemons, but a clean stop waits for them: every open connection's
+        # thread has registered itself once the connection set drains.
         deadline = time.monotonic() + 5
         while self._server.connections and time.monotonic() < deadline:
             time.sleep(0.005)
+        with self._server.connections_lock:
+            threads = list(self._server.handler_threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -32,7 +32,7 @@ def make_transport(provider: FakeProvider, module_name: str) -> Any:
 def _transport_class(module_name: str) -> type:
     http: Any = importlib.import_module(module_name)
 
-    class EventStream(http.SyncByteStream, http.AsyncByteStream):  # type: ignore[misc,name-defined]
+    class EventStream(http.SyncByteStream, http.AsyncByteStream):  # type: ignore[misc]
         def __init__(self, events: Iterable[bytes], truncated: bool) -> None:
             self._events = events
             self._truncated = truncated
@@ -48,7 +48,7 @@ def _transport_class(module_name: str) -> type:
             if self._truncated:
                 raise http.RemoteProtocolError(_CUT_MESSAGE)
 
-    class FakeTransport(http.MockTransport):  # type: ignore[misc,name-defined]
+    class FakeTransport(http.MockTransport):  # type: ignore[misc]
         """A ``MockTransport`` answering as a `FakeProvider`, sync and async."""
 
         def __init__(self, provider: FakeProvider) -> None:
@@ -56,11 +56,15 @@ def _transport_class(module_name: str) -> type:
             self.provider = provider
 
         def _answer(self, request: Any) -> Answer:
-            return self.provider.answer(request.method, request.url.raw_path.decode(), request.headers, request.content)
+            return self.provider.answer(
+                request.method, request.url.raw_path.decode(), request.headers, request.content
+            )
 
         def _response(self, request: Any, answer: Answer) -> Any:
             if answer.events is None:
-                return http.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
+                return http.Response(
+                    answer.status, headers=answer.headers, content=answer.body, request=request
+                )
             stream = EventStream(answer.events, answer.truncated)
             return http.Response(answer.status, headers=answer.headers, stream=stream, request=request)
 

@@ -17,7 +17,16 @@ from typing import Any
 
 from ._script import Reply
 
-__all__ = ["Answer", "data_event", "dumps", "json_answer", "named_event", "new_id", "split_text", "stream_answer"]
+__all__ = [
+    "Answer",
+    "data_event",
+    "dumps",
+    "json_answer",
+    "named_event",
+    "new_id",
+    "split_text",
+    "stream_answer",
+]
 
 _WORD_START = re.compile(r"(?<=\s)(?=\S)")
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._usage import Usage
 
-__all__ = ["Parser", "Result", "StreamParser", "as_int", "loads"]
+__all__ = ["Parser", "Result", "StreamParser", "as_int", "key_string", "loads", "object_after"]
+
+_DECODER = json.JSONDecoder()
+_STRING_VALUE = re.compile(rb'\s*:\s*"([^"\\]{0,256})"')
 
 
 def as_int(value: Any) -> int:
@@ -25,6 +29,43 @@ def loads(data: bytes) -> Any:
     except (ValueError, UnicodeDecodeError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def key_string(content: bytes, key: bytes, last: bool = False) -> str | None:
+    """The string value of the first (or last) ``"key": "value"`` in a JSON document.
+
+    A JSON string cannot hold an unescaped quote, so ``"key"`` followed by a colon is always a key,
+    never text inside a value: this finds it without parsing the whole document.
+    """
+    at = content.rfind(key) if last else content.find(key)
+    if at < 0:
+        return None
+    m = _STRING_VALUE.match(content, at + len(key))
+    return m.group(1).decode("utf-8", "replace") if m else None
+
+
+def object_after(content: bytes, key: bytes) -> Any:
+    """The JSON object that is the value of the *last* ``key`` in ``content``, or ``None``."""
+    at = content.rfind(key)
+    if at < 0:
+        return None
+    tail = content[at + len(key) :].decode("utf-8", "replace")
+    i = 0
+    n = len(tail)
+    while i < n and tail[i] in " \t\r\n":
+        i += 1
+    if i >= n or tail[i] != ":":
+        return None
+    i += 1
+    while i < n and tail[i] in " \t\r\n":
+        i += 1
+    if i >= n or tail[i] != "{":
+        return None
+    try:
+        obj, _ = _DECODER.raw_decode(tail, i)
+    except ValueError:
+        return None
+    return obj
 
 
 @dataclass(slots=True)
@@ -67,6 +108,14 @@ class Parser:
 
     def stream(self) -> StreamParser:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def fast_body(self, content: bytes) -> Result | None:
+        """What a JSON body says, read without parsing all of it, or ``None`` to parse it whole.
+
+        Worth it where usage is a small object at the end of a large body (an embedding, a long
+        answer); formats where that is not safe keep the default.
+        """
+        return None
 
     def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
         """Input texts of a request and the count of chat messages, for offline estimates."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._usage import Usage
-from ._base import Parser, Result, StreamParser, as_int, loads
+from ._base import Parser, Result, StreamParser, as_int, key_string, loads, object_after
 
 __all__ = [
     "ChatCompletions",
@@ -150,6 +150,14 @@ class ChatCompletions(Parser):
     def stream(self) -> StreamParser:
         return _ChatStream()
 
+    def fast_body(self, content: bytes) -> Result | None:
+        # Chat, legacy completions and embeddings put "usage" last, at the top level; tool-call
+        # arguments are JSON *strings*, so no other object here has a "usage" key.
+        usage = chat_usage(object_after(content, b'"usage"'))
+        if usage is None:
+            return None
+        return Result(key_string(content, b'"model"'), usage, key_string(content, b'"id"'))
+
     def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
         texts, count = _message_texts(obj.get("messages"))
         tools = obj.get("tools")
@@ -174,6 +182,13 @@ class Completions(ChatCompletions):
 
 class Embeddings(ChatCompletions):
     endpoint = "embeddings"
+
+    def fast_body(self, content: bytes) -> Result | None:
+        result = super().fast_body(content)
+        if result is not None and result.usage is not None:
+            result.usage.completion_tokens = result.usage.reasoning_tokens = 0
+            result.request_id = None
+        return result
 
     def body(self, obj: dict[str, Any]) -> Result | None:
         usage = chat_usage(obj.get("usage"))
