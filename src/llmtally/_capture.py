@@ -156,7 +156,11 @@ class _Meter:
     def _begin_stream(self) -> None:
         from ._sse import SSEDecoder
 
-        self._stream = self.parser.stream()
+        try:
+            request = self.request.content
+        except Exception:  # a streamed request body: nothing to learn from it
+            request = b""
+        self._stream = self.parser.stream(request)
         self._sse = SSEDecoder()
 
     def feed(self, chunk: bytes) -> None:
@@ -270,7 +274,11 @@ class _Meter:
                 prompt = _tokens.estimate_chat_input(texts, messages, model)
         except Exception:
             log.exception("llmtally: could not estimate the input tokens of a call")
-        completion = _tokens.count(result.text, model) if result.text else 0
+        if result.text:
+            completion = _tokens.count(result.text, model)
+        else:
+            # A skimmed stream whose promised usage never came: one token per content chunk.
+            completion = getattr(self._stream, "chunks", 0)
         result.text = []
         return Usage(prompt, completion)
 

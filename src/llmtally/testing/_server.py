@@ -94,6 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 refuses bursts: fifty async tasks connecting at once.
+    request_queue_size = 1024
 
     def __init__(self, provider: FakeProvider) -> None:
         self.provider = provider

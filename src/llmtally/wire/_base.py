@@ -106,7 +106,8 @@ class Parser:
         """What a JSON response says, or ``None`` if it is another API's answer on the same path."""
         raise NotImplementedError
 
-    def stream(self) -> StreamParser:  # pragma: no cover - interface
+    def stream(self, request: bytes = b"") -> StreamParser:  # pragma: no cover - interface
+        """A parser for one streamed response; ``request`` is the request body, as sent."""
         raise NotImplementedError
 
     def fast_body(self, content: bytes) -> Result | None:

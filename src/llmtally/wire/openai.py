@@ -16,6 +16,7 @@ Streams carry it only in a last chunk with ``"choices": []`` when the request se
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .._usage import Usage
@@ -92,14 +93,35 @@ def _message_texts(messages: Any) -> tuple[list[str], int]:
     return texts, count
 
 
+_INCLUDE_USAGE = re.compile(rb'"include_usage"\s*:\s*true')
+_NO_USAGE = re.compile(rb'"usage"\s*:\s*null')
+
+
 class _ChatStream(StreamParser):
-    __slots__ = ()
+    """Chat and legacy completion chunks.
+
+    When the request asked for usage, a chunk without a usage object is only counted, not parsed:
+    JSON-decoding every token's chunk would cost more than the rest of the metering. If the usage
+    promised never comes (a server that ignores ``include_usage``), the output is estimated as one
+    token per content chunk, which is how OpenAI-style servers stream.
+    """
+
+    __slots__ = ("chunks", "skim")
+
+    def __init__(self, skim: bool = False) -> None:
+        super().__init__()
+        self.skim = skim
+        self.chunks = 0
 
     def event(self, name: str, data: bytes) -> None:
+        r = self.result
+        if self.skim and r.model is not None and (b'"usage"' not in data or _NO_USAGE.search(data)):
+            if data != b"[DONE]":
+                self.chunks += 1
+            return
         obj = loads(data)
         if obj is None:
             return
-        r = self.result
         if r.model is None:
             r.model = _str(obj.get("model"))
             r.request_id = _str(obj.get("id"))
@@ -108,6 +130,10 @@ class _ChatStream(StreamParser):
             r.usage = chat_usage(usage)
         choices = obj.get("choices")
         if not isinstance(choices, list):
+            return
+        if self.skim:
+            if choices:
+                self.chunks += 1
             return
         for choice in choices:
             if not isinstance(choice, dict):
@@ -147,8 +173,8 @@ class ChatCompletions(Parser):
                         result.text.append(text)
         return result
 
-    def stream(self) -> StreamParser:
-        return _ChatStream()
+    def stream(self, request: bytes = b"") -> StreamParser:
+        return _ChatStream(skim=_INCLUDE_USAGE.search(request) is not None)
 
     def fast_body(self, content: bytes) -> Result | None:
         # Chat, legacy completions and embeddings put "usage" last, at the top level; tool-call
@@ -198,18 +224,26 @@ class Embeddings(ChatCompletions):
 
 
 class _ResponsesStream(StreamParser):
-    __slots__ = ()
+    """Responses streams always end with usage in ``response.completed``: deltas (most events) are
+    counted, not parsed; a stream cut before the end is estimated at one token per delta."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks = 0
 
     def event(self, name: str, data: bytes) -> None:
+        if name.endswith(".delta"):
+            self.chunks += 1
+            return
         obj = loads(data)
         if obj is None:
             return
         kind = obj.get("type") or name
         r = self.result
-        if kind == "response.output_text.delta" or kind == "response.function_call_arguments.delta":
-            delta = obj.get("delta")
-            if isinstance(delta, str):
-                r.text.append(delta)
+        if kind.endswith(".delta") if isinstance(kind, str) else False:
+            self.chunks += 1
             return
         response = obj.get("response")
         if not isinstance(response, dict):
@@ -231,7 +265,7 @@ class Responses(Parser):
             return None
         return Result(_str(obj.get("model")), responses_usage(obj.get("usage")), _str(obj.get("id")))
 
-    def stream(self) -> StreamParser:
+    def stream(self, request: bytes = b"") -> StreamParser:
         return _ResponsesStream()
 
     def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
