@@ -17,7 +17,9 @@ from llmtally import _capture
 from llmtally.wire.openai import ChatCompletions
 
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-USAGE_CHUNK = b'data: {"id":"c","model":"gpt-4","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":13}}\n\n'
+USAGE_CHUNK = (
+    b'data: {"id":"c","model":"gpt-4","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":13}}\n\n'
+)
 STREAM = [
     b'data: {"id":"c","model":"gpt-4","choices":[{"index":0,"delta":{"content":"Hel"}}],"usage":null}\n\n',
     b'data: {"id":"c","model":"gpt-4","choices":[{"index":0,"delta":{"content":"lo"}}],"usage":null}\n\n',
@@ -26,8 +28,9 @@ STREAM = [
 ]
 
 HTTPX_MODULES = [httpx, httpx2]
-settings.register_profile("capture", max_examples=60, deadline=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "capture", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 settings.load_profile("capture")
 
 
@@ -36,17 +39,23 @@ def client_for(module, handler):
 
 
 def sse_response(module, chunks, headers=None):
-    return module.Response(200, headers={"content-type": "text/event-stream", **(headers or {})},
-                           content=iter(chunks))
+    return module.Response(
+        200, headers={"content-type": "text/event-stream", **(headers or {})}, content=iter(chunks)
+    )
 
 
 class TestGarbageBodies:
     """Malformed bodies reach the caller unchanged and never raise inside llmtally."""
 
     @pytest.mark.parametrize("module", HTTPX_MODULES)
-    @given(body=st.binary(max_size=400), ctype=st.sampled_from(["application/json", "text/event-stream", "text/plain"]))
+    @given(
+        body=st.binary(max_size=400),
+        ctype=st.sampled_from(["application/json", "text/event-stream", "text/plain"]),
+    )
     def test_body(self, module, body: bytes, ctype: str) -> None:
-        client = client_for(module, lambda req: module.Response(200, headers={"content-type": ctype}, content=body))
+        client = client_for(
+            module, lambda req: module.Response(200, headers={"content-type": ctype}, content=body)
+        )
         with llmtally.track() as t:
             r = client.post("http://fake/v1/chat/completions", json=CHAT)
         assert r.content == body
@@ -62,17 +71,43 @@ class TestGarbageBodies:
         assert b"".join(got) == b"".join(chunks)
         assert t.successful_requests == 1
 
-    @given(body=st.recursive(
-        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(
-            ["usage", "model", "prompt_tokens", "completion_tokens", "choices", "delta", "prompt_tokens_details",
-             "cached_tokens", "input_tokens", "output_tokens", "type", "message", "response"]), c, max_size=4),
-        max_leaves=20))
+    @given(
+        body=st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+            lambda c: (
+                st.lists(c, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(
+                        [
+                            "usage",
+                            "model",
+                            "prompt_tokens",
+                            "completion_tokens",
+                            "choices",
+                            "delta",
+                            "prompt_tokens_details",
+                            "cached_tokens",
+                            "input_tokens",
+                            "output_tokens",
+                            "type",
+                            "message",
+                            "response",
+                        ]
+                    ),
+                    c,
+                    max_size=4,
+                )
+            ),
+            max_leaves=20,
+        )
+    )
     def test_json_shapes(self, body) -> None:
         raw = json.dumps(body).encode()
         for path in ("/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/embeddings"):
-            client = client_for(httpx2, lambda req: httpx2.Response(200, content=raw,
-                                                                   headers={"content-type": "application/json"}))
+            client = client_for(
+                httpx2,
+                lambda req: httpx2.Response(200, content=raw, headers={"content-type": "application/json"}),
+            )
             with llmtally.track():
                 r = client.post("http://fake" + path, json=CHAT)
             assert r.content == raw
@@ -91,8 +126,9 @@ class TestStreams:
 
     def test_gzip_stream(self) -> None:
         body = gzip.compress(b"".join(STREAM))
-        client = client_for(httpx, lambda req: sse_response(httpx, [body[:20], body[20:]],
-                                                            {"content-encoding": "gzip"}))
+        client = client_for(
+            httpx, lambda req: sse_response(httpx, [body[:20], body[20:]], {"content-encoding": "gzip"})
+        )
         with llmtally.track() as t:
             with client.stream("POST", "http://fake/v1/chat/completions", json=CHAT) as r:
                 text = b"".join(r.iter_bytes())
@@ -176,7 +212,9 @@ class TestInternalFailure:
         assert r.content == body
         assert any("inside llmtally" in (r.exc_text or "") for r in caplog.records)
 
-    def test_stream_tap_crash(self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def test_stream_tap_crash(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
         def boom(self, chunk):
             raise ValueError("garbled beyond repair")
 

@@ -10,8 +10,21 @@ import pytest
 import llmtally
 from llmtally.cli import cli_logic
 
-HEAVY = ["openai", "anthropic", "httpx", "httpx2", "pydantic", "genai_prices", "quicktok", "sqlite3",
-         "psycopg", "langchain_core", "logging", "decimal", "dataclasses"]
+HEAVY = [
+    "openai",
+    "anthropic",
+    "httpx",
+    "httpx2",
+    "pydantic",
+    "genai_prices",
+    "quicktok",
+    "sqlite3",
+    "psycopg",
+    "langchain_core",
+    "logging",
+    "decimal",
+    "dataclasses",
+]
 
 
 class TestImport:
@@ -46,8 +59,9 @@ class TestCLI:
 
     def test_demo(self) -> None:
         """The seed's three scenarios, through the real SDK and LangChain, in a fresh process."""
-        proc = subprocess.run([sys.executable, "-m", "llmtally", "demo"], capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "llmtally", "demo"], capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, proc.stderr
         out = proc.stdout
         assert "SIMULATED" in out

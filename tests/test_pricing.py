@@ -15,8 +15,20 @@ import llmtally
 from llmtally import _pricing
 
 MODELS = [
-    "gpt-4", "gpt-4o", "gpt-4o-mini", "o1", "o3", "o3-mini", "gpt-4.1", "gpt-5", "gpt-3.5-turbo",
-    "claude-sonnet-4-5", "claude-3-5-haiku-latest", "claude-opus-4-1", "gemini-2.5-pro", "deepseek-chat",
+    "gpt-4",
+    "gpt-4o",
+    "gpt-4o-mini",
+    "o1",
+    "o3",
+    "o3-mini",
+    "gpt-4.1",
+    "gpt-5",
+    "gpt-3.5-turbo",
+    "claude-sonnet-4-5",
+    "claude-3-5-haiku-latest",
+    "claude-opus-4-1",
+    "gemini-2.5-pro",
+    "deepseek-chat",
 ]
 
 
@@ -39,8 +51,13 @@ class TestCostOf:
         assert llmtally.cost_of("o3", input_tokens=0, output_tokens=1_000_000) == Decimal("8")
 
     def test_anthropic_cache_write(self) -> None:
-        cost = llmtally.cost_of("claude-sonnet-4-5", provider="anthropic", input_tokens=100_000,
-                                output_tokens=0, cache_write_tokens=100_000)
+        cost = llmtally.cost_of(
+            "claude-sonnet-4-5",
+            provider="anthropic",
+            input_tokens=100_000,
+            output_tokens=0,
+            cache_write_tokens=100_000,
+        )
         assert cost == Decimal("0.375")  # $3.75/M, below the 200k tier
 
     def test_unknown_model_is_none_and_warned_once(self, caplog: pytest.LogCaptureFixture) -> None:
@@ -66,24 +83,43 @@ class TestSameAsCatalogue:
             write = rng.randint(0, prompt - cached)
             out = rng.randint(0, 8_000)
             reasoning = rng.randint(0, out)
-            ours = llmtally.cost_of(model, input_tokens=prompt, output_tokens=out, cached_tokens=cached,
-                                    cache_write_tokens=write, reasoning_tokens=reasoning)
-            theirs = calc_price(GUsage(input_tokens=prompt, output_tokens=out, cache_read_tokens=cached,
-                                       cache_write_tokens=write, output_reasoning_tokens=reasoning), model).total_price
+            ours = llmtally.cost_of(
+                model,
+                input_tokens=prompt,
+                output_tokens=out,
+                cached_tokens=cached,
+                cache_write_tokens=write,
+                reasoning_tokens=reasoning,
+            )
+            theirs = calc_price(
+                GUsage(
+                    input_tokens=prompt,
+                    output_tokens=out,
+                    cache_read_tokens=cached,
+                    cache_write_tokens=write,
+                    output_reasoning_tokens=reasoning,
+                ),
+                model,
+            ).total_price
             assert ours == theirs, (model, prompt, cached, write, out, reasoning)
 
     def test_tier_cliff(self) -> None:
         # Above 200k input tokens the whole call moves to the higher tier.
         for prompt in (199_999, 200_000, 200_001, 300_000):
             ours = llmtally.cost_of("claude-sonnet-4-5", input_tokens=prompt, output_tokens=1000)
-            theirs = calc_price(GUsage(input_tokens=prompt, output_tokens=1000), "claude-sonnet-4-5").total_price
+            theirs = calc_price(
+                GUsage(input_tokens=prompt, output_tokens=1000), "claude-sonnet-4-5"
+            ).total_price
             assert ours == theirs
 
     def test_price_at_time_of_call(self) -> None:
         # A model whose price changed has conditional prices; each instant gets its own.
         info = next(
-            (r.info for m in ("gpt-5", "claude-opus-4-1", "gemini-2.5-pro", "o3", "deepseek-chat")
-             if (r := _pricing.resolve(m)) is not None and isinstance(r.info.prices, list)),
+            (
+                r.info
+                for m in ("gpt-5", "claude-opus-4-1", "gemini-2.5-pro", "o3", "deepseek-chat")
+                if (r := _pricing.resolve(m)) is not None and isinstance(r.info.prices, list)
+            ),
             None,
         )
         if info is None:
@@ -95,8 +131,9 @@ class TestSameAsCatalogue:
                 continue
             at = datetime(start.year, start.month, start.day, 12, tzinfo=timezone.utc)
             ours = llmtally.cost_of(model, input_tokens=100_000, output_tokens=10_000, at=at)
-            theirs = calc_price(GUsage(input_tokens=100_000, output_tokens=10_000), model,
-                                genai_request_timestamp=at).total_price
+            theirs = calc_price(
+                GUsage(input_tokens=100_000, output_tokens=10_000), model, genai_request_timestamp=at
+            ).total_price
             assert ours == theirs
 
 

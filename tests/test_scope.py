@@ -45,8 +45,16 @@ class TestTallyText:
         assert "<table" in cb._repr_html_() and "0.00111" in cb._repr_html_()
 
     def test_extra_lines(self, fake: FakeProvider) -> None:
-        fake.add(Reply(text="a", prompt_tokens=1000, completion_tokens=100, cached_tokens=800,
-                       reasoning_tokens=60, model="o3"))
+        fake.add(
+            Reply(
+                text="a",
+                prompt_tokens=1000,
+                completion_tokens=100,
+                cached_tokens=800,
+                reasoning_tokens=60,
+                model="o3",
+            )
+        )
         fake.add(Reply(text="b", prompt_tokens=5, completion_tokens=5, model="my-private-model"))
         fake.add(Reply(status=500, error="boom"))
         client = httpx2.Client(transport=fake.httpx2_transport())
@@ -59,7 +67,9 @@ class TestTallyText:
         assert "        Reasoning Tokens: 60" in text
         assert "Failed Requests: 1" in text
         assert "Unpriced Requests: 1 (my-private-model: price unknown, not in the total)" in text
-        expected = llmtally.cost_of("o3", input_tokens=1000, output_tokens=100, cached_tokens=800, reasoning_tokens=60)
+        expected = llmtally.cost_of(
+            "o3", input_tokens=1000, output_tokens=100, cached_tokens=800, reasoning_tokens=60
+        )
         assert t.cost == expected
         assert text.endswith(f"Total Cost (USD): ${expected}")
         assert t.unpriced_requests == 1 and t.successful_requests == 2 and t.failed_requests == 1

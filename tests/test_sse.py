@@ -8,7 +8,7 @@ from llmtally._sse import SSEDecoder
 STREAM = (
     b": comment\n"
     b"event: message_start\n"
-    b"data: {\"a\": 1}\n\n"
+    b'data: {"a": 1}\n\n'
     b"id: 7\n"
     b"data: line one\n"
     b"data: line two\n\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 from llmtally._sse import SSEDecoder
 from llmtally._usage import Usage
@@ -58,7 +59,7 @@ class TestRoute:
 class TestOpenAIChat:
     """Chat Completions: cached and reasoning tokens are parts of prompt and completion."""
 
-    BODY = {
+    BODY: ClassVar[dict] = {
         "id": "chatcmpl-abc",
         "object": "chat.completion",
         "model": "o3-2025-04-16",
@@ -85,9 +86,19 @@ class TestOpenAIChat:
             assert fast == ChatCompletions().body(self.BODY)
 
     def test_fast_body_ignores_usage_inside_strings(self) -> None:
-        body = {"id": "x", "model": "gpt-4o", "choices": [{"message": {"content": 'say "usage": {"prompt_tokens": 999}',
-                                                                       "tool_calls": [{"function": {"arguments": '{"usage": {"prompt_tokens": 5}}'}}]}}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+        body = {
+            "id": "x",
+            "model": "gpt-4o",
+            "choices": [
+                {
+                    "message": {
+                        "content": 'say "usage": {"prompt_tokens": 999}',
+                        "tool_calls": [{"function": {"arguments": '{"usage": {"prompt_tokens": 5}}'}}],
+                    }
+                }
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+        }
         assert ChatCompletions().fast_body(json.dumps(body).encode()).usage == Usage(3, 4)
         assert ChatCompletions().fast_body(b'{"model": "m", "usage": null}') is None
 
@@ -96,8 +107,15 @@ class TestOpenAIChat:
         assert ChatCompletions().body(body).usage == Usage(5, 7)
 
     def test_deepseek_cache_hits(self) -> None:
-        body = {"model": "deepseek-chat", "usage": {"prompt_tokens": 100, "completion_tokens": 7,
-                                                    "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36}}
+        body = {
+            "model": "deepseek-chat",
+            "usage": {
+                "prompt_tokens": 100,
+                "completion_tokens": 7,
+                "prompt_cache_hit_tokens": 64,
+                "prompt_cache_miss_tokens": 36,
+            },
+        }
         assert ChatCompletions().body(body).usage == Usage(100, 7, 64)
 
     def test_no_usage_keeps_text_for_estimate(self) -> None:
@@ -105,7 +123,10 @@ class TestOpenAIChat:
         assert r.usage is None and r.text == ["hello there"]
 
     def test_garbage_counts(self) -> None:
-        body = {"model": 5, "usage": {"prompt_tokens": "x", "completion_tokens": -3, "prompt_tokens_details": 7}}
+        body = {
+            "model": 5,
+            "usage": {"prompt_tokens": "x", "completion_tokens": -3, "prompt_tokens_details": 7},
+        }
         r = ChatCompletions().body(body)
         assert r.model is None and r.usage == Usage(0, 0)
 
@@ -115,8 +136,16 @@ class TestOpenAIChat:
             {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
             {**chunk, "choices": [{"index": 0, "delta": {"content": "Hel"}}]},
             {**chunk, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
-            {**chunk, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11,
-                                               "prompt_tokens_details": {"cached_tokens": 0}}},
+            {
+                **chunk,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 9,
+                    "completion_tokens": 2,
+                    "total_tokens": 11,
+                    "prompt_tokens_details": {"cached_tokens": 0},
+                },
+            },
             b"[DONE]",
         )
         r = run_stream(ChatCompletions(), raw)
@@ -133,17 +162,42 @@ class TestOpenAIChat:
             sp.event(name, data)
         # No usage came after all: the output is one token per chunk, the text was never parsed.
         assert sp.result.usage is None and sp.result.text == [] and sp.chunks == 3
-        for name, data in dec.feed(sse({**chunk, "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}})):
+        for name, data in dec.feed(
+            sse({**chunk, "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}})
+        ):
             sp.event(name, data)
         assert sp.result.usage == Usage(4, 3)
 
     def test_stream_tool_call_text_collected(self) -> None:
         chunk = {"id": "c1", "model": "gpt-4"}
         raw = sse(
-            {**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [
-                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "search", "arguments": ""}}]}}]},
-            {**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [
-                {"index": 0, "function": {"arguments": "{\"q\": 1}"}}]}}]},
+            {
+                **chunk,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "tool_calls": [
+                                {
+                                    "index": 0,
+                                    "id": "call_1",
+                                    "type": "function",
+                                    "function": {"name": "search", "arguments": ""},
+                                }
+                            ]
+                        },
+                    }
+                ],
+            },
+            {
+                **chunk,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"q": 1}'}}]},
+                    }
+                ],
+            },
             b"[DONE]",
         )
         r = run_stream(ChatCompletions(), raw)
@@ -151,9 +205,16 @@ class TestOpenAIChat:
         assert "".join(r.text) == 'search{"q": 1}'
 
     def test_legacy_completions_stream(self) -> None:
-        raw = sse({"id": "cmpl", "model": "gpt-3.5-turbo-instruct", "choices": [{"text": "abc", "index": 0}]},
-                  {"id": "cmpl", "model": "gpt-3.5-turbo-instruct", "choices": [],
-                   "usage": {"prompt_tokens": 3, "completion_tokens": 1}}, b"[DONE]")
+        raw = sse(
+            {"id": "cmpl", "model": "gpt-3.5-turbo-instruct", "choices": [{"text": "abc", "index": 0}]},
+            {
+                "id": "cmpl",
+                "model": "gpt-3.5-turbo-instruct",
+                "choices": [],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+            },
+            b"[DONE]",
+        )
         r = run_stream(Completions(), raw)
         assert r.text == ["abc"] and r.usage == Usage(3, 1)
 
@@ -162,8 +223,12 @@ class TestEmbeddings:
     """Embeddings have input tokens only."""
 
     def test_body(self) -> None:
-        body = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1] * 64}],
-                "model": "text-embedding-3-small", "usage": {"prompt_tokens": 8, "total_tokens": 8}}
+        body = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1] * 64}],
+            "model": "text-embedding-3-small",
+            "usage": {"prompt_tokens": 8, "total_tokens": 8},
+        }
         r = Embeddings().body(body)
         assert r.model == "text-embedding-3-small" and r.usage == Usage(8, 0)
         assert Embeddings().fast_body(json.dumps(body).encode()) == r
@@ -172,8 +237,13 @@ class TestEmbeddings:
 class TestResponses:
     """Responses API: input/output tokens with details; streams settle on response.completed."""
 
-    USAGE = {"input_tokens": 2000, "input_tokens_details": {"cached_tokens": 1536},
-             "output_tokens": 500, "output_tokens_details": {"reasoning_tokens": 384}, "total_tokens": 2500}
+    USAGE: ClassVar[dict] = {
+        "input_tokens": 2000,
+        "input_tokens_details": {"cached_tokens": 1536},
+        "output_tokens": 500,
+        "output_tokens_details": {"reasoning_tokens": 384},
+        "total_tokens": 2500,
+    }
 
     def test_body(self) -> None:
         r = Responses().body({"id": "resp_1", "object": "response", "model": "gpt-5", "usage": self.USAGE})
@@ -183,13 +253,22 @@ class TestResponses:
         assert Responses().body({"object": "list", "data": []}) is None
 
     def test_stream(self) -> None:
-        resp = {"id": "resp_1", "object": "response", "model": "gpt-5", "status": "in_progress", "usage": None}
+        resp = {
+            "id": "resp_1",
+            "object": "response",
+            "model": "gpt-5",
+            "status": "in_progress",
+            "usage": None,
+        }
         raw = sse(
             {"type": "response.created", "sequence_number": 0, "response": resp},
             {"type": "response.output_text.delta", "sequence_number": 1, "delta": "Hi"},
             {"type": "response.output_text.delta", "sequence_number": 2, "delta": " there"},
-            {"type": "response.completed", "sequence_number": 3,
-             "response": {**resp, "status": "completed", "usage": self.USAGE}},
+            {
+                "type": "response.completed",
+                "sequence_number": 3,
+                "response": {**resp, "status": "completed", "usage": self.USAGE},
+            },
             event_names=True,
         )
         r = run_stream(Responses(), raw)
@@ -201,10 +280,18 @@ class TestAnthropic:
     """Anthropic input_tokens exclude cache reads and writes; llmtally adds them back."""
 
     def test_body(self) -> None:
-        body = {"id": "msg_1", "type": "message", "model": "claude-sonnet-4-5-20250929",
-                "usage": {"input_tokens": 21, "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 3000,
-                          "output_tokens": 393,
-                          "cache_creation": {"ephemeral_5m_input_tokens": 400, "ephemeral_1h_input_tokens": 600}}}
+        body = {
+            "id": "msg_1",
+            "type": "message",
+            "model": "claude-sonnet-4-5-20250929",
+            "usage": {
+                "input_tokens": 21,
+                "cache_creation_input_tokens": 1000,
+                "cache_read_input_tokens": 3000,
+                "output_tokens": 393,
+                "cache_creation": {"ephemeral_5m_input_tokens": 400, "ephemeral_1h_input_tokens": 600},
+            },
+        }
         r = Messages().body(body)
         assert r.usage == Usage(4021, 393, 3000, 1000, 0, 600)
         assert r.model == "claude-sonnet-4-5-20250929"
@@ -215,9 +302,20 @@ class TestAnthropic:
 
     def test_stream_delta_wins(self) -> None:
         raw = sse(
-            {"type": "message_start", "message": {"id": "msg_1", "type": "message", "model": "claude-3-5-haiku-20241022",
-                                                  "usage": {"input_tokens": 25, "cache_read_input_tokens": 100,
-                                                            "cache_creation_input_tokens": 0, "output_tokens": 1}}},
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_1",
+                    "type": "message",
+                    "model": "claude-3-5-haiku-20241022",
+                    "usage": {
+                        "input_tokens": 25,
+                        "cache_read_input_tokens": 100,
+                        "cache_creation_input_tokens": 0,
+                        "output_tokens": 1,
+                    },
+                },
+            },
             {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
             {"type": "ping"},
             {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}},
@@ -233,8 +331,14 @@ class TestAnthropic:
     def test_stream_delta_with_input_counts(self) -> None:
         # Newer API versions repeat cumulative input counts in message_delta.
         raw = sse(
-            {"type": "message_start", "message": {"model": "claude-opus-4-1", "usage": {"input_tokens": 10, "output_tokens": 1}}},
-            {"type": "message_delta", "usage": {"input_tokens": 12, "cache_read_input_tokens": 5, "output_tokens": 40}},
+            {
+                "type": "message_start",
+                "message": {"model": "claude-opus-4-1", "usage": {"input_tokens": 10, "output_tokens": 1}},
+            },
+            {
+                "type": "message_delta",
+                "usage": {"input_tokens": 12, "cache_read_input_tokens": 5, "output_tokens": 40},
+            },
             event_names=True,
         )
         assert run_stream(Messages(), raw).usage == Usage(17, 40, 5, 0)

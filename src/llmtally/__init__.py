@@ -18,10 +18,10 @@ machinery is imported here, and the rest of the public API loads on first use. T
 
 from __future__ import annotations
 
+from ._scope import ModelTotals, Tally, current_scopes, track
+
 # typing imports re (milliseconds); mypy reads TYPE_CHECKING = False the same way.
 TYPE_CHECKING = False
-
-from ._scope import ModelTotals, Tally, current_scopes, track
 
 if TYPE_CHECKING:
     from typing import Any

@@ -131,9 +131,9 @@ class _Meter:
 
     # -- bodies --------------------------------------------------------------------------------
     def _body(self, content: bytes) -> None:
-        result = self.parser.fast_body(content)
-        if result is not None:
-            self._settle(result)
+        fast = self.parser.fast_body(content)
+        if fast is not None:
+            self._settle(fast)
             return
         obj = wire.loads(content)
         if obj is None:
@@ -338,7 +338,7 @@ def _tap_classes_for(module: Any) -> tuple[type, type]:
     if classes is not None:
         return classes
 
-    class SyncTap(module.SyncByteStream):  # type: ignore[name-defined,misc]
+    class SyncTap(module.SyncByteStream):  # type: ignore[misc]
         def __init__(self, inner: Any, meter: _Meter) -> None:
             self._inner = inner
             self._meter = meter
@@ -359,7 +359,7 @@ def _tap_classes_for(module: Any) -> tuple[type, type]:
         def __getattr__(self, name: str) -> Any:  # elapsed, and whatever else the client reads
             return getattr(self._inner, name)
 
-    class AsyncTap(module.AsyncByteStream):  # type: ignore[name-defined,misc]
+    class AsyncTap(module.AsyncByteStream):  # type: ignore[misc]
         def __init__(self, inner: Any, meter: _Meter) -> None:
             self._inner = inner
             self._meter = meter
@@ -385,7 +385,7 @@ def _tap_classes_for(module: Any) -> tuple[type, type]:
 
 
 def _tap_for(stream: Any, meter: _Meter) -> Any:
-    for name, (module, _, _) in _patched.items():
+    for module, _, _ in _patched.values():
         sync_tap, async_tap = _tap_classes_for(module)
         if isinstance(stream, module.SyncByteStream):
             return sync_tap(stream, meter)
@@ -503,7 +503,7 @@ class _PatchOnImport:  # a meta-path finder; importlib.abc would cost 25 ms of i
                     except Exception:
                         log.exception("llmtally: could not instrument %s", fullname)
 
-                spec.loader = _LoaderProxy(loader, exec_and_patch)
+                spec.loader = _LoaderProxy(loader, exec_and_patch)  # type: ignore[assignment]
                 return spec
         return None
 

@@ -85,7 +85,13 @@ def _agent_replies() -> list[Any]:
         key = "query" if tool == "search" else "expression"
         calls = [ToolCall(tool, {key: arg})] if tool else None
         replies.append(
-            Reply(text=text, tool_calls=calls, prompt_tokens=prompt, completion_tokens=completion, model="gpt-4-0613")
+            Reply(
+                text=text,
+                tool_calls=calls,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                model="gpt-4-0613",
+            )
         )
     return replies
 
@@ -96,6 +102,7 @@ def run_demo(out: TextIO | None = None) -> int:
         from langchain.agents import create_agent
         from langchain_core.tools import tool
         from langchain_openai import ChatOpenAI
+        from pydantic import SecretStr
     except ImportError as exc:
         print(f"llmtally demo needs LangChain and the openai SDK ({exc}).", file=sys.stderr)
         print('Install them with: pip install "llmtally[demo]"', file=sys.stderr)
@@ -116,10 +123,19 @@ def run_demo(out: TextIO | None = None) -> int:
 
     fake = FakeProvider()
     with fake.serve() as url:
-        llm = ChatOpenAI(model="gpt-4", base_url=url + "/v1", api_key="sk-demo-not-a-real-key", max_retries=0)
+        llm = ChatOpenAI(
+            model="gpt-4", base_url=url + "/v1", api_key=SecretStr("sk-demo-not-a-real-key"), max_retries=0
+        )
 
         say("1. One call                  with get_openai_callback() as cb: llm.invoke('Tell me a joke')")
-        fake.add(Reply(text="Why don't scientists trust atoms? They make up everything.", prompt_tokens=11, completion_tokens=13, model="gpt-4-0613"))
+        fake.add(
+            Reply(
+                text="Why don't scientists trust atoms? They make up everything.",
+                prompt_tokens=11,
+                completion_tokens=13,
+                model="gpt-4-0613",
+            )
+        )
         with llmtally.get_openai_callback() as cb:
             llm.invoke("Tell me a joke")
         say(_indent(str(cb)))
@@ -127,7 +143,14 @@ def run_demo(out: TextIO | None = None) -> int:
 
         say("2. Two sequential calls      print(cb.total_tokens)")
         for _ in range(2):
-            fake.add(Reply(text="Why did the scarecrow win an award? He was outstanding in his field.", prompt_tokens=11, completion_tokens=13, model="gpt-4-0613"))
+            fake.add(
+                Reply(
+                    text="Why did the scarecrow win an award? He was outstanding in his field.",
+                    prompt_tokens=11,
+                    completion_tokens=13,
+                    model="gpt-4-0613",
+                )
+            )
         with llmtally.get_openai_callback() as cb:
             llm.invoke("Tell me a joke")
             llm.invoke("Tell me a joke")

@@ -187,9 +187,7 @@ def _plan(model_price: Any) -> _Plan:
 
     steps: list[_Step] = []
     for i, (unit, value) in enumerate(priced):
-        subtract = tuple(
-            j for j in range(i) if unit.dimensions.items() <= priced[j][0].dimensions.items()
-        )
+        subtract = tuple(j for j in range(i) if unit.dimensions.items() <= priced[j][0].dimensions.items())
         if isinstance(value, TieredPrices):
             base = scale(value.base, unit.per)
             tiers = tuple((t.start, scale(t.price, unit.per)) for t in reversed(value.tiers))

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from _thread import allocate_lock
 from contextvars import ContextVar
+
 # typing imports re (milliseconds); mypy reads TYPE_CHECKING = False the same way.
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from typing import Any, TypeVar
     from decimal import Decimal
     from types import TracebackType
+    from typing import Any, TypeVar
 
     from ._usage import Call
 
@@ -213,7 +214,8 @@ class Tally:
             depth = (len(label) - len(label.lstrip())) // 4
             rows.append(
                 f"<tr><td style='padding-left:{depth * 1.5}em;text-align:left'>"
-                f"{html.escape(label.strip())}</td><td style='text-align:right'>{html.escape(value)}</td></tr>"
+                f"{html.escape(label.strip())}</td>"
+                f"<td style='text-align:right'>{html.escape(value)}</td></tr>"
             )
         title = f"<caption>{html.escape(self.name)}</caption>" if self.name else ""
         return f"<table class='llmtally'>{title}{''.join(rows)}</table>"

@@ -60,7 +60,7 @@ def patch_threads() -> None:
     _orig_start = threading.Thread.start
     _orig_submit = ThreadPoolExecutor.submit
     threading.Thread.start = _start  # type: ignore[method-assign]
-    ThreadPoolExecutor.submit = _submit  # type: ignore[method-assign]
+    ThreadPoolExecutor.submit = _submit  # type: ignore[method-assign,assignment]
 
 
 def unpatch_threads() -> None:

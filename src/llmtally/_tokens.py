@@ -20,7 +20,7 @@ __all__ = ["count", "encoding_name", "estimate_chat_input"]
 log = logging.getLogger("llmtally")
 
 # (prefix, encoding): longest match wins; the model name is lower-cased and an "org/" prefix dropped.
-_PREFIXES = (
+_PREFIX_LIST = (
     ("gpt-4o", "o200k_base"),
     ("chatgpt-4o", "o200k_base"),
     ("gpt-4.1", "o200k_base"),
@@ -42,7 +42,7 @@ _PREFIXES = (
     ("qwen2.5", "qwen3"),
     ("qwen-2.5", "qwen3"),
 )
-_PREFIXES = tuple(sorted(_PREFIXES, key=lambda p: -len(p[0])))
+_PREFIXES: tuple[tuple[str, str], ...] = tuple(sorted(_PREFIX_LIST, key=lambda p: -len(p[0])))
 #: The approximation for models without a public offline tokenizer.
 FALLBACK = "o200k_base"
 

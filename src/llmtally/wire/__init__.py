@@ -47,6 +47,8 @@ def route(method: str, path: str) -> Parser | None:
 def provider_for_host(host: str) -> str | None:
     """The catalogue's provider id for a well-known API host, else ``None`` (price by URL, then model)."""
     provider = _HOSTS.get(host)
-    if provider is None and (host.endswith(".openai.azure.com") or host.endswith(".cognitiveservices.azure.com")):
+    if provider is None and (
+        host.endswith(".openai.azure.com") or host.endswith(".cognitiveservices.azure.com")
+    ):
         provider = "azure"
     return provider
