@@ -213,3 +213,26 @@ class TestInstrument:
         with llmtally.track() as t:  # re-instruments
             post(httpx.Client(transport=fake.httpx_transport()))
         assert t.successful_requests == 1
+
+
+class TestPatchOnImport:
+    """A client module imported after the first track() is hooked when it is imported."""
+
+    def test_late_import(self) -> None:
+        import subprocess
+        import sys
+
+        code = """
+import sys, llmtally
+from llmtally.testing import FakeProvider, Reply
+assert "httpx2" not in sys.modules and "httpx" not in sys.modules
+with llmtally.track() as t:
+    import httpx2
+    fake = FakeProvider([Reply(text="x", prompt_tokens=11, completion_tokens=13, model="gpt-4")])
+    client = httpx2.Client(transport=fake.httpx2_transport())
+    client.post("http://fake/v1/chat/completions", json={"model": "gpt-4", "messages": []})
+print(t.total_tokens, t.cost)
+"""
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["24", "0.00111"]
