@@ -327,6 +327,28 @@ class TestAnthropic:
         r = run_stream(Messages(), raw)
         assert r.usage == Usage(125, 15, 100, 0)
         assert r.model == "claude-3-5-haiku-20241022" and r.request_id == "msg_1"
+        assert r.text == []  # dropped once the final count arrived
+
+    def test_stream_cut_before_final_count(self) -> None:
+        raw = sse(
+            {
+                "type": "message_start",
+                "message": {"model": "claude-opus-4-1", "usage": {"input_tokens": 9, "output_tokens": 1}},
+            },
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello wor"}},
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "ld, friend"},
+            },
+            event_names=True,
+        )
+        sp = Messages().stream()
+        dec = SSEDecoder()
+        for name, data in dec.feed(raw):
+            sp.event(name, data)
+        assert not sp.complete
+        assert sp.result.usage == Usage(9, 1) and "".join(sp.result.text) == "Hello world, friend"
 
     def test_stream_delta_with_input_counts(self) -> None:
         # Newer API versions repeat cumulative input counts in message_delta.

@@ -237,6 +237,14 @@ class _Meter:
             if usage is None:
                 usage = self._estimate(result, call.model)
                 call.estimated = True
+            elif self._stream is not None and not self._stream.complete:
+                # Closed before the final count (Anthropic's message_delta): the output so far is
+                # at least what the caller already received.
+                seen = self._output_estimate(result, call.model)
+                if seen > usage.completion_tokens:
+                    usage.completion_tokens = seen
+                    call.estimated = True
+            result.text = []
             call.usage = usage
             cost, source = price_usage(usage, call.model, provider=hint, api_url=api_url, at=self.started)
             call.cost, call.price_source = cost, source
@@ -274,13 +282,17 @@ class _Meter:
                 prompt = _tokens.estimate_chat_input(texts, messages, model)
         except Exception:
             log.exception("llmtally: could not estimate the input tokens of a call")
-        if result.text:
-            completion = _tokens.count(result.text, model)
-        else:
-            # A skimmed stream whose promised usage never came: one token per content chunk.
-            completion = getattr(self._stream, "chunks", 0)
-        result.text = []
+        completion = self._output_estimate(result, model)
         return Usage(prompt, completion)
+
+    def _output_estimate(self, result: wire.Result, model: str | None) -> int:
+        from . import _tokens
+
+        if result.text:
+            # Count the text as one piece: a word split across deltas is not two words.
+            return _tokens.count("".join(result.text), model)
+        # A skimmed stream (its text was not parsed): one token per content chunk.
+        return getattr(self._stream, "chunks", 0)
 
 
 _hosts: dict[str, tuple[str | None, str]] = {}

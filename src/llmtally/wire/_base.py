@@ -83,9 +83,14 @@ class Result:
 
 
 class StreamParser:
-    """Fed each SSE event of one response; ``result`` holds what was learned so far."""
+    """Fed each SSE event of one response; ``result`` holds what was learned so far.
+
+    ``complete`` is false while a stream's usage may still grow (Anthropic sends its final output
+    count last); a stream settled before then has its output estimated from what was read.
+    """
 
     __slots__ = ("result",)
+    complete = True
 
     def __init__(self) -> None:
         self.result = Result()

@@ -47,16 +47,18 @@ def _str(value: Any) -> str | None:
 
 
 class _MessagesStream(StreamParser):
-    """Anthropic streams always carry usage, so text deltas (most events) are counted, not parsed;
-    a stream cut before its usage is estimated at one token per delta."""
+    """Usage comes in ``message_start`` (input, and a placeholder output count) and, cumulative,
+    in ``message_delta``. Text deltas are kept until then, so a stream closed early is counted from
+    the text the caller already received; Anthropic's deltas are several tokens each, so there
+    are few of them to parse."""
 
-    __slots__ = ("_creation", "_fields", "chunks")
+    __slots__ = ("_creation", "_fields", "complete")
 
     def __init__(self) -> None:
         super().__init__()
         self._fields: dict[str, int] | None = None
         self._creation: Any = None
-        self.chunks = 0
+        self.complete = False
 
     def _merge(self, u: Any) -> None:
         if not isinstance(u, dict):
@@ -71,16 +73,19 @@ class _MessagesStream(StreamParser):
         self.result.usage = _to_usage(fields, self._creation)
 
     def event(self, name: str, data: bytes) -> None:
-        if name == "content_block_delta":
-            self.chunks += 1
+        if self.complete and name == "content_block_delta":
             return
         obj = loads(data)
         if obj is None:
             return
         kind = obj.get("type") or name
         r = self.result
-        if kind == "content_block_delta":  # a server that names no events
-            self.chunks += 1
+        if kind == "content_block_delta":
+            delta = obj.get("delta")
+            if isinstance(delta, dict):
+                for key in ("text", "partial_json", "thinking"):
+                    if isinstance(delta.get(key), str):
+                        r.text.append(delta[key])
         elif kind == "message_start":
             msg = obj.get("message")
             if isinstance(msg, dict):
@@ -89,6 +94,9 @@ class _MessagesStream(StreamParser):
                 self._merge(msg.get("usage"))
         elif kind == "message_delta":
             self._merge(obj.get("usage"))
+            if obj.get("usage") is not None:
+                self.complete = True
+                r.text = []
 
 
 class Messages(Parser):

@@ -1,0 +1,1 @@
+"""End-to-end tests: the real SDKs over real loopback HTTP."""
