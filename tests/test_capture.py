@@ -154,6 +154,11 @@ class TestStreams:
                 with client.stream("POST", "http://fake/v1/chat/completions", json=CHAT) as r:
                     r.read()
         assert len(t.calls) == 1
+        call = t.calls[0]
+        # A failed request, but the tokens streamed before the failure were produced: kept.
+        assert not call.ok and "ReadError" in (call.error or "")
+        assert (t.failed_requests, t.successful_requests) == (1, 0)
+        assert call.estimated and call.usage is not None and call.usage.completion_tokens == 1
 
     async def test_async_stream(self) -> None:
         async def chunks():

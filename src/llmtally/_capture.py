@@ -74,6 +74,7 @@ class _Meter:
         "_stream",
         "broken",
         "done",
+        "error",
         "host",
         "parser",
         "perf",
@@ -96,11 +97,21 @@ class _Meter:
         self._decoder: Any = None
         self.broken = False
         self.done = False
+        self.error: str | None = None
 
     # -- outcomes ------------------------------------------------------------------------------
     def failed(self, exc: BaseException) -> None:
         """The request raised before any response (connection error, timeout, cancellation)."""
         self._settle(None, error=f"{type(exc).__name__}: {exc}"[:300])
+
+    def interrupted(self, exc: BaseException) -> None:
+        """The connection failed mid-stream: a failed request, but the tokens generated so far
+        were produced (and are billed), so its partial usage and cost are kept."""
+        try:
+            self.error = f"stream interrupted: {type(exc).__name__}: {exc}"[:300]
+            self.finish()
+        except Exception:
+            log.exception("llmtally: could not record an interrupted stream")
 
     def response(self, response: Any, read: bool) -> None:
         """The client returned ``response``; ``read`` tells whether its body is already in memory."""
@@ -246,7 +257,17 @@ class _Meter:
                     call.estimated = True
             result.text = []
             call.usage = usage
-            cost, source = price_usage(usage, call.model, provider=hint, api_url=api_url, at=self.started)
+            if self.error is not None:
+                call.ok = False
+                call.error = self.error
+            cost, source = price_usage(
+                usage,
+                call.model,
+                provider=hint,
+                api_url=api_url,
+                fallback=self.parser.provider,
+                at=self.started,
+            )
             call.cost, call.price_source = cost, source
             if source is not None:
                 call.provider = source.split(": ", 1)[1].split("/", 1)[0]
@@ -357,9 +378,13 @@ def _tap_classes_for(module: Any) -> tuple[type, type]:
 
         def __iter__(self) -> Any:
             meter = self._meter
-            for chunk in self._inner:
-                meter.feed(chunk)
-                yield chunk
+            try:
+                for chunk in self._inner:
+                    meter.feed(chunk)
+                    yield chunk
+            except Exception as exc:
+                meter.interrupted(exc)
+                raise
             meter.finish()
 
         def close(self) -> None:
@@ -378,9 +403,13 @@ def _tap_classes_for(module: Any) -> tuple[type, type]:
 
         async def __aiter__(self) -> Any:
             meter = self._meter
-            async for chunk in self._inner:
-                meter.feed(chunk)
-                yield chunk
+            try:
+                async for chunk in self._inner:
+                    meter.feed(chunk)
+                    yield chunk
+            except Exception as exc:
+                meter.interrupted(exc)
+                raise
             meter.finish()
 
         async def aclose(self) -> None:

@@ -87,7 +87,7 @@ class Resolved:
 
 
 _lock = threading.Lock()
-_resolved: dict[tuple[str | None, str | None, str], Resolved | None] = {}
+_resolved: dict[tuple[str | None, str | None, str | None, str], Resolved | None] = {}
 _plans: dict[int, _Plan] = {}
 _warned: set[str] = set()
 
@@ -110,20 +110,27 @@ def warm() -> None:
     threading.Thread(target=load, name="llmtally-warm-prices", daemon=True).start()
 
 
-def resolve(model: str, provider: str | None = None, api_url: str | None = None) -> Resolved | None:
-    """The catalogue entry for ``model``, or ``None`` if unknown. Cached, including misses."""
-    key = (provider, api_url, model)
+def resolve(
+    model: str, provider: str | None = None, api_url: str | None = None, fallback: str | None = None
+) -> Resolved | None:
+    """The catalogue entry for ``model``, or ``None`` if unknown. Cached, including misses.
+
+    Tried in order: the host's ``provider``; the provider whose API pattern matches ``api_url``;
+    ``fallback``, the provider whose wire format the server speaks (an OpenAI-compatible proxy
+    serving ``text-embedding-3-small`` is serving OpenAI's model); then the model name alone.
+    """
+    key = (provider, api_url, fallback, model)
     try:
         return _resolved[key]
     except KeyError:
         pass
-    found = _lookup(model, provider, api_url)
+    found = _lookup(model, provider, api_url, fallback)
     with _lock:
         _resolved[key] = found
     return found
 
 
-def _lookup(model: str, provider: str | None, api_url: str | None) -> Resolved | None:
+def _lookup(model: str, provider: str | None, api_url: str | None, fallback: str | None) -> Resolved | None:
     import genai_prices
 
     snap = _snapshot()
@@ -132,6 +139,8 @@ def _lookup(model: str, provider: str | None, api_url: str | None) -> Resolved |
         attempts.append((provider, None))
     if api_url is not None:
         attempts.append((None, api_url))
+    if fallback is not None and fallback != provider:
+        attempts.append((fallback, None))
     # An OpenAI-compatible server we do not recognise (a proxy, a local gateway): price by model name.
     attempts.append((None, None))
     for provider_id, url in attempts:
@@ -248,12 +257,13 @@ def price_usage(
     *,
     provider: str | None = None,
     api_url: str | None = None,
+    fallback: str | None = None,
     at: float | datetime | None = None,
 ) -> tuple[Decimal | None, str | None]:
     """(cost, price source) for one call; cost ``None`` when the model is not in the catalogue."""
     if not model:
         return None, None
-    found = resolve(model, provider, api_url)
+    found = resolve(model, provider, api_url, fallback)
     if found is None:
         _warn_unknown(model, provider)
         return None, None

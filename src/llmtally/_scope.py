@@ -159,7 +159,7 @@ class Tally:
                 self.estimated_requests += 1
                 mt.estimated_requests += 1
             if call.cost is None:
-                if call.ok:
+                if call.usage is not None:
                     self.unpriced_requests += 1
                     mt.unpriced_requests += 1
             else:

@@ -245,13 +245,21 @@ class TestEmbeddings:
         call = assert_one_ok_call(t, model="text-embedding-3-small", endpoint="embeddings")
         assert call.usage is not None and (call.usage.prompt_tokens, call.usage.completion_tokens) == (7, 0)
         assert (t.prompt_tokens, t.completion_tokens, t.total_tokens) == (7, 0, 7)
-        # Served from a host genai-prices does not know, the catalogue cannot place this model
-        # (it is listed only under the openai provider): counted, reported unpriced, not guessed.
-        assert call.cost is None
+        # Served from a host the catalogue does not know, in OpenAI's wire format: priced as
+        # OpenAI's model ($0.02/M input tokens).
+        assert call.cost == Decimal("0.02") * 7 / 1_000_000
+        assert call.cost == catalogue_price("text-embedding-3-small", "openai", input_tokens=7)
+        assert t.unpriced_requests == 0 and t.cost == call.cost
+
+    def test_unknown_embedding_model_is_reported(self, fake: FakeProvider, oai: openai.OpenAI) -> None:
+        fake.add(Reply(prompt_tokens=7, embedding_dim=16))
+        with llmtally.track() as t:
+            oai.embeddings.create(model="acme-embed-v9", input=["hello world"])
+        assert t.calls[0].cost is None
         assert t.unpriced_requests == 1
         assert t.cost == Decimal(0) and isinstance(t.cost, Decimal)
-        assert t.unpriced_models == ["text-embedding-3-small"]
-        assert "Unpriced Requests: 1 (text-embedding-3-small: price unknown" in str(t)
+        assert t.unpriced_models == ["acme-embed-v9"]
+        assert "Unpriced Requests: 1 (acme-embed-v9: price unknown" in str(t)
         assert str(t).endswith("Total Cost (USD): $0")
 
 
