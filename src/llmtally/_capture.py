@@ -43,6 +43,7 @@ _finder: _PatchOnImport | None = None
 _sinks: list[Any] = []
 
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
+_JSON_START = re.compile(rb"\s*[{\[]")
 _ZERO = Decimal(0)
 
 
@@ -80,7 +81,6 @@ class _Meter:
         "perf",
         "request",
         "scopes",
-        "started",
         "status",
     )
 
@@ -89,7 +89,6 @@ class _Meter:
         self.request = request
         self.host = host
         self.scopes = scopes
-        self.started = time.time()
         self.perf = time.perf_counter()
         self.status: int | None = None
         self._stream: wire.StreamParser | None = None
@@ -120,16 +119,17 @@ class _Meter:
             # Errors cost nothing; the body is the caller's to read, untouched.
             self._settle(None, error=f"HTTP {status}")
             return
-        sse = response.headers.get("content-type", "").startswith("text/event-stream")
         if read:
             content = response.content
-            if sse:
+            # A JSON body needs no header lookup (httpx's Headers.get is not cheap).
+            if _JSON_START.match(content) is None and _is_sse(response):
                 self._begin_stream()
                 self._feed_decoded(content)
                 self.finish()
             else:
                 self._body(content)
             return
+        sse = _is_sse(response)
         encoding = response.headers.get("content-encoding", "").lower().strip()
         inflate = _decoder(encoding) if encoding and encoding != "identity" else None
         if sse:
@@ -222,6 +222,7 @@ class _Meter:
             return
         self.done = True
         latency = time.perf_counter() - self.perf
+        started = time.time() - latency
         requested = self._requested_model()
         hint, api_url = _host_info(self.host)
         call = Call(
@@ -231,7 +232,7 @@ class _Meter:
             requested_model=requested,
             status=self.status,
             stream=stream,
-            started_at=self.started,
+            started_at=started,
             latency=latency,
             url_host=self.host,
             scope_path=tuple(t.name or "" for t in self.scopes),
@@ -266,11 +267,10 @@ class _Meter:
                 provider=hint,
                 api_url=api_url,
                 fallback=self.parser.provider,
-                at=self.started,
+                at=started,
             )
-            call.cost, call.price_source = cost, source
             if source is not None:
-                call.provider = source.split(": ", 1)[1].split("/", 1)[0]
+                call.cost, call.price_source, call.provider = cost, source.source, source.provider_id
         self.request = None  # drop the request (and its prompt) as soon as possible
         _scope.record(call, self.scopes)
         for sink in _sinks:
@@ -325,6 +325,10 @@ def _host_info(host: str) -> tuple[str | None, str]:
     if info is None:
         info = _hosts[host] = (wire.provider_for_host(host), f"https://{host}")
     return info
+
+
+def _is_sse(response: Any) -> bool:
+    return bool(response.headers.get("content-type", "").startswith("text/event-stream"))
 
 
 class _Collect:
@@ -440,11 +444,20 @@ def _tap_for(stream: Any, meter: _Meter) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+_routes: dict[str, wire.Parser | None] = {}
+
+
 def _begin(request: Any, scopes: tuple[Any, ...]) -> _Meter | None:
     try:
         url = request.url
-        parser = wire.route(request.method, url.path)
-        if parser is None:
+        path = url.path
+        try:
+            parser = _routes[path]
+        except KeyError:
+            parser = wire.route("POST", path)
+            if len(_routes) < 4096:
+                _routes[path] = parser
+        if parser is None or request.method != "POST":
             return None
         return _Meter(parser, request, url.host, scopes)
     except Exception:
@@ -577,6 +590,7 @@ def instrument() -> None:
         from ._threads import patch_threads
 
         _instrumented = True
+        _scope._state.instrumented = True
         for name in _MODULES:
             module = sys.modules.get(name)
             if module is not None:
@@ -612,3 +626,4 @@ def uninstrument() -> None:
         _finder = None
         unpatch_threads()
         _instrumented = False
+        _scope._state.instrumented = False

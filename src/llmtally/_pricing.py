@@ -18,9 +18,12 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._usage import Usage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["cost_of", "price_usage", "resolve", "warm"]
 
@@ -74,6 +77,8 @@ class _Step:
 class _Plan:
     steps: tuple[_Step, ...]
     exponent: int
+    #: The steps compiled into one arithmetic expression over a Usage (see ``_compile``).
+    fn: Callable[[Usage], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,31 +208,53 @@ def _plan(model_price: Any) -> _Plan:
         else:
             base, tiers = scale(value, unit.per), ()
         steps.append(_Step(_USAGE_INDEX.get(unit.usage_key, _ZERO_INDEX), base, tiers, subtract))
-    plan = _Plan(tuple(steps), exponent)
+    plan = _Plan(tuple(steps), exponent, _compile(steps))
     with _lock:
         _plans[key] = plan
     return plan
 
 
+_FIELDS = (
+    "u.prompt_tokens",
+    "u.completion_tokens",
+    "u.cached_tokens",
+    "u.cache_write_tokens",
+    "u.cache_write_1h_tokens",
+    "u.reasoning_tokens",
+    "1",
+)
+
+
+def _compile(steps: list[_Step]) -> Callable[[Usage], int]:
+    """One function per price set: leaf counts and the scaled total as straight-line integer code.
+
+    A metered call runs cold (the SDK has just evicted our code from the CPU caches), so one small
+    generated function beats a loop over step objects by several times. The source is built only
+    from integers this module computed and fixed attribute names.
+    """
+    lines = ["def plan(u):"]
+    terms = []
+    for i, step in enumerate(steps):
+        if step.index == _ZERO_INDEX:
+            lines.append(f"    c{i} = 0")
+            continue
+        minus = "".join(f" - c{j}" for j in step.subtract)
+        lines.append(f"    c{i} = {_FIELDS[step.index]}{minus}")
+        if minus:
+            lines.append(f"    if c{i} < 0: raise ValueError('inconsistent usage: a part exceeds its whole')")
+        price = str(step.scaled)
+        for start, tier_price in reversed(step.tiers):  # lowest cliff first, highest wins last
+            price = f"({tier_price} if u.prompt_tokens > {start} else {price})"
+        terms.append(f"c{i} * {price}")
+    lines.append(f"    return {' + '.join(terms) or '0'}")
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines), "<llmtally price plan>", "exec"), namespace)
+    fn: Callable[[Usage], int] = namespace["plan"]
+    return fn
+
+
 def _apply(plan: _Plan, usage: Usage) -> Decimal:
-    counts = _counts(usage)
-    leaves: list[int] = []
-    total = 0
-    for step in plan.steps:
-        count = counts[step.index]
-        for j in step.subtract:
-            count -= leaves[j]
-        if count < 0:
-            raise ValueError(f"inconsistent usage {usage!r}: a part exceeds its whole")
-        leaves.append(count)
-        if count:
-            price = step.scaled
-            for start, tier_price in step.tiers:
-                if usage.prompt_tokens > start:
-                    price = tier_price
-                    break
-            total += price * count
-    return _decimal(total, plan.exponent)
+    return _decimal(plan.fn(usage), plan.exponent)
 
 
 def _decimal(scaled: int, exponent: int) -> Decimal:
@@ -259,8 +286,8 @@ def price_usage(
     api_url: str | None = None,
     fallback: str | None = None,
     at: float | datetime | None = None,
-) -> tuple[Decimal | None, str | None]:
-    """(cost, price source) for one call; cost ``None`` when the model is not in the catalogue."""
+) -> tuple[Decimal | None, Resolved | None]:
+    """(cost, catalogue entry) for one call; ``(None, None)`` when the model's price is unknown."""
     if not model:
         return None, None
     found = resolve(model, provider, api_url, fallback)
@@ -268,7 +295,7 @@ def price_usage(
         _warn_unknown(model, provider)
         return None, None
     try:
-        return _apply(_plan(_model_price(found.info, at)), usage), found.source
+        return _apply(_plan(_model_price(found.info, at)), usage), found
     except (ValueError, ArithmeticError, TypeError, AttributeError) as exc:
         log.warning("llmtally: cannot price %s usage %r: %s", model, usage, exc)
         return None, None

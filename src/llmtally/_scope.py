@@ -37,6 +37,22 @@ if TYPE_CHECKING:
 _scopes: ContextVar[tuple[Tally, ...]] = ContextVar("llmtally_scopes", default=())
 
 
+class _State:
+    """Process-wide flags read on every scope entry, kept here so the check is one attribute read."""
+
+    instrumented = False
+    zero: Decimal | None = None
+
+    def load_zero(self) -> Decimal:
+        from decimal import Decimal
+
+        self.zero = Decimal(0)
+        return self.zero
+
+
+_state = _State()
+
+
 def current_scopes() -> tuple[Tally, ...]:
     """The open scopes, outermost first."""
     return _scopes.get()
@@ -92,21 +108,22 @@ class Tally:
     threads add to it.
     """
 
+    # Counters start as class attributes: a scope costs no more to open than it must, and the
+    # first call that adds to one gives the instance its own value.
+    prompt_tokens = 0
+    completion_tokens = 0
+    cached_tokens = 0
+    cache_write_tokens = 0
+    reasoning_tokens = 0
+    successful_requests = 0
+    failed_requests = 0
+    unpriced_requests = 0
+    estimated_requests = 0
+
     def __init__(self, name: str | None = None, tags: Mapping[str, Any] | None = None) -> None:
         self.name = name
-        self.tags: dict[str, Any] = dict(tags or {})
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.cached_tokens = 0
-        self.cache_write_tokens = 0
-        self.reasoning_tokens = 0
-        self.successful_requests = 0
-        self.failed_requests = 0
-        self.unpriced_requests = 0
-        self.estimated_requests = 0
-        from decimal import Decimal
-
-        self.cost = Decimal(0)
+        self.tags: dict[str, Any] = dict(tags) if tags else {}
+        self.cost = _state.zero or _state.load_zero()
         self.by_model: dict[str, ModelTotals] = {}
         self.calls: list[Call] = []
         self._lock = allocate_lock()
@@ -248,9 +265,10 @@ class _Track:
         self.last: Tally | None = None
 
     def __enter__(self) -> Tally:
-        from ._capture import ensure_instrumented
+        if not _state.instrumented:
+            from ._capture import ensure_instrumented
 
-        ensure_instrumented()
+            ensure_instrumented()
         tally = Tally(self.name, self._tags)
         self._tokens.append(_scopes.set((*_scopes.get(), tally)))
         self.last = tally

@@ -25,6 +25,17 @@ class SSEDecoder:
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
+        # The common case, one whole "data: ...\n\n" event per chunk, without the general machinery.
+        if (
+            not self._tail
+            and not self._data
+            and not self._event
+            and chunk.startswith(b"data: ")
+            and chunk.endswith(b"\n\n")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and b"\r" not in chunk
+        ):
+            return [("", chunk[6:-2])]
         buf = self._tail + chunk if self._tail else chunk
         if b"\r" in buf:
             # A CR at the very end may be the first half of a CRLF split across chunks.

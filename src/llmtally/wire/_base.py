@@ -12,6 +12,7 @@ from .._usage import Usage
 __all__ = ["Parser", "Result", "StreamParser", "as_int", "key_string", "loads", "object_after"]
 
 _DECODER = json.JSONDecoder()
+_OBJECT_START = re.compile(rb"\s*:\s*\{")
 _STRING_VALUE = re.compile(rb'\s*:\s*"([^"\\]{0,256})"')
 
 
@@ -49,20 +50,11 @@ def object_after(content: bytes, key: bytes) -> Any:
     at = content.rfind(key)
     if at < 0:
         return None
-    tail = content[at + len(key) :].decode("utf-8", "replace")
-    i = 0
-    n = len(tail)
-    while i < n and tail[i] in " \t\r\n":
-        i += 1
-    if i >= n or tail[i] != ":":
-        return None
-    i += 1
-    while i < n and tail[i] in " \t\r\n":
-        i += 1
-    if i >= n or tail[i] != "{":
+    m = _OBJECT_START.match(content, at + len(key))
+    if m is None:
         return None
     try:
-        obj, _ = _DECODER.raw_decode(tail, i)
+        obj, _ = _DECODER.raw_decode(content[m.end() - 1 :].decode("utf-8", "replace"))
     except ValueError:
         return None
     return obj
