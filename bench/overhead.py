@@ -48,7 +48,13 @@ MESSAGES = [{"role": "user", "content": PROMPT}]
 REPLY_TEXT = "Why did the chicken cross the road? To get to the other side."
 
 
+#: Calls per scope in the "one scope, several calls, read once" family (an agent run, a batch).
+BATCH = 10
+
 LABELS = {
+    "lc_bare10": f"(a) {BATCH} x ChatOpenAI.invoke, bare",
+    "lc_cb10": "(b) ... in one get_openai_callback()",
+    "lc_track10": "(c) ... in one llmtally.track()",
     "lc_bare": "(a) ChatOpenAI.invoke, bare",
     "lc_cb": "(b) ... in get_openai_callback()",
     "lc_track": "(c) ... in llmtally.track()",
@@ -66,6 +72,8 @@ LABELS = {
     "sdk_uninstr": "... plain httpx2.Client",
 }
 BASE = {
+    "lc_cb10": "lc_bare10",
+    "lc_track10": "lc_bare10",
     "lc_cb": "lc_bare",
     "lc_track": "lc_bare",
     "lc_stream_cb": "lc_stream_bare",
@@ -138,6 +146,9 @@ def build() -> dict[str, Callable[[], Any]]:
         def run() -> Any:
             with get_openai_callback() as cb:
                 fn()
+            # Read the totals, as a caller does: llmtally settles calls lazily, on read, so a
+            # comparison that never reads would leave its work out.
+            cb.total_tokens  # noqa: B018
             return cb
 
         return run
@@ -146,11 +157,22 @@ def build() -> dict[str, Callable[[], Any]]:
         def run() -> Any:
             with llmtally.track() as t:
                 fn()
+            t.total_tokens  # noqa: B018
             return t
 
         return run
 
+    def ten(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            for _ in range(BATCH):
+                fn()
+
+        return run
+
     return {
+        "lc_bare10": ten(lambda: llm_bare.invoke(PROMPT)),
+        "lc_cb10": in_callback(ten(lambda: llm_bare.invoke(PROMPT))),
+        "lc_track10": in_track(ten(lambda: llm_hooked.invoke(PROMPT))),
         "lc_bare": lambda: llm_bare.invoke(PROMPT),
         "lc_cb": in_callback(lambda: llm_bare.invoke(PROMPT)),
         "lc_track": in_track(lambda: llm_hooked.invoke(PROMPT)),
@@ -187,6 +209,8 @@ def check(fns: dict[str, Callable[[], Any]]) -> dict[str, Any]:
     for name in ("lc_cb", "lc_stream_cb"):
         cb = fns[name]()
         out[name] = (cb.successful_requests, cb.prompt_tokens, cb.completion_tokens, cb.total_cost)
+    if fns["lc_track10"]().successful_requests != BATCH:
+        raise SystemExit("llmtally missed calls of the batch")
     for name in ("lc_track", "lc_stream_track", "sdk_track", "sdk_stream_track"):
         t = fns[name]()
         out[name] = (t.successful_requests, t.prompt_tokens, t.completion_tokens, t.cost)
@@ -257,6 +281,11 @@ def stats(per_round: dict[str, list[float]]) -> dict[str, Any]:
             "lc_track_added_us": add["lc_track"],
             "ratio_track_over_callback": add["lc_track"] / add["lc_cb"] if add["lc_cb"] > 0 else nan,
             "ratio_track_over_callback_per_round": C.summary(ratios) if ratios else None,
+            "ratio_track_over_callback_batch": (
+                add["lc_track10"] / add["lc_cb10"] if add["lc_cb10"] > 0 else nan
+            ),
+            "lc_track10_added_per_call_us": add["lc_track10"] / BATCH,
+            "lc_cb10_added_per_call_us": add["lc_cb10"] / BATCH,
             "ratio_track_over_callback_stream": (
                 add["lc_stream_track"] / add["lc_stream_cb"] if add["lc_stream_cb"] > 0 else nan
             ),
@@ -273,6 +302,7 @@ def run(rounds: int, calls: int) -> dict[str, Any]:
     checks = check(fns)
     # Families of variants that are compared with each other; they alternate call by call.
     families = [
+        ["lc_bare10", "lc_cb10", "lc_track10"],
         ["lc_bare", "lc_cb", "lc_track"],
         ["lc_stream_bare", "lc_stream_cb", "lc_stream_track"],
         ["sdk_bare", "sdk_track", "sdk_noscope"],
@@ -330,6 +360,9 @@ def render(res: dict[str, Any]) -> str:
         "per-call median in us [p25..p75 over rounds]; added = per-round difference to the bare row above it",
     ]
     order = (
+        "lc_bare10",
+        "lc_cb10",
+        "lc_track10",
         "lc_bare",
         "lc_cb",
         "lc_track",
@@ -362,7 +395,9 @@ def render(res: dict[str, Any]) -> str:
         per_round = f" (per-round {pr['median']:.2f} [{pr['p25']:.2f}..{pr['p75']:.2f}])" if pr else ""
         lines += [
             f"[{clock}] track() added / get_openai_callback() added: invoke {h['ratio_track_over_callback']:.3f}"
-            f"{per_round}, streamed {h['ratio_track_over_callback_stream']:.3f}   (goal <= 0.5)",
+            f"{per_round}, streamed {h['ratio_track_over_callback_stream']:.3f}, {BATCH} calls in one scope "
+            f"{h['ratio_track_over_callback_batch']:.3f} ({h['lc_track10_added_per_call_us']:.1f} vs "
+            f"{h['lc_cb10_added_per_call_us']:.1f} us per call)   (goal <= 0.5)",
             f"[{clock}] track() added on ChatOpenAI.invoke = {h['lc_track_added_pct_of_sdk_call']:.2f}% of a bare SDK call"
             f" (goal <= 3%); on the SDK call itself {h['sdk_track_added_pct_of_sdk_call']:.2f}%;"
             f" instrumented, no scope {h['sdk_noscope_added_pct_of_sdk_call']:.2f}%;"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+from decimal import Decimal
 
 import httpx
 import httpx2
@@ -200,6 +201,46 @@ class TestFailures:
         assert t.failed_requests == 1 and t.calls[0].status == 429
 
 
+class TestLazySettlement:
+    """The call path only queues; reading a Tally settles; the queue is bounded."""
+
+    def test_settled_on_read(self) -> None:
+        from llmtally import _scope
+
+        body = b'{"model": "gpt-4", "usage": {"prompt_tokens": 11, "completion_tokens": 13}}'
+        client = client_for(httpx2, lambda req: httpx2.Response(200, content=body))
+        with llmtally.track() as t:
+            client.post("http://fake/v1/chat/completions", json=CHAT)
+            assert len(_scope.pending) == 1  # nothing parsed on the call path
+        assert t.total_tokens == 24 and t.cost == Decimal("0.00111")
+        assert not _scope.pending
+
+    def test_queue_is_bounded(self) -> None:
+        from llmtally import _scope
+
+        body = b'{"model": "gpt-4", "usage": {"prompt_tokens": 11, "completion_tokens": 13}}'
+        client = client_for(httpx2, lambda req: httpx2.Response(200, content=body))
+        with llmtally.track() as t:
+            for _ in range(_scope.FLUSH_AT * 3 + 5):
+                client.post("http://fake/v1/chat/completions", json=CHAT)
+                assert len(_scope.pending) < _scope.FLUSH_AT
+        assert t.successful_requests == _scope.FLUSH_AT * 3 + 5
+
+    def test_sinks_get_calls_at_once(self) -> None:
+        from llmtally import _capture
+
+        got: list[llmtally.Call] = []
+        body = b'{"model": "gpt-4", "usage": {"prompt_tokens": 11, "completion_tokens": 13}}'
+        client = client_for(httpx2, lambda req: httpx2.Response(200, content=body))
+        _capture.add_sink(got.append)
+        try:
+            client.post("http://fake/v1/chat/completions", json=CHAT)  # no scope open
+        finally:
+            _capture.remove_sink(got.append)
+        assert len(got) == 1 and got[0].usage is not None and got[0].usage.total_tokens == 24
+        assert got[0].scope_path == ()
+
+
 class TestInternalFailure:
     """A bug inside llmtally is logged; the caller still gets exactly what the server sent."""
 
@@ -212,9 +253,10 @@ class TestInternalFailure:
         body = b'{"model": "gpt-4", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'
         client = client_for(httpx2, lambda req: httpx2.Response(200, content=body))
         caplog.set_level(logging.ERROR, "llmtally")
-        with llmtally.track():
+        with llmtally.track() as t:
             r = client.post("http://fake/v1/chat/completions", json=CHAT)
         assert r.content == body
+        assert t.successful_requests == 0  # reading settles; the broken parse is logged, not raised
         assert any("inside llmtally" in (r.exc_text or "") for r in caplog.records)
 
     def test_stream_tap_crash(

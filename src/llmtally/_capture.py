@@ -74,14 +74,19 @@ class _Meter:
         "_sse",
         "_stream",
         "broken",
+        "content",
         "done",
+        "end",
         "error",
         "host",
+        "kind",
         "parser",
         "perf",
         "request",
+        "result",
         "scopes",
         "status",
+        "stream",
     )
 
     def __init__(self, parser: wire.Parser, request: Any, host: str, scopes: tuple[Any, ...]) -> None:
@@ -91,6 +96,11 @@ class _Meter:
         self.scopes = scopes
         self.perf = time.perf_counter()
         self.status: int | None = None
+        self.kind = ""
+        self.content: bytes | None = None
+        self.result: wire.Result | None = None
+        self.stream = False
+        self.end = 0.0
         self._stream: wire.StreamParser | None = None
         self._sse: Any = None
         self._decoder: Any = None
@@ -101,7 +111,8 @@ class _Meter:
     # -- outcomes ------------------------------------------------------------------------------
     def failed(self, exc: BaseException) -> None:
         """The request raised before any response (connection error, timeout, cancellation)."""
-        self._settle(None, error=f"{type(exc).__name__}: {exc}"[:300])
+        self.error = f"{type(exc).__name__}: {exc}"[:300]
+        self._queue("error")
 
     def interrupted(self, exc: BaseException) -> None:
         """The connection failed mid-stream: a failed request, but the tokens generated so far
@@ -117,7 +128,8 @@ class _Meter:
         self.status = status = response.status_code
         if status >= 400:
             # Errors cost nothing; the body is the caller's to read, untouched.
-            self._settle(None, error=f"HTTP {status}")
+            self.error = f"HTTP {status}"
+            self._queue("error")
             return
         if read:
             content = response.content
@@ -142,10 +154,15 @@ class _Meter:
 
     # -- bodies --------------------------------------------------------------------------------
     def _body(self, content: bytes) -> None:
+        # Only keep a reference here: the body is parsed when the call is settled (flush()).
+        self.content = content
+        self._queue("body")
+
+    def _parse_body(self) -> wire.Result | None:
+        content, self.content = self.content, None
         fast = self.parser.fast_body(content)
         if fast is not None:
-            self._settle(fast)
-            return
+            return fast
         obj = wire.loads(content)
         if obj is None:
             log.warning(
@@ -154,14 +171,9 @@ class _Meter:
                 self.request.url.path,
                 self.parser.endpoint,
             )
-            result: wire.Result | None = wire.Result()
-        else:
-            result = self.parser.body(obj)
-            if result is None:  # same path, another API (an OpenAI thread message, say): not a model call
-                self.done = True
-                self.request = None
-                return
-        self._settle(result)
+            return wire.Result()
+        # None: same path, another API (an OpenAI thread message, say): not a model call.
+        return self.parser.body(obj)
 
     # -- streams -------------------------------------------------------------------------------
     def _begin_stream(self) -> None:
@@ -211,18 +223,49 @@ class _Meter:
             if self._stream is not None and not self.broken:
                 for name, data in self._sse.close():
                     self._stream.event(name, data)
-            self._settle(self._stream.result if self._stream is not None else wire.Result(), stream=True)
+            self.result = self._stream.result if self._stream is not None else wire.Result()
+            self.stream = True
+            self._queue("result")
         except Exception:
             log.exception("llmtally: failed to settle a streamed call")
             self.done = True
 
     # -- settle --------------------------------------------------------------------------------
-    def _settle(self, result: wire.Result | None, *, error: str | None = None, stream: bool = False) -> None:
+    def _queue(self, kind: str) -> None:
+        """The call is over: queue it for ``flush()`` (see ``_scope``), on the call path."""
         if self.done:
             return
         self.done = True
-        latency = time.perf_counter() - self.perf
-        started = time.time() - latency
+        self.end = time.perf_counter()
+        self.kind = kind
+        pending = _scope.pending
+        pending.append(self)
+        if _sinks or len(pending) >= _scope.FLUSH_AT:
+            _scope.flush()
+
+    def settle(self) -> None:
+        """Parse, price and record the call; run by ``flush()``, never raises."""
+        try:
+            self._settle()
+        except Exception:
+            log.exception("llmtally: failed to settle a call")
+
+    def _settle(self) -> None:
+        kind = self.kind
+        if kind == "body":
+            result = self._parse_body()
+            if result is None:
+                self.request = None
+                return
+        elif kind == "result":
+            result = self.result
+            self.result = None
+        else:
+            result = None
+        error = self.error
+        stream = kind == "result"
+        latency = self.end - self.perf
+        started = time.time() - (time.perf_counter() - self.perf)
         requested = self._requested_model()
         hint, api_url = _host_info(self.host)
         call = Call(
@@ -258,9 +301,9 @@ class _Meter:
                     call.estimated = True
             result.text = []
             call.usage = usage
-            if self.error is not None:
+            if error is not None:
                 call.ok = False
-                call.error = self.error
+                call.error = error
             cost, source = price_usage(
                 usage,
                 call.model,

@@ -1,8 +1,14 @@
 """Scopes: ``track()`` and the ``Tally`` it yields.
 
 The open scopes are a tuple in a ContextVar. Entering a scope sets a longer tuple and keeps the
-token; leaving resets it in ``finally``, so nesting and exceptions restore the outer state exactly
-(LangChain's callback sets its variable without a reset and loses the outer scope).
+token; leaving resets it, so nesting and exceptions restore the outer state exactly (LangChain's
+callback sets its variable without a reset and loses the outer scope).
+
+Calls are settled lazily. On the call path the HTTP hook only queues what it saw (``pending``);
+parsing, pricing and adding up happen in ``flush()``, which runs when a Tally is read, when the
+queue passes ``FLUSH_AT`` calls, or when a sink needs the calls. A metered call's latency carries
+almost nothing, and a batch of calls is settled together, with warm caches. Every public read of a
+Tally flushes first, so what it shows is always complete.
 
 asyncio tasks copy the context, so they see the scopes that were open when they were created.
 Threads do not: ``instrument()`` hands the scopes to ``threading.Thread`` and to
@@ -11,7 +17,8 @@ Threads do not: ``instrument()`` hands the scopes to ``threading.Thread`` and to
 
 from __future__ import annotations
 
-from _thread import allocate_lock
+from _collections import deque
+from _thread import RLock, allocate_lock
 from contextvars import ContextVar
 
 # typing imports re (milliseconds); mypy reads TYPE_CHECKING = False the same way.
@@ -29,12 +36,32 @@ if TYPE_CHECKING:
 # (threading, decimal, logging, dataclasses would add tens of milliseconds); the rest loads with
 # the first scope.
 
-__all__ = ["ModelTotals", "Tally", "current_scopes", "record", "track"]
+__all__ = ["FLUSH_AT", "ModelTotals", "Tally", "current_scopes", "flush", "pending", "record", "track"]
 
 if TYPE_CHECKING:
     F = TypeVar("F", bound="Callable[..., Any]")
 
 _scopes: ContextVar[tuple[Tally, ...]] = ContextVar("llmtally_scopes", default=())
+
+
+#: Calls seen on the wire and not yet settled (see the module docstring); appended on the call path.
+pending: deque[Any] = deque()
+#: Settle in the call path once this many calls wait: bounds the memory the queue holds.
+FLUSH_AT = 64
+_flush_lock = RLock()  # re-entrant: a sink may read a Tally while flush() runs it
+
+
+def flush() -> None:
+    """Settle every queued call: parse, price, add to its scopes, hand to the sinks."""
+    if not pending:
+        return
+    with _flush_lock:
+        while pending:
+            try:
+                meter = pending.popleft()
+            except IndexError:
+                return
+            meter.settle()
 
 
 class _State:
@@ -99,34 +126,119 @@ class ModelTotals:
         )
 
 
+class _Counter:
+    """A Tally field that settles the queued calls before it is read."""
+
+    __slots__ = ("slot",)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        if pending:
+            flush()
+        return getattr(obj, self.slot)
+
+
 class Tally:
-    """What the calls made inside one ``track()`` scope used and cost.
+    """What the calls made inside one scope used and cost; also the scope itself.
 
     ``prompt_tokens`` includes cached input, ``completion_tokens`` includes reasoning, for every
     provider. ``cost`` is the exact ``Decimal`` sum over the calls whose price is known;
     ``unpriced_requests`` counts the others, which ``str(tally)`` names. Safe to read while other
     threads add to it.
+
+    A Tally is a context manager (``with`` / ``async with``) and a decorator: entering it again,
+    or calling a function it decorates, adds to the same totals.
     """
 
+    prompt_tokens = _Counter()
+    completion_tokens = _Counter()
+    cached_tokens = _Counter()
+    cache_write_tokens = _Counter()
+    reasoning_tokens = _Counter()
+    successful_requests = _Counter()
+    failed_requests = _Counter()
+    unpriced_requests = _Counter()
+    estimated_requests = _Counter()
+    cost = _Counter()
+    by_model = _Counter()
+    calls = _Counter()
+
     # Counters start as class attributes: a scope costs no more to open than it must, and the
-    # first call that adds to one gives the instance its own value.
-    prompt_tokens = 0
-    completion_tokens = 0
-    cached_tokens = 0
-    cache_write_tokens = 0
-    reasoning_tokens = 0
-    successful_requests = 0
-    failed_requests = 0
-    unpriced_requests = 0
-    estimated_requests = 0
+    # first call added gives the instance its own value.
+    _prompt_tokens = 0
+    _completion_tokens = 0
+    _cached_tokens = 0
+    _cache_write_tokens = 0
+    _reasoning_tokens = 0
+    _successful_requests = 0
+    _failed_requests = 0
+    _unpriced_requests = 0
+    _estimated_requests = 0
 
     def __init__(self, name: str | None = None, tags: Mapping[str, Any] | None = None) -> None:
         self.name = name
         self.tags: dict[str, Any] = dict(tags) if tags else {}
-        self.cost = _state.zero or _state.load_zero()
-        self.by_model: dict[str, ModelTotals] = {}
-        self.calls: list[Call] = []
+        self._cost = _state.zero or _state.load_zero()
+        self._by_model: dict[str, ModelTotals] = {}
+        self._calls: list[Call] = []
         self._lock = allocate_lock()
+        self._tokens: list[Any] = []
+
+    # -- the scope -----------------------------------------------------------------------------
+    def __enter__(self) -> Tally:
+        if not _state.instrumented:
+            from ._capture import ensure_instrumented
+
+            ensure_instrumented()
+        stack = _scopes.get()
+        # Re-entered while open (a recursive decorated function): count each call once.
+        self._tokens.append(_scopes.set((*stack, self)) if self not in stack else None)
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        token = self._tokens.pop()
+        if token is not None:
+            _scopes.reset(token)
+
+    async def __aenter__(self) -> Tally:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(et, ev, tb)
+
+    def __call__(self, func: F) -> F:
+        """Decorate ``func``: each invocation runs inside this scope and adds to its totals."""
+        import functools
+        import inspect
+
+        if self.name is None:
+            self.name = func.__qualname__
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                # Entered in the task that runs the coroutine, so each invocation has its token.
+                with self:
+                    return await func(*args, **kwargs)
+
+            async_wrapper.tally = self  # type: ignore[attr-defined]
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return func(*args, **kwargs)
+
+        wrapper.tally = self  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
 
     # -- LangChain compatibility -------------------------------------------------------------
     @property
@@ -144,85 +256,95 @@ class Tally:
 
     @property
     def unpriced_models(self) -> list[str]:
-        return sorted(m for m, t in self.by_model.items() if t.unpriced_requests)
+        flush()
+        return self._unpriced_models()
+
+    def _unpriced_models(self) -> list[str]:
+        return sorted(m for m, t in self._by_model.items() if t.unpriced_requests)
 
     # -- accounting --------------------------------------------------------------------------
     def _add(self, call: Call) -> None:
         u = call.usage
         with self._lock:
-            self.calls.append(call)
+            self._calls.append(call)
             model = call.model or call.requested_model or "unknown"
-            mt = self.by_model.get(model)
+            mt = self._by_model.get(model)
             if mt is None:
-                mt = self.by_model[model] = ModelTotals()
+                mt = self._by_model[model] = ModelTotals()
             mt.requests += 1
             if not call.ok:
-                self.failed_requests += 1
+                self._failed_requests += 1
                 mt.failed_requests += 1
             else:
-                self.successful_requests += 1
+                self._successful_requests += 1
             if u is not None:
-                self.prompt_tokens += u.prompt_tokens
-                self.completion_tokens += u.completion_tokens
-                self.cached_tokens += u.cached_tokens
-                self.cache_write_tokens += u.cache_write_tokens
-                self.reasoning_tokens += u.reasoning_tokens
+                self._prompt_tokens += u.prompt_tokens
+                self._completion_tokens += u.completion_tokens
+                self._cached_tokens += u.cached_tokens
+                self._cache_write_tokens += u.cache_write_tokens
+                self._reasoning_tokens += u.reasoning_tokens
                 mt.prompt_tokens += u.prompt_tokens
                 mt.completion_tokens += u.completion_tokens
                 mt.cached_tokens += u.cached_tokens
                 mt.cache_write_tokens += u.cache_write_tokens
                 mt.reasoning_tokens += u.reasoning_tokens
             if call.estimated:
-                self.estimated_requests += 1
+                self._estimated_requests += 1
                 mt.estimated_requests += 1
             if call.cost is None:
-                if call.usage is not None:
-                    self.unpriced_requests += 1
+                if u is not None:
+                    self._unpriced_requests += 1
                     mt.unpriced_requests += 1
             else:
-                self.cost += call.cost
+                self._cost += call.cost
                 mt.cost = call.cost if mt.cost is None else mt.cost + call.cost
 
     # -- display -----------------------------------------------------------------------------
     def _lines(self) -> list[str]:
-        lines = [f"Tokens Used: {self.total_tokens}", f"    Prompt Tokens: {self.prompt_tokens}"]
-        if self.cached_tokens:
-            lines.append(f"        Cached Tokens: {self.cached_tokens}")
-        if self.cache_write_tokens:
-            lines.append(f"        Cache Write Tokens: {self.cache_write_tokens}")
-        lines.append(f"    Completion Tokens: {self.completion_tokens}")
-        if self.reasoning_tokens:
-            lines.append(f"        Reasoning Tokens: {self.reasoning_tokens}")
-        lines.append(f"Successful Requests: {self.successful_requests}")
-        if self.failed_requests:
-            lines.append(f"Failed Requests: {self.failed_requests}")
-        if self.estimated_requests:
+        # Called with self._lock held: only underscore fields here, no flushing properties.
+        total = self._prompt_tokens + self._completion_tokens
+        lines = [f"Tokens Used: {total}", f"    Prompt Tokens: {self._prompt_tokens}"]
+        if self._cached_tokens:
+            lines.append(f"        Cached Tokens: {self._cached_tokens}")
+        if self._cache_write_tokens:
+            lines.append(f"        Cache Write Tokens: {self._cache_write_tokens}")
+        lines.append(f"    Completion Tokens: {self._completion_tokens}")
+        if self._reasoning_tokens:
+            lines.append(f"        Reasoning Tokens: {self._reasoning_tokens}")
+        lines.append(f"Successful Requests: {self._successful_requests}")
+        if self._failed_requests:
+            lines.append(f"Failed Requests: {self._failed_requests}")
+        if self._estimated_requests:
             lines.append(
-                f"Estimated Requests: {self.estimated_requests} (no usage in the response; "
+                f"Estimated Requests: {self._estimated_requests} (no usage in the response; "
                 "tokens counted offline)"
             )
-        if self.unpriced_requests:
+        if self._unpriced_requests:
             lines.append(
-                f"Unpriced Requests: {self.unpriced_requests} ({', '.join(self.unpriced_models)}: "
+                f"Unpriced Requests: {self._unpriced_requests} ({', '.join(self._unpriced_models())}: "
                 "price unknown, not in the total)"
             )
-        lines.append(f"Total Cost (USD): ${_money(self.cost)}")
+        lines.append(f"Total Cost (USD): ${_money(self._cost)}")
         return lines
 
     def __str__(self) -> str:
+        flush()
         with self._lock:
             return "\n".join(self._lines())
 
     def __repr__(self) -> str:
+        flush()
         name = f" {self.name!r}" if self.name else ""
         return (
-            f"<Tally{name} requests={self.successful_requests} tokens={self.total_tokens} "
-            f"cost=${_money(self.cost)}{' +unpriced' if self.unpriced_requests else ''}>"
+            f"<Tally{name} requests={self._successful_requests} "
+            f"tokens={self._prompt_tokens + self._completion_tokens} "
+            f"cost=${_money(self._cost)}{' +unpriced' if self._unpriced_requests else ''}>"
         )
 
     def _repr_html_(self) -> str:
         import html
 
+        flush()
         with self._lock:
             lines = self._lines()
         rows = []
@@ -247,77 +369,13 @@ def _money(d: Decimal) -> str:
 
 
 def record(call: Call, scopes: tuple[Tally, ...]) -> None:
-    """Add a finished call to every scope that was open when it was sent."""
+    """Add a settled call to every scope that was open when it was sent."""
     for tally in scopes:
         tally._add(call)
 
 
-class _Track:
-    """The object ``track()`` returns: a context manager (sync and async) and a decorator."""
-
-    __slots__ = ("_tags", "_tokens", "last", "name")
-
-    def __init__(self, name: str | None, tags: Mapping[str, Any] | None) -> None:
-        self.name = name
-        self._tags = tags
-        self._tokens: list[Any] = []
-        #: The Tally of the latest finished (or current) use.
-        self.last: Tally | None = None
-
-    def __enter__(self) -> Tally:
-        if not _state.instrumented:
-            from ._capture import ensure_instrumented
-
-            ensure_instrumented()
-        tally = Tally(self.name, self._tags)
-        self._tokens.append(_scopes.set((*_scopes.get(), tally)))
-        self.last = tally
-        return tally
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        _scopes.reset(self._tokens.pop())
-
-    async def __aenter__(self) -> Tally:
-        return self.__enter__()
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.__exit__(et, ev, tb)
-
-    def __call__(self, func: F) -> F:
-        import functools
-        import inspect
-
-        name, tags = self.name or func.__qualname__, self._tags
-        outer = self
-
-        # A fresh scope per invocation: concurrent invocations must not share one Tally.
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                scope = _Track(name, tags)
-                with scope as tally:
-                    outer.last = tally
-                    return await func(*args, **kwargs)
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            scope = _Track(name, tags)
-            with scope as tally:
-                outer.last = tally
-                return func(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
-
-
 def track(name: str | Callable[..., Any] | None = None, *, tags: Mapping[str, Any] | None = None) -> Any:
-    """Count every LLM call made while the scope is open.
+    """A new scope: count every LLM call made while it is open.
 
     Use it as a context manager (``with`` or ``async with``) or a decorator::
 
@@ -325,10 +383,13 @@ def track(name: str | Callable[..., Any] | None = None, *, tags: Mapping[str, An
             client.chat.completions.create(model="gpt-4o", messages=[...])
         print(t)            # Tokens Used / Prompt Tokens / ... / Total Cost (USD)
 
+        @llmtally.track("embed")
+        def embed(texts): ...
+        embed.tally         # every invocation's calls, added up
+
     Calls count in every enclosing scope, including calls made by asyncio tasks and by threads
-    started inside it. As a decorator each invocation opens its own scope; the latest is
-    ``decorated_track.last``.
+    started inside it.
     """
     if callable(name):  # bare @track
-        return _Track(None, tags)(name)
-    return _Track(name, tags)
+        return Tally(None, tags)(name)
+    return Tally(name, tags)

@@ -60,23 +60,38 @@ class TestNesting:
         oai.chat.completions.create(model="gpt-4", messages=CHAT)
         assert before.calls == [] and before.total_tokens == 0
 
-    def test_decorator_opens_a_scope_per_invocation(self, fake: FakeProvider, oai: openai.OpenAI) -> None:
+    def test_decorator_totals_its_invocations(self, fake: FakeProvider, oai: openai.OpenAI) -> None:
         fake.handler = numbered_replies
 
         decorated = llmtally.track("decorated")
 
         @decorated
         def work(n: int) -> str:
+            assert llmtally.current_scopes()[-1] is decorated
             return ask(oai, n)
 
-        assert work(3) == "done 3"
-        first = decorated.last
+        with llmtally.track("outer") as outer:
+            assert work(3) == "done 3"
+        assert (decorated.prompt_tokens, decorated.completion_tokens) == (4, 7)
         assert work(4) == "done 4"
-        second = decorated.last
-        assert first is not second
-        assert (first.prompt_tokens, first.completion_tokens) == (4, 7)
-        assert (second.prompt_tokens, second.completion_tokens) == (5, 9)
-        assert second.name == "decorated"
+        assert work.tally is decorated
+        assert (decorated.prompt_tokens, decorated.completion_tokens) == (4 + 5, 7 + 9)
+        assert outer.total_tokens == 11  # only the invocation made inside it
+        assert decorated.calls[1].scope_path == ("decorated",)
+        assert decorated.name == "decorated"
+
+    def test_recursive_decorated_function_counts_once(self, fake: FakeProvider, oai: openai.OpenAI) -> None:
+        fake.handler = numbered_replies
+
+        @llmtally.track
+        def work(n: int) -> None:
+            ask(oai, n)
+            if n:
+                work(n - 1)
+
+        work(2)
+        assert work.tally.successful_requests == 3
+        assert work.tally.name.endswith("work")
 
 
 class TestThreads:

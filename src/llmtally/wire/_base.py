@@ -12,7 +12,6 @@ from .._usage import Usage
 __all__ = ["Parser", "Result", "StreamParser", "as_int", "key_string", "loads", "object_after"]
 
 _DECODER = json.JSONDecoder()
-_OBJECT_START = re.compile(rb"\s*:\s*\{")
 _STRING_VALUE = re.compile(rb'\s*:\s*"([^"\\]{0,256})"')
 
 
@@ -46,15 +45,18 @@ def key_string(content: bytes, key: bytes, last: bool = False) -> str | None:
 
 
 def object_after(content: bytes, key: bytes) -> Any:
-    """The JSON object that is the value of the *last* ``key`` in ``content``, or ``None``."""
+    """The JSON object that is the value of the *last* ``key`` in ``content``, or ``None``.
+
+    Only that object is decoded (the C decoder, from its opening brace), not the document.
+    """
     at = content.rfind(key)
     if at < 0:
         return None
-    m = _OBJECT_START.match(content, at + len(key))
-    if m is None:
+    brace = content.find(b"{", at)
+    if brace < 0 or content[at + len(key) : brace].strip(b" \t\r\n") != b":":
         return None
     try:
-        obj, _ = _DECODER.raw_decode(content[m.end() - 1 :].decode("utf-8", "replace"))
+        obj, _ = _DECODER.raw_decode(content[brace:].decode("utf-8", "replace"))
     except ValueError:
         return None
     return obj

@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from .._usage import Usage
-from ._base import Parser, Result, StreamParser, as_int, key_string, loads
+from ._base import Parser, Result, StreamParser, as_int, key_string, loads, object_after
 
 __all__ = [
     "ChatCompletions",
@@ -93,9 +93,6 @@ def _message_texts(messages: Any) -> tuple[list[str], int]:
     return texts, count
 
 
-# "usage": {...} with at most one level of nested objects (the *_details).
-_USAGE_BLOCK = re.compile(rb'"usage"\s*:\s*(\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\})')
-_COUNTS = re.compile(rb'"([a-z_]+)"\s*:\s*(\d+)\b(?!\.)')
 _INCLUDE_USAGE = re.compile(rb'"include_usage"\s*:\s*true')
 _NO_USAGE = re.compile(rb'"usage"\s*:\s*null')
 
@@ -185,23 +182,11 @@ class ChatCompletions(Parser):
 
     def fast_body(self, content: bytes) -> Result | None:
         # Chat, legacy completions and embeddings put "usage" last, at the top level; tool-call
-        # arguments are JSON *strings*, so no other object here has a "usage" key. Its counts
-        # have names unique within it (cached_tokens only under prompt_tokens_details, ...), so
-        # one regex pass reads them all.
-        at = content.rfind(b'"usage"')
-        if at < 0:
+        # arguments are JSON *strings*, so no other object here has a "usage" key. Decoding just
+        # that object skips the answer's text and, for embeddings, every vector.
+        usage = chat_usage(object_after(content, b'"usage"'))
+        if usage is None:
             return None
-        block = _USAGE_BLOCK.match(content, at)
-        if block is None:
-            return None
-        n = dict(_COUNTS.findall(block.group(1)))
-        if not n:
-            return None
-        prompt = int(n.get(b"prompt_tokens", 0))
-        completion = int(n.get(b"completion_tokens", 0))
-        cached = int(n.get(b"cached_tokens", 0) or n.get(b"prompt_cache_hit_tokens", 0))
-        reasoning = int(n.get(b"reasoning_tokens", 0))
-        usage = Usage(prompt, completion, min(cached, prompt), 0, min(reasoning, completion))
         return Result(key_string(content, b'"model"'), usage, key_string(content, b'"id"'))
 
     def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
