@@ -139,6 +139,8 @@ class _Counter:
             return self
         if pending:
             flush()
+        if obj._seen != len(obj._calls):
+            obj._sync()
         return getattr(obj, self.slot)
 
 
@@ -185,6 +187,7 @@ class Tally:
         self._cost = _state.zero or _state.load_zero()
         self._by_model: dict[str, ModelTotals] = {}
         self._calls: list[Call] = []
+        self._seen = 0  # calls already added into the totals
         self._lock = allocate_lock()
         self._tokens: list[Any] = []
 
@@ -256,7 +259,7 @@ class Tally:
 
     @property
     def unpriced_models(self) -> list[str]:
-        flush()
+        self._settled()
         return self._unpriced_models()
 
     def _unpriced_models(self) -> list[str]:
@@ -264,40 +267,51 @@ class Tally:
 
     # -- accounting --------------------------------------------------------------------------
     def _add(self, call: Call) -> None:
-        u = call.usage
+        # list.append is atomic: settling a call costs one append per scope. The totals are
+        # brought up to date when read (_sync), many calls at a time.
+        self._calls.append(call)
+
+    def _sync(self) -> None:
         with self._lock:
-            self._calls.append(call)
-            model = call.model or call.requested_model or "unknown"
-            mt = self._by_model.get(model)
-            if mt is None:
-                mt = self._by_model[model] = ModelTotals()
-            mt.requests += 1
-            if not call.ok:
-                self._failed_requests += 1
-                mt.failed_requests += 1
-            else:
-                self._successful_requests += 1
+            calls = self._calls
+            end = len(calls)
+            for i in range(self._seen, end):
+                self._total(calls[i])
+            self._seen = end
+
+    def _total(self, call: Call) -> None:
+        u = call.usage
+        model = call.model or call.requested_model or "unknown"
+        mt = self._by_model.get(model)
+        if mt is None:
+            mt = self._by_model[model] = ModelTotals()
+        mt.requests += 1
+        if not call.ok:
+            self._failed_requests += 1
+            mt.failed_requests += 1
+        else:
+            self._successful_requests += 1
+        if u is not None:
+            self._prompt_tokens += u.prompt_tokens
+            self._completion_tokens += u.completion_tokens
+            self._cached_tokens += u.cached_tokens
+            self._cache_write_tokens += u.cache_write_tokens
+            self._reasoning_tokens += u.reasoning_tokens
+            mt.prompt_tokens += u.prompt_tokens
+            mt.completion_tokens += u.completion_tokens
+            mt.cached_tokens += u.cached_tokens
+            mt.cache_write_tokens += u.cache_write_tokens
+            mt.reasoning_tokens += u.reasoning_tokens
+        if call.estimated:
+            self._estimated_requests += 1
+            mt.estimated_requests += 1
+        if call.cost is None:
             if u is not None:
-                self._prompt_tokens += u.prompt_tokens
-                self._completion_tokens += u.completion_tokens
-                self._cached_tokens += u.cached_tokens
-                self._cache_write_tokens += u.cache_write_tokens
-                self._reasoning_tokens += u.reasoning_tokens
-                mt.prompt_tokens += u.prompt_tokens
-                mt.completion_tokens += u.completion_tokens
-                mt.cached_tokens += u.cached_tokens
-                mt.cache_write_tokens += u.cache_write_tokens
-                mt.reasoning_tokens += u.reasoning_tokens
-            if call.estimated:
-                self._estimated_requests += 1
-                mt.estimated_requests += 1
-            if call.cost is None:
-                if u is not None:
-                    self._unpriced_requests += 1
-                    mt.unpriced_requests += 1
-            else:
-                self._cost += call.cost
-                mt.cost = call.cost if mt.cost is None else mt.cost + call.cost
+                self._unpriced_requests += 1
+                mt.unpriced_requests += 1
+        else:
+            self._cost += call.cost
+            mt.cost = call.cost if mt.cost is None else mt.cost + call.cost
 
     # -- display -----------------------------------------------------------------------------
     def _lines(self) -> list[str]:
@@ -327,13 +341,18 @@ class Tally:
         lines.append(f"Total Cost (USD): ${_money(self._cost)}")
         return lines
 
-    def __str__(self) -> str:
+    def _settled(self) -> None:
         flush()
+        if self._seen != len(self._calls):
+            self._sync()
+
+    def __str__(self) -> str:
+        self._settled()
         with self._lock:
             return "\n".join(self._lines())
 
     def __repr__(self) -> str:
-        flush()
+        self._settled()
         name = f" {self.name!r}" if self.name else ""
         return (
             f"<Tally{name} requests={self._successful_requests} "
@@ -344,7 +363,7 @@ class Tally:
     def _repr_html_(self) -> str:
         import html
 
-        flush()
+        self._settled()
         with self._lock:
             lines = self._lines()
         rows = []
