@@ -103,7 +103,9 @@ def run(runs: int, peer_runs: int) -> dict[str, Any]:
     missing = [label for label, _, mod in CONTENDERS if mod is not None and not importlib.util.find_spec(mod)]
     core = ["python -c pass", "import llmtally"]
     codes = {
-        label: CHILD.format(stmt=stmt, heavy=HEAVY) for label, stmt in present if label in core or peer_runs > 0
+        label: CHILD.format(stmt=stmt, heavy=HEAVY)
+        for label, stmt in present
+        if label in core or peer_runs > 0
     }
     failed: dict[str, str] = {}
     info: dict[str, dict[str, Any]] = {}

@@ -35,7 +35,8 @@ log = logging.getLogger("llmtally")
 
 _MODULES = ("httpx", "httpx2")
 _lock = threading.RLock()
-_patched: dict[str, tuple[Any, Any, Any]] = {}  # module name -> (module, sync send, async send)
+# module name -> (module, sync send, async send, Response.json)
+_patched: dict[str, tuple[Any, Any, Any, Any]] = {}
 _instrumented = False
 _finder: _PatchOnImport | None = None
 
@@ -71,6 +72,7 @@ class _Meter:
 
     __slots__ = (
         "_decoder",
+        "_response",
         "_sse",
         "_stream",
         "broken",
@@ -80,6 +82,7 @@ class _Meter:
         "error",
         "host",
         "kind",
+        "parsed",
         "parser",
         "perf",
         "request",
@@ -98,6 +101,8 @@ class _Meter:
         self.status: int | None = None
         self.kind = ""
         self.content: bytes | None = None
+        self.parsed: dict[str, Any] | None = None
+        self._response: Any = None
         self.result: wire.Result | None = None
         self.stream = False
         self.end = 0.0
@@ -139,7 +144,7 @@ class _Meter:
                 self._feed_decoded(content)
                 self.finish()
             else:
-                self._body(content)
+                self._body(content, response)
             return
         sse = _is_sse(response)
         encoding = response.headers.get("content-encoding", "").lower().strip()
@@ -153,13 +158,23 @@ class _Meter:
         response.stream = _tap_for(response.stream, self)
 
     # -- bodies --------------------------------------------------------------------------------
-    def _body(self, content: bytes) -> None:
-        # Only keep a reference here: the body is parsed when the call is settled (flush()).
+    def _body(self, content: bytes, response: Any = None) -> None:
+        # Only keep a reference here: the body is parsed when the call is settled (flush()),
+        # unless the SDK parses it first (_make_json).
         self.content = content
+        if response is not None:
+            self._response = response
+            _awaiting_json[id(response)] = self
         self._queue("body")
 
     def _parse_body(self) -> wire.Result | None:
-        content, self.content = self.content, None
+        content, self.content = self.content or b"", None
+        if self._response is not None:
+            _awaiting_json.pop(id(self._response), None)
+            self._response = None
+        parsed, self.parsed = self.parsed, None
+        if parsed is not None:
+            return self.parser.body(parsed)
         fast = self.parser.fast_body(content)
         if fast is not None:
             return fast
@@ -473,7 +488,7 @@ def _tap_classes_for(module: Any) -> tuple[type, type]:
 
 
 def _tap_for(stream: Any, meter: _Meter) -> Any:
-    for module, _, _ in _patched.values():
+    for module, *_ in _patched.values():
         sync_tap, async_tap = _tap_classes_for(module)
         if isinstance(stream, module.SyncByteStream):
             return sync_tap(stream, meter)
@@ -564,17 +579,40 @@ def _make_async(orig: Any) -> Any:
     return send
 
 
+#: id(response) -> the meter of a metered JSON response the client has not parsed yet. The meter
+#: keeps the response alive until it settles, so the id cannot be reused meanwhile.
+_awaiting_json: dict[int, _Meter] = {}
+
+
+def _make_json(orig: Any) -> Any:
+    def json(self: Any, **kwargs: Any) -> Any:
+        obj = orig(self, **kwargs)
+        if _awaiting_json:
+            meter = _awaiting_json.pop(id(self), None)
+            if meter is not None and not kwargs and type(obj) is dict:
+                # The SDK has just decoded the body: settle from its dict instead of decoding it
+                # again. It is only read, later, and the SDK builds its models without changing it.
+                meter.parsed = obj
+        return obj
+
+    json.__llmtally_original__ = orig  # type: ignore[attr-defined]
+    json.__wrapped__ = orig  # type: ignore[attr-defined]
+    return json
+
+
 def _patch_module(module: Any) -> None:
     with _lock:
-        if any(m is module for m, _, _ in _patched.values()):
+        if any(p[0] is module for p in _patched.values()):
             return  # httpx2.alias_httpx() makes both names one module
         sync_send = module.Client.send
         async_send = module.AsyncClient.send
         if hasattr(sync_send, "__llmtally_original__"):
             return
+        json_method = module.Response.json
         module.Client.send = _make_sync(sync_send)
         module.AsyncClient.send = _make_async(async_send)
-        _patched[module.__name__] = (module, sync_send, async_send)
+        module.Response.json = _make_json(json_method)
+        _patched[module.__name__] = (module, sync_send, async_send, json_method)
 
 
 class _PatchOnImport:  # a meta-path finder; importlib.abc would cost 25 ms of import time
@@ -660,9 +698,10 @@ def uninstrument() -> None:
     with _lock:
         from ._threads import unpatch_threads
 
-        for module, sync_send, async_send in _patched.values():
+        for module, sync_send, async_send, json_method in _patched.values():
             module.Client.send = sync_send
             module.AsyncClient.send = async_send
+            module.Response.json = json_method
         _patched.clear()
         if _finder is not None and _finder in sys.meta_path:
             sys.meta_path.remove(_finder)

@@ -294,9 +294,9 @@ def price_usage(
     key = (model, provider, api_url, fallback)
     fast = _fixed.get(key)
     if fast is not None:  # a model whose price does not depend on the time: one cached plan
-        plan, found = fast
+        plan, entry = fast
         try:
-            return _decimal(plan.fn(usage), plan.exponent), found
+            return _decimal(plan.fn(usage), plan.exponent), entry
         except ValueError as exc:
             log.warning("llmtally: cannot price %s usage %r: %s", model, usage, exc)
             return None, None

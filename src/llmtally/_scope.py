@@ -116,7 +116,7 @@ class ModelTotals:
 
     @property
     def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+        return int(self.prompt_tokens + self.completion_tokens)
 
     def __repr__(self) -> str:
         cost = "unknown" if self.cost is None else f"${_money(self.cost)}"
@@ -246,7 +246,7 @@ class Tally:
     # -- LangChain compatibility -------------------------------------------------------------
     @property
     def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+        return int(self.prompt_tokens + self.completion_tokens)
 
     @property
     def total_cost(self) -> float:
@@ -255,7 +255,7 @@ class Tally:
 
     @property
     def prompt_tokens_cached(self) -> int:
-        return self.cached_tokens
+        return int(self.cached_tokens)
 
     @property
     def unpriced_models(self) -> list[str]:
