@@ -226,6 +226,29 @@ class TestLazySettlement:
                 assert len(_scope.pending) < _scope.FLUSH_AT
         assert t.successful_requests == _scope.FLUSH_AT * 3 + 5
 
+    def test_uses_the_clients_decoded_json(self) -> None:
+        from llmtally import _capture, _scope
+
+        body = b'{"model": "gpt-4", "usage": {"prompt_tokens": 11, "completion_tokens": 13}}'
+        client = client_for(httpx2, lambda req: httpx2.Response(200, content=body))
+        with llmtally.track() as t:
+            r = client.post("http://fake/v1/chat/completions", json=CHAT)
+            assert _capture._awaiting_json
+            data = r.json()
+            assert not _capture._awaiting_json
+            assert _scope.pending[0].parsed is data
+            data["usage"] = None  # the caller's dict to change: the bytes still count
+        assert data == {"model": "gpt-4", "usage": None}
+        assert (t.prompt_tokens, t.completion_tokens) == (11, 13)
+        assert not _capture._awaiting_json
+
+    def test_json_hook_is_removed(self) -> None:
+        llmtally.instrument()
+        assert hasattr(httpx2.Response.json, "__llmtally_original__")
+        llmtally.uninstrument()
+        assert not hasattr(httpx2.Response.json, "__llmtally_original__")
+        assert httpx2.Response(200, content=b'{"a": 1}').json() == {"a": 1}
+
     def test_sinks_get_calls_at_once(self) -> None:
         from llmtally import _capture
 

@@ -174,7 +174,11 @@ class _Meter:
             self._response = None
         parsed, self.parsed = self.parsed, None
         if parsed is not None:
-            return self.parser.body(parsed)
+            result = self.parser.body(parsed)
+            # A caller who edited the dict it got from json() cannot hide the usage: the bytes
+            # the server sent are still here.
+            if result is not None and result.usage is not None:
+                return result
         fast = self.parser.fast_body(content)
         if fast is not None:
             return fast
