@@ -18,7 +18,7 @@ test: $(VENV)/.installed-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-bench
-	bash bench/run_all.sh
+	PYTHON=$(abspath $(PY)) bash bench/run_all.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis
