@@ -9,7 +9,7 @@ from typing import Any
 
 from .._usage import Usage
 
-__all__ = ["Parser", "Result", "StreamParser", "as_int", "key_string", "loads", "object_after"]
+__all__ = ["Parser", "Result", "StreamParser", "as_int", "as_str", "key_string", "loads", "object_after"]
 
 _DECODER = json.JSONDecoder()
 _STRING_VALUE = re.compile(rb'\s*:\s*"([^"\\]{0,256})"')
@@ -20,6 +20,11 @@ def as_int(value: Any) -> int:
     if type(value) is int and value >= 0:
         return value
     return 0
+
+
+def as_str(value: Any) -> str | None:
+    """A string field from a response, or ``None`` for anything else."""
+    return value if isinstance(value, str) else None
 
 
 def loads(data: bytes) -> Any:

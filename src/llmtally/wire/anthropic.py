@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._usage import Usage
-from ._base import Parser, Result, StreamParser, as_int, loads
+from ._base import Parser, Result, StreamParser, as_int, as_str, loads
 
 __all__ = ["Messages", "messages_usage"]
 
@@ -40,10 +40,6 @@ def _to_usage(f: dict[str, int], creation: Any) -> Usage:
         cache_write_tokens=write,
         cache_write_1h_tokens=min(write_1h, write),
     )
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 class _MessagesStream(StreamParser):
@@ -89,8 +85,8 @@ class _MessagesStream(StreamParser):
         elif kind == "message_start":
             msg = obj.get("message")
             if isinstance(msg, dict):
-                r.model = _str(msg.get("model"))
-                r.request_id = _str(msg.get("id"))
+                r.model = as_str(msg.get("model"))
+                r.request_id = as_str(msg.get("id"))
                 self._merge(msg.get("usage"))
         elif kind == "message_delta":
             self._merge(obj.get("usage"))
@@ -107,7 +103,7 @@ class Messages(Parser):
         # OpenAI's Assistants API also POSTs to .../messages; its objects say "object": "thread.message".
         if "object" in obj or obj.get("type", "message") != "message":
             return None
-        return Result(_str(obj.get("model")), messages_usage(obj.get("usage")), _str(obj.get("id")))
+        return Result(as_str(obj.get("model")), messages_usage(obj.get("usage")), as_str(obj.get("id")))
 
     def stream(self, request: bytes = b"") -> StreamParser:
         return _MessagesStream()

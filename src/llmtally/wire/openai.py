@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from .._usage import Usage
-from ._base import Parser, Result, StreamParser, as_int, key_string, loads, object_after
+from ._base import Parser, Result, StreamParser, as_int, as_str, key_string, loads, object_after
 
 __all__ = [
     "ChatCompletions",
@@ -59,10 +59,6 @@ def responses_usage(u: Any) -> Usage | None:
     cached = _details(u, "input_tokens_details", "cached_tokens")
     reasoning = _details(u, "output_tokens_details", "reasoning_tokens")
     return Usage(prompt, completion, min(cached, prompt), 0, min(reasoning, completion))
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def _message_texts(messages: Any) -> tuple[list[str], int]:
@@ -127,8 +123,8 @@ class _ChatStream(StreamParser):
         if obj is None:
             return
         if r.model is None:
-            r.model = _str(obj.get("model"))
-            r.request_id = _str(obj.get("id"))
+            r.model = as_str(obj.get("model"))
+            r.request_id = as_str(obj.get("id"))
         usage = obj.get("usage")
         if usage:
             r.usage = chat_usage(usage)
@@ -166,7 +162,7 @@ class ChatCompletions(Parser):
     provider = "openai"
 
     def body(self, obj: dict[str, Any]) -> Result | None:
-        result = Result(_str(obj.get("model")), chat_usage(obj.get("usage")), _str(obj.get("id")))
+        result = Result(as_str(obj.get("model")), chat_usage(obj.get("usage")), as_str(obj.get("id")))
         if result.usage is None:
             # A server that reports no usage: keep the answer's text to count it offline.
             for choice in obj.get("choices") or ():
@@ -225,7 +221,7 @@ class Embeddings(ChatCompletions):
         usage = chat_usage(obj.get("usage"))
         if usage is not None:
             usage.completion_tokens = usage.reasoning_tokens = 0
-        return Result(_str(obj.get("model")), usage, None)
+        return Result(as_str(obj.get("model")), usage, None)
 
 
 class _ResponsesStream(StreamParser):
@@ -253,8 +249,8 @@ class _ResponsesStream(StreamParser):
         response = obj.get("response")
         if not isinstance(response, dict):
             return
-        r.model = _str(response.get("model")) or r.model
-        r.request_id = _str(response.get("id")) or r.request_id
+        r.model = as_str(response.get("model")) or r.model
+        r.request_id = as_str(response.get("id")) or r.request_id
         if kind in ("response.completed", "response.incomplete", "response.failed"):
             usage = responses_usage(response.get("usage"))
             if usage is not None:
@@ -268,7 +264,7 @@ class Responses(Parser):
     def body(self, obj: dict[str, Any]) -> Result | None:
         if obj.get("object", "response") != "response":
             return None
-        return Result(_str(obj.get("model")), responses_usage(obj.get("usage")), _str(obj.get("id")))
+        return Result(as_str(obj.get("model")), responses_usage(obj.get("usage")), as_str(obj.get("id")))
 
     def stream(self, request: bytes = b"") -> StreamParser:
         return _ResponsesStream()
