@@ -70,27 +70,21 @@ def remove_sink(sink: Any) -> None:
 class _Meter:
     """The state of one request from ``send`` until its call is settled."""
 
-    __slots__ = (
-        "_decoder",
-        "_response",
-        "_sse",
-        "_stream",
-        "broken",
-        "content",
-        "done",
-        "end",
-        "error",
-        "host",
-        "kind",
-        "parsed",
-        "parser",
-        "perf",
-        "request",
-        "result",
-        "scopes",
-        "status",
-        "stream",
-    )
+    # Defaults live on the class: a metered call sets only the few fields it uses.
+    status: int | None = None
+    kind = ""
+    content: bytes | None = None
+    parsed: dict[str, Any] | None = None
+    _response: Any = None
+    result: wire.Result | None = None
+    stream = False
+    end = 0.0
+    _stream: wire.StreamParser | None = None
+    _sse: Any = None
+    _decoder: Any = None
+    broken = False
+    done = False
+    error: str | None = None
 
     def __init__(self, parser: wire.Parser, request: Any, host: str, scopes: tuple[Any, ...]) -> None:
         self.parser = parser
@@ -98,20 +92,6 @@ class _Meter:
         self.host = host
         self.scopes = scopes
         self.perf = time.perf_counter()
-        self.status: int | None = None
-        self.kind = ""
-        self.content: bytes | None = None
-        self.parsed: dict[str, Any] | None = None
-        self._response: Any = None
-        self.result: wire.Result | None = None
-        self.stream = False
-        self.end = 0.0
-        self._stream: wire.StreamParser | None = None
-        self._sse: Any = None
-        self._decoder: Any = None
-        self.broken = False
-        self.done = False
-        self.error: str | None = None
 
     # -- outcomes ------------------------------------------------------------------------------
     def failed(self, exc: BaseException) -> None:
