@@ -119,7 +119,7 @@ class _Meter:
         if read:
             content = response.content
             # A JSON body needs no header lookup (httpx's Headers.get is not cheap).
-            if _JSON_START.match(content) is None and _is_sse(response):
+            if content[:1] != b"{" and _JSON_START.match(content) is None and _is_sse(response):
                 self._begin_stream()
                 self._feed_decoded(content)
                 self.finish()
