@@ -267,18 +267,14 @@ class _Meter:
         started = time.time() - (time.perf_counter() - self.perf)
         requested = self._requested_model()
         hint, api_url = _host_info(self.host)
-        call = Call(
-            provider=hint or self.parser.provider,
-            endpoint=self.parser.endpoint,
-            model=None,
-            requested_model=requested,
-            status=self.status,
-            stream=stream,
-            started_at=started,
-            latency=latency,
-            url_host=self.host,
-            scope_path=tuple(t.name or "" for t in self.scopes),
-        )
+        call = Call(hint or self.parser.provider, self.parser.endpoint, None)
+        call.requested_model = requested
+        call.status = self.status
+        call.stream = stream
+        call.started_at = started
+        call.latency = latency
+        call.url_host = self.host
+        call.scope_path = tuple([t.name or "" for t in self.scopes])
         if result is None:
             call.ok = False
             call.error = error

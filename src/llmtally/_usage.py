@@ -10,7 +10,9 @@ which provider answered:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from decimal import Decimal
 from typing import Any
 
@@ -34,34 +36,41 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-@dataclass(slots=True, eq=False)
 class Call:
     """One LLM API request as llmtally saw it on the wire.
 
     Holds counts, model names, timing and cost; never prompt or completion text, keys or headers.
     ``cost`` is ``None`` when the price is unknown (never zero by default); failed requests cost
-    ``Decimal(0)``.
+    ``Decimal(0)``. ``scope_path`` names the scopes open when it was sent, outermost first.
     """
 
-    provider: str | None
-    endpoint: str
-    model: str | None
+    # Defaults on the class: settling a call sets only the fields it has (a plain class rather
+    # than a dataclass, whose __init__ would store all nineteen every time).
     requested_model: str | None = None
     usage: Usage | None = None
     cost: Decimal | None = None
-    currency: str = "USD"
+    currency = "USD"
     status: int | None = None
-    ok: bool = True
+    ok = True
     error: str | None = None
-    stream: bool = False
-    estimated: bool = False
-    started_at: float = 0.0
-    latency: float = 0.0
+    stream = False
+    estimated = False
+    started_at = 0.0
+    latency = 0.0
     request_id: str | None = None
     url_host: str | None = None
     price_source: str | None = None
     scope_path: tuple[str, ...] = ()
-    tags: dict[str, Any] = field(default_factory=dict)
+    tags: Mapping[str, Any] = MappingProxyType({})
+
+    def __init__(self, provider: str | None, endpoint: str, model: str | None, **fields: Any) -> None:
+        self.provider = provider
+        self.endpoint = endpoint
+        self.model = model
+        for name, value in fields.items():
+            if not hasattr(Call, name):
+                raise TypeError(f"Call has no field {name!r}")
+            setattr(self, name, value)
 
     @property
     def priced(self) -> bool:
