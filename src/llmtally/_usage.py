@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 __all__ = ["Call", "Usage"]
