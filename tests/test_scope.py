@@ -236,3 +236,31 @@ print(t.total_tokens, t.cost)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["24", "0.00111"]
+
+
+class TestConcurrentReads:
+    """Reading tallies while other threads make calls settles each call exactly once."""
+
+    def test_reads_race_with_calls(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        totals: list[int] = []
+        mine_counts: list[int] = []
+
+        def worker() -> None:
+            with llmtally.track() as mine:
+                for _ in range(50):
+                    post(client)
+                    totals.append(mine.total_tokens)  # reads flush everyone's queued calls
+            mine_counts.append(mine.successful_requests)
+
+        with llmtally.track() as outer:
+            threads = [threading.Thread(target=worker) for _ in range(6)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        assert outer.successful_requests == 300 and len(outer.calls) == 300
+        assert outer.total_tokens == 300 * 24 and outer.cost == Decimal("0.00111") * 300
+        assert len({id(c) for c in outer.calls}) == 300
+        assert mine_counts == [50] * 6
