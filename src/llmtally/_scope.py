@@ -118,6 +118,25 @@ class ModelTotals:
     def total_tokens(self) -> int:
         return int(self.prompt_tokens + self.completion_tokens)
 
+    def add(self, call: Call) -> None:
+        u = call.usage
+        self.requests += 1
+        if not call.ok:
+            self.failed_requests += 1
+        if u is not None:
+            self.prompt_tokens += u.prompt_tokens
+            self.completion_tokens += u.completion_tokens
+            self.cached_tokens += u.cached_tokens
+            self.cache_write_tokens += u.cache_write_tokens
+            self.reasoning_tokens += u.reasoning_tokens
+        if call.estimated:
+            self.estimated_requests += 1
+        if call.cost is None:
+            if u is not None:
+                self.unpriced_requests += 1
+        else:
+            self.cost = call.cost if self.cost is None else self.cost + call.cost
+
     def __repr__(self) -> str:
         cost = "unknown" if self.cost is None else f"${_money(self.cost)}"
         return (
@@ -166,7 +185,6 @@ class Tally:
     unpriced_requests = _Counter()
     estimated_requests = _Counter()
     cost = _Counter()
-    by_model = _Counter()
     calls = _Counter()
 
     # Counters start as class attributes: a scope costs no more to open than it must, and the
@@ -186,6 +204,7 @@ class Tally:
         self.tags: dict[str, Any] = dict(tags) if tags else {}
         self._cost = _state.zero or _state.load_zero()
         self._by_model: dict[str, ModelTotals] = {}
+        self._models_seen = 0
         self._calls: list[Call] = []
         self._seen = 0  # calls already added into the totals
         self._lock = allocate_lock()
@@ -258,12 +277,18 @@ class Tally:
         return int(self.cached_tokens)
 
     @property
+    def by_model(self) -> dict[str, ModelTotals]:
+        """Totals per model (the served model's name), in the order first seen."""
+        self._settled()
+        return self._models()
+
+    @property
     def unpriced_models(self) -> list[str]:
         self._settled()
         return self._unpriced_models()
 
     def _unpriced_models(self) -> list[str]:
-        return sorted(m for m, t in self._by_model.items() if t.unpriced_requests)
+        return sorted(m for m, t in self._models().items() if t.unpriced_requests)
 
     # -- accounting --------------------------------------------------------------------------
     def _add(self, call: Call) -> None:
@@ -281,14 +306,8 @@ class Tally:
 
     def _total(self, call: Call) -> None:
         u = call.usage
-        model = call.model or call.requested_model or "unknown"
-        mt = self._by_model.get(model)
-        if mt is None:
-            mt = self._by_model[model] = ModelTotals()
-        mt.requests += 1
         if not call.ok:
             self._failed_requests += 1
-            mt.failed_requests += 1
         else:
             self._successful_requests += 1
         if u is not None:
@@ -297,24 +316,32 @@ class Tally:
             self._cached_tokens += u.cached_tokens
             self._cache_write_tokens += u.cache_write_tokens
             self._reasoning_tokens += u.reasoning_tokens
-            mt.prompt_tokens += u.prompt_tokens
-            mt.completion_tokens += u.completion_tokens
-            mt.cached_tokens += u.cached_tokens
-            mt.cache_write_tokens += u.cache_write_tokens
-            mt.reasoning_tokens += u.reasoning_tokens
         if call.estimated:
             self._estimated_requests += 1
-            mt.estimated_requests += 1
         if call.cost is None:
             if u is not None:
                 self._unpriced_requests += 1
-                mt.unpriced_requests += 1
         else:
             self._cost += call.cost
-            mt.cost = call.cost if mt.cost is None else mt.cost + call.cost
+
+    def _models(self) -> dict[str, ModelTotals]:
+        """The per-model breakdown, brought up to date from ``calls`` (only when asked for)."""
+        with self._lock:
+            calls = self._calls
+            end = len(calls)
+            by_model = self._by_model
+            for i in range(self._models_seen, end):
+                call = calls[i]
+                model = call.model or call.requested_model or "unknown"
+                mt = by_model.get(model)
+                if mt is None:
+                    mt = by_model[model] = ModelTotals()
+                mt.add(call)
+            self._models_seen = end
+            return by_model
 
     # -- display -----------------------------------------------------------------------------
-    def _lines(self) -> list[str]:
+    def _lines(self, unpriced: list[str]) -> list[str]:
         # Called with self._lock held: only underscore fields here, no flushing properties.
         total = self._prompt_tokens + self._completion_tokens
         lines = [f"Tokens Used: {total}", f"    Prompt Tokens: {self._prompt_tokens}"]
@@ -335,7 +362,7 @@ class Tally:
             )
         if self._unpriced_requests:
             lines.append(
-                f"Unpriced Requests: {self._unpriced_requests} ({', '.join(self._unpriced_models())}: "
+                f"Unpriced Requests: {self._unpriced_requests} ({', '.join(unpriced)}: "
                 "price unknown, not in the total)"
             )
         lines.append(f"Total Cost (USD): ${_money(self._cost)}")
@@ -348,8 +375,9 @@ class Tally:
 
     def __str__(self) -> str:
         self._settled()
+        unpriced = self._unpriced_models() if self._unpriced_requests else []
         with self._lock:
-            return "\n".join(self._lines())
+            return "\n".join(self._lines(unpriced))
 
     def __repr__(self) -> str:
         self._settled()
@@ -364,8 +392,9 @@ class Tally:
         import html
 
         self._settled()
+        unpriced = self._unpriced_models() if self._unpriced_requests else []
         with self._lock:
-            lines = self._lines()
+            lines = self._lines(unpriced)
         rows = []
         for line in lines:
             label, _, value = line.partition(": ")
