@@ -299,18 +299,12 @@ class _Meter:
             if error is not None:
                 call.ok = False
                 call.error = error
-            cost, source = price_usage(
-                usage,
-                call.model,
-                provider=hint,
-                api_url=api_url,
-                fallback=self.parser.provider,
-                at=started,
-            )
+            cost, source = price_usage(usage, call.model, hint, api_url, self.parser.provider, started)
             if source is not None:
                 call.cost, call.price_source, call.provider = cost, source.source, source.provider_id
         self.request = None  # drop the request (and its prompt) as soon as possible
-        _scope.record(call, self.scopes)
+        for tally in self.scopes:
+            tally._calls.append(call)  # atomic; totals catch up when the tally is read
         for sink in _sinks:
             try:
                 sink(call)

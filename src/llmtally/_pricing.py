@@ -282,7 +282,6 @@ def _model_price(info: Any, at: float | datetime | None) -> Any:
 def price_usage(
     usage: Usage,
     model: str | None,
-    *,
     provider: str | None = None,
     api_url: str | None = None,
     fallback: str | None = None,

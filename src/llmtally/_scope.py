@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # (threading, decimal, logging, dataclasses would add tens of milliseconds); the rest loads with
 # the first scope.
 
-__all__ = ["FLUSH_AT", "ModelTotals", "Tally", "current_scopes", "flush", "pending", "record", "track"]
+__all__ = ["FLUSH_AT", "ModelTotals", "Tally", "current_scopes", "flush", "pending", "track"]
 
 if TYPE_CHECKING:
     F = TypeVar("F", bound="Callable[..., Any]")
@@ -414,12 +414,6 @@ def _money(d: Decimal) -> str:
         return "0"
     s = format(d.normalize(), "f")
     return s
-
-
-def record(call: Call, scopes: tuple[Tally, ...]) -> None:
-    """Add a settled call to every scope that was open when it was sent."""
-    for tally in scopes:
-        tally._add(call)
 
 
 def track(name: str | Callable[..., Any] | None = None, *, tags: Mapping[str, Any] | None = None) -> Any:

@@ -39,15 +39,17 @@ def _details(usage: dict[str, Any], key: str, field: str) -> int:
 
 def chat_usage(u: Any) -> Usage | None:
     """Usage of Chat Completions, legacy Completions and Embeddings, in llmtally's convention."""
-    if not isinstance(u, dict):
+    if type(u) is not dict:
         return None
     prompt = as_int(u.get("prompt_tokens"))
     completion = as_int(u.get("completion_tokens"))
-    cached = _details(u, "prompt_tokens_details", "cached_tokens")
+    details = u.get("prompt_tokens_details")
+    cached = as_int(details.get("cached_tokens")) if type(details) is dict else 0
     if not cached:
         # DeepSeek reports cache hits at the top level.
         cached = as_int(u.get("prompt_cache_hit_tokens"))
-    reasoning = _details(u, "completion_tokens_details", "reasoning_tokens")
+    details = u.get("completion_tokens_details")
+    reasoning = as_int(details.get("reasoning_tokens")) if type(details) is dict else 0
     return Usage(prompt, completion, min(cached, prompt), 0, min(reasoning, completion))
 
 
