@@ -127,30 +127,19 @@ def run_demo(out: TextIO | None = None) -> int:
             model="gpt-4", base_url=url + "/v1", api_key=SecretStr("sk-demo-not-a-real-key"), max_retries=0
         )
 
+        def joke(text: str) -> Reply:
+            # The notebook's gpt-4 joke: 11 prompt and 13 completion tokens.
+            return Reply(text=text, prompt_tokens=11, completion_tokens=13, model="gpt-4-0613")
+
         say("1. One call                  with get_openai_callback() as cb: llm.invoke('Tell me a joke')")
-        fake.add(
-            Reply(
-                text="Why don't scientists trust atoms? They make up everything.",
-                prompt_tokens=11,
-                completion_tokens=13,
-                model="gpt-4-0613",
-            )
-        )
+        fake.add(joke("Why don't scientists trust atoms? They make up everything."))
         with llmtally.get_openai_callback() as cb:
             llm.invoke("Tell me a joke")
         say(_indent(str(cb)))
         say()
 
         say("2. Two sequential calls      print(cb.total_tokens)")
-        for _ in range(2):
-            fake.add(
-                Reply(
-                    text="Why did the scarecrow win an award? He was outstanding in his field.",
-                    prompt_tokens=11,
-                    completion_tokens=13,
-                    model="gpt-4-0613",
-                )
-            )
+        fake.add_many(joke("Why did the scarecrow win an award? He was outstanding in his field."), 2)
         with llmtally.get_openai_callback() as cb:
             llm.invoke("Tell me a joke")
             llm.invoke("Tell me a joke")
