@@ -264,3 +264,24 @@ class TestConcurrentReads:
         assert outer.total_tokens == 300 * 24 and outer.cost == Decimal("0.00111") * 300
         assert len({id(c) for c in outer.calls}) == 300
         assert mine_counts == [50] * 6
+
+
+class TestByModel:
+    """Per-model totals follow every call, however often they are read."""
+
+    def test_incremental(self, fake: FakeProvider) -> None:
+        fake.add(joke())
+        fake.add(Reply(text="b", prompt_tokens=100, completion_tokens=10, model="gpt-4o-mini"))
+        fake.add(joke())
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        with llmtally.track() as t:
+            post(client)
+            assert list(t.by_model) == ["gpt-4"] and t.by_model["gpt-4"].requests == 1
+            post(client)
+            post(client)
+        gpt4, mini = t.by_model["gpt-4"], t.by_model["gpt-4o-mini"]
+        assert (gpt4.requests, gpt4.prompt_tokens, gpt4.completion_tokens) == (2, 22, 26)
+        assert gpt4.cost == Decimal("0.00222")
+        assert mini.cost == llmtally.cost_of("gpt-4o-mini", input_tokens=100, output_tokens=10)
+        assert t.cost == gpt4.cost + mini.cost
+        assert sum(m.total_tokens for m in t.by_model.values()) == t.total_tokens
