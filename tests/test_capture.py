@@ -249,7 +249,7 @@ class TestLazySettlement:
         assert not hasattr(httpx2.Response.json, "__llmtally_original__")
         assert httpx2.Response(200, content=b'{"a": 1}').json() == {"a": 1}
 
-    def test_sinks_get_calls_at_once(self) -> None:
+    def test_sinks_get_calls_on_flush(self) -> None:
         from llmtally import _capture
 
         got: list[llmtally.Call] = []
@@ -257,7 +257,9 @@ class TestLazySettlement:
         client = client_for(httpx2, lambda req: httpx2.Response(200, content=body))
         _capture.add_sink(got.append)
         try:
-            client.post("http://fake/v1/chat/completions", json=CHAT)  # no scope open
+            client.post("http://fake/v1/chat/completions", json=CHAT)  # no scope open: metered for the sink
+            assert got == []  # queued, not settled on the call path
+            llmtally.flush()
         finally:
             _capture.remove_sink(got.append)
         assert len(got) == 1 and got[0].usage is not None and got[0].usage.total_tokens == 24

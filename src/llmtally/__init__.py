@@ -27,19 +27,24 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._capture import instrument, is_instrumented, uninstrument
+    from ._config import configure, flush
     from ._pricing import cost_of
     from ._usage import Call, Usage
+    from .ledger import LedgerError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Call",
+    "LedgerError",
     "ModelTotals",
     "Tally",
     "Usage",
     "__version__",
+    "configure",
     "cost_of",
     "current_scopes",
+    "flush",
     "get_openai_callback",
     "instrument",
     "is_instrumented",
@@ -50,6 +55,9 @@ __all__ = [
 # name -> module that defines it, imported on first access (PEP 562).
 _LAZY = {
     "Call": "._usage",
+    "LedgerError": ".ledger",
+    "configure": "._config",
+    "flush": "._config",
     "Usage": "._usage",
     "cost_of": "._pricing",
     "instrument": "._capture",

@@ -239,7 +239,7 @@ class _Meter:
         self.kind = kind
         pending = _scope.pending
         pending.append(self)
-        if _sinks or len(pending) >= _scope.FLUSH_AT:
+        if len(pending) >= _scope.FLUSH_AT:
             _scope.flush()
 
     def settle(self) -> None:
@@ -275,6 +275,9 @@ class _Meter:
         call.latency = latency
         call.url_host = self.host
         call.scope_path = tuple([t.name or "" for t in self.scopes])
+        for tally in self.scopes:
+            if tally.tags:  # inner scopes' tags win
+                call.tags = {**call.tags, **tally.tags}
         if result is None:
             call.ok = False
             call.error = error
@@ -655,6 +658,9 @@ def instrument() -> None:
             sys.meta_path.insert(0, _finder)
         patch_threads()
         warm()
+    from ._config import configure_from_env
+
+    configure_from_env()
 
 
 def ensure_instrumented() -> None:

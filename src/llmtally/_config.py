@@ -1,0 +1,71 @@
+"""Process-wide settings: ``configure()`` and ``flush()``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+__all__ = ["configure", "configure_from_env", "flush"]
+
+log = logging.getLogger("llmtally")
+
+ENV_LEDGER = "LLMTALLY_LEDGER"
+_lock = threading.Lock()
+_configured = False
+
+
+def configure(*, ledger: str | None = None, flush_interval: float | None = None) -> None:
+    """Set where llmtally records calls.
+
+    ``ledger`` is a URL: ``sqlite:///path.db`` (``sqlite://`` for the default file in the user's
+    data directory) or ``none``. Once a ledger is set, every LLM call the process makes is recorded,
+    whether or not a scope is open. A bad URL, or a file that is not an llmtally ledger, raises
+    ``llmtally.LedgerError`` and changes nothing::
+
+        llmtally.configure(ledger="sqlite:///llm-calls.db")
+    """
+    global _configured
+    if ledger is None:
+        return
+    from ._capture import add_sink, remove_sink
+    from .ledger import open_ledger
+    from .ledger._writer import Writer, current, set_current
+
+    with _lock:
+        new = open_ledger(ledger)  # raises before anything changes
+        old = current()
+        if old is not None:
+            remove_sink(old.sink)
+            old.close()
+        _configured = True
+        if new is None:
+            set_current(None)
+            return
+        writer = Writer(new, interval=flush_interval or 0.5)
+        set_current(writer)
+        add_sink(writer.sink)
+
+
+def configure_from_env() -> None:
+    """Honour ``LLMTALLY_LEDGER`` unless ``configure()`` was called; a bad value is logged, not raised."""
+    url = os.environ.get(ENV_LEDGER)
+    if _configured or not url:
+        return
+    from .ledger import LedgerError
+
+    try:
+        configure(ledger=url)
+    except LedgerError as exc:
+        log.error("llmtally: %s=%r: %s; calls are not recorded", ENV_LEDGER, url, exc)
+
+
+def flush(timeout: float | None = 30) -> bool:
+    """Settle every queued call and, with a ledger, wait until it is written. ``False`` on timeout."""
+    from . import _scope
+    from .ledger._writer import current
+
+    _scope.flush()
+    writer: Any = current()
+    return True if writer is None else bool(writer.flush(timeout))
