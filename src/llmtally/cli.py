@@ -26,6 +26,22 @@ def _parser() -> argparse.ArgumentParser:
         "agent) through the real openai SDK and LangChain, against llmtally's fake provider on loopback.",
     )
 
+    run = sub.add_parser(
+        "run",
+        help="run a Python program with every LLM call metered and recorded, no code changes",
+        description="Run COMMAND (python app.py, python -m pkg, a console script) with capture on. At exit "
+        "the seed-style summary goes to stderr; every call is recorded in the ledger (--ledger, else "
+        "LLMTALLY_LEDGER, else the default SQLite file).",
+    )
+    run.add_argument("--ledger", metavar="URL", help="sqlite:///path.db, sqlite:// (default file) or none")
+    run.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE", help="tag every call (repeatable)"
+    )
+    run.add_argument("--name", help="the name of the run's scope (default: the command)")
+    run.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the program and its arguments"
+    )
+
     cost = sub.add_parser(
         "cost",
         help="price a usage from the bundled catalogue",
@@ -48,6 +64,17 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         from ._demo import run_demo
 
         return run_demo()
+    if args.command == "run":
+        from ._run import run_command
+
+        tags: dict[str, str] = {}
+        for tag in args.tag:
+            key, sep, value = tag.partition("=")
+            if not sep or not key:
+                parser.error(f"--tag wants KEY=VALUE, got {tag!r}")
+            tags[key] = value
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        return run_command(command, ledger=args.ledger, name=args.name, tags=tags)
     if args.command == "cost":
         from ._pricing import cost_of
 
