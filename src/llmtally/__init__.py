@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ._capture import instrument, is_instrumented, uninstrument
     from ._config import configure, flush
     from ._pricing import cost_of
+    from ._report import ReportRow, report
     from ._usage import Call, Usage
     from .ledger import LedgerError
 
@@ -38,6 +39,7 @@ __all__ = [
     "Call",
     "LedgerError",
     "ModelTotals",
+    "ReportRow",
     "Tally",
     "Usage",
     "__version__",
@@ -48,6 +50,7 @@ __all__ = [
     "get_openai_callback",
     "instrument",
     "is_instrumented",
+    "report",
     "track",
     "uninstrument",
 ]
@@ -63,6 +66,8 @@ _LAZY = {
     "instrument": "._capture",
     "is_instrumented": "._capture",
     "uninstrument": "._capture",
+    "report": "._report",
+    "ReportRow": "._report",
 }
 
 

@@ -42,6 +42,27 @@ def _parser() -> argparse.ArgumentParser:
         "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the program and its arguments"
     )
 
+    rep = sub.add_parser(
+        "report",
+        help="spend and tokens from the ledger, grouped by model, day, scope, tag, ...",
+        description="Totals per group over the ledger's calls, most expensive first, with a totals row. "
+        "Unpriced and estimated calls are counted apart.",
+    )
+    rep.add_argument(
+        "--ledger", metavar="URL", help="the ledger to read (default: LLMTALLY_LEDGER, else the default file)"
+    )
+    rep.add_argument("--since", help="7d, 12h, 2026-11-01, ...")
+    rep.add_argument("--until", help="same forms as --since")
+    rep.add_argument(
+        "--by",
+        action="append",
+        metavar="GROUP",
+        help="model, provider, endpoint, day, hour, scope or tag:KEY (repeatable; default: model)",
+    )
+    rep.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    rep.add_argument("--chart", metavar="FILE", help="also write spend over time to FILE.png or FILE.html")
+    rep.add_argument("--top", type=int, metavar="N", help="only the N most expensive groups")
+
     cost = sub.add_parser(
         "cost",
         help="price a usage from the bundled catalogue",
@@ -75,6 +96,8 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
             tags[key] = value
         command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         return run_command(command, ledger=args.ledger, name=args.name, tags=tags)
+    if args.command == "report":
+        return _report(args)
     if args.command == "cost":
         from ._pricing import cost_of
 
@@ -98,8 +121,37 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from ._render import render, write_chart
+    from ._report import report, totals
+    from .ledger import LedgerError
+
+    by = args.by or ["model"]
+    try:
+        rows = report(ledger=args.ledger, since=args.since, until=args.until, by=by)
+        if args.top is not None and len(rows) > args.top:
+            # The totals stay those of everything: the groups past the top N are summed in one row.
+            rest = totals(rows[args.top :])
+            rest.keys = (f"({len(rows) - args.top} others)",) + ("",) * (len(by) - 1)
+            rows = [*rows[: args.top], rest]
+        render(rows, by, args.format)
+        if args.chart:
+            write_chart(args.chart, ledger=args.ledger, since=args.since, until=args.until, stack_by=by[0])
+            print(f"chart written to {args.chart}", file=sys.stderr)
+    except (LedgerError, ValueError, RuntimeError) as exc:
+        print(f"llmtally report: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli_logic(argv)
+    try:
+        return cli_logic(argv)
+    except BrokenPipeError:  # `llmtally report | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

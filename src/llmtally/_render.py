@@ -1,0 +1,140 @@
+"""Report output: a rich table, CSV, JSON, and the spend-over-time chart (PNG or HTML)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from ._report import ReportRow, spend_over_time, totals
+
+__all__ = ["render", "write_chart"]
+
+_NUMBERS = (
+    ("requests", "Requests"),
+    ("failed_requests", "Failed"),
+    ("prompt_tokens", "Prompt"),
+    ("completion_tokens", "Completion"),
+    ("cached_tokens", "Cached"),
+    ("reasoning_tokens", "Reasoning"),
+)
+
+
+def _money(value: Any) -> str:
+    from ._scope import _money as money
+
+    return f"${money(value)}"
+
+
+def render(rows: Sequence[ReportRow], by: Sequence[str], fmt: str, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    if fmt == "json":
+        doc = {"by": list(by), "rows": [r.as_dict(by) for r in rows], "totals": totals(rows).as_dict([])}
+        json.dump(doc, out, indent=2)
+        out.write("\n")
+        return
+    if fmt == "csv":
+        fields = [
+            *by,
+            *(name for name, _ in _NUMBERS),
+            "cache_write_tokens",
+            "unpriced_requests",
+            "estimated_requests",
+            "cost",
+        ]
+        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for r in _progress(rows, "writing CSV"):
+            writer.writerow(r.as_dict(by))
+        return
+    _table(rows, by, out)
+
+
+def _progress(rows: Sequence[ReportRow], what: str) -> Any:
+    if len(rows) < 10_000 or not sys.stderr.isatty():
+        return rows
+    from rich.progress import track
+
+    return track(rows, description=what, console=None, transient=True)
+
+
+def _table(rows: Sequence[ReportRow], by: Sequence[str], out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_footer=True, header_style="bold", footer_style="bold")
+    total = totals(rows)
+    for i, key in enumerate(by):
+        table.add_column(key, footer="Total" if i == 0 else "")
+    for name, label in _NUMBERS:
+        table.add_column(label, justify="right", footer=f"{getattr(total, name):,}")
+    table.add_column("Cost (USD)", justify="right", footer=_money(total.cost))
+    table.add_column("Unpriced", justify="right", footer=f"{total.unpriced_requests:,}")
+    table.add_column("Estimated", justify="right", footer=f"{total.estimated_requests:,}")
+    for r in rows:
+        table.add_row(
+            *r.keys,
+            *(f"{getattr(r, name):,}" for name, _ in _NUMBERS),
+            _money(r.cost),
+            f"{r.unpriced_requests:,}" if r.unpriced_requests else "",
+            f"{r.estimated_requests:,}" if r.estimated_requests else "",
+        )
+    console = Console(file=out, width=max(100, 14 * (len(by) + 9)), force_terminal=False)
+    console.print(table)
+    if total.unpriced_requests:
+        console.print(
+            f"{total.unpriced_requests} calls have no known price: their tokens are counted, "
+            "their cost is not in the totals."
+        )
+    if total.estimated_requests:
+        console.print(
+            f"{total.estimated_requests} calls carried no usage; their tokens were counted offline."
+        )
+
+
+def write_chart(path: str, *, ledger: str | None, since: Any, until: Any, stack_by: str | None) -> None:
+    """Spend over time, stacked by ``stack_by``, as a PNG or a self-contained HTML page (inline SVG)."""
+    if not (path.endswith(".png") or path.endswith(".html")):
+        raise ValueError(f"--chart writes .png or .html files, not {path!r}")
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - matplotlib is in the report extra
+        raise RuntimeError('charts need matplotlib: pip install "llmtally[report]"') from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bucket, rows = spend_over_time(ledger=ledger, since=since, until=until, stack_by=stack_by)
+    times = sorted({r.keys[0] for r in rows})
+    series: dict[str, dict[str, float]] = {}
+    for r in rows:
+        name = r.keys[1] if len(r.keys) > 1 else "all"
+        series.setdefault(name, {})[r.keys[0]] = float(r.cost)
+    # Largest spenders at the bottom of the stack.
+    order = sorted(series, key=lambda n: -sum(series[n].values()))
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+    bottom = [0.0] * len(times)
+    for name in order:
+        values = [series[name].get(t, 0.0) for t in times]
+        ax.bar(range(len(times)), values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xticks(range(len(times)))
+    ax.set_xticklabels(times, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("Cost (USD)")
+    ax.set_title(f"LLM spend per {bucket}" + (f", by {stack_by}" if stack_by and len(order) > 1 else ""))
+    if len(order) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path.endswith(".png"):
+        fig.savefig(path, format="png")
+    else:
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(
+                "<!doctype html><html><head><meta charset='utf-8'><title>llmtally spend</title></head>"
+                f"<body>{buf.getvalue()}</body></html>\n"
+            )
+    plt.close(fig)

@@ -1,0 +1,176 @@
+"""Reports over a ledger of known calls: every grouping, time window, format and the chart."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+import llmtally
+from llmtally._usage import Call, Usage
+from llmtally.cli import cli_logic
+from llmtally.ledger import to_row
+from llmtally.ledger.sqlite import SQLiteLedger
+
+DAY = 86400
+T0 = datetime(2026, 11, 1, 12, tzinfo=timezone.utc).timestamp()
+
+
+def make_call(
+    day: int,
+    model: str,
+    prompt: int,
+    completion: int,
+    *,
+    scope=("job",),
+    tags=None,
+    ok: bool = True,
+    estimated: bool = False,
+    priced: bool = True,
+) -> Call:
+    call = Call("openai", "chat.completions", model)
+    call.started_at = T0 + day * DAY
+    call.latency = 0.5
+    call.usage = Usage(prompt, completion)
+    call.ok = ok
+    call.status = 200 if ok else 500
+    call.estimated = estimated
+    call.scope_path = tuple(scope)
+    call.tags = tags or {}
+    if not ok:
+        call.usage, call.cost = None, Decimal(0)
+    elif priced:
+        call.cost = llmtally.cost_of(model, input_tokens=prompt, output_tokens=completion)
+    return call
+
+
+CALLS = [
+    make_call(0, "gpt-4", 1000, 100, tags={"team": "search"}),
+    make_call(0, "gpt-4o-mini", 5000, 500, tags={"team": "search"}),
+    make_call(1, "gpt-4", 2000, 200, scope=("job", "step"), tags={"team": "ads"}),
+    make_call(1, "my-finetune", 300, 30, priced=False),
+    make_call(2, "gpt-4o-mini", 800, 80, estimated=True, tags={"team": "ads"}),
+    make_call(2, "gpt-4", 0, 0, ok=False),
+]
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> str:
+    path = tmp_path / "ledger.db"
+    led = SQLiteLedger(str(path))
+    led.write([to_row(c) for c in CALLS])
+    led.close()
+    return f"sqlite:///{path}"
+
+
+def cost(model: str, prompt: int, completion: int) -> Decimal:
+    result = llmtally.cost_of(model, input_tokens=prompt, output_tokens=completion)
+    assert result is not None
+    return result
+
+
+class TestQueries:
+    """llmtally.report groups the ledger's calls exactly."""
+
+    def test_by_model(self, ledger: str) -> None:
+        rows = {r.keys: r for r in llmtally.report(ledger=ledger, by=["model"])}
+        gpt4 = rows[("gpt-4",)]
+        assert (gpt4.requests, gpt4.failed_requests, gpt4.prompt_tokens, gpt4.completion_tokens) == (
+            3,
+            1,
+            3000,
+            300,
+        )
+        assert gpt4.cost == cost("gpt-4", 1000, 100) + cost("gpt-4", 2000, 200) == Decimal("0.108")
+        mini = rows[("gpt-4o-mini",)]
+        assert mini.cost == cost("gpt-4o-mini", 5000, 500) + cost("gpt-4o-mini", 800, 80)
+        assert mini.estimated_requests == 1
+        fine = rows[("my-finetune",)]
+        assert (fine.unpriced_requests, fine.cost, fine.prompt_tokens) == (1, Decimal(0), 300)
+        assert llmtally.report(ledger=ledger)[0].keys == ("gpt-4",)  # most expensive first
+
+    def test_by_day_scope_and_tag(self, ledger: str) -> None:
+        days = {r.keys[0]: r.requests for r in llmtally.report(ledger=ledger, by=["day"])}
+        assert days == {"2026-11-01": 2, "2026-11-02": 2, "2026-11-03": 2}
+        scopes = {r.keys[0]: r.requests for r in llmtally.report(ledger=ledger, by=["scope"])}
+        assert scopes == {"job": 5, "job > step": 1}
+        teams = {r.keys: r.requests for r in llmtally.report(ledger=ledger, by=["tag:team", "model"])}
+        assert teams[("search", "gpt-4")] == 1 and teams[("ads", "gpt-4o-mini")] == 1
+        assert teams[("(none)", "my-finetune")] == 1
+
+    def test_time_window(self, ledger: str) -> None:
+        rows = llmtally.report(ledger=ledger, since="2026-11-02", until="2026-11-03", by=["model"])
+        assert sum(r.requests for r in rows) == 2
+        assert {r.keys[0] for r in rows} == {"gpt-4", "my-finetune"}
+        recent = llmtally.report(ledger=ledger, since=T0 + 2 * DAY - 60, by=["model"])
+        assert sum(r.requests for r in recent) == 2
+
+    def test_top(self, ledger: str) -> None:
+        assert [r.keys for r in llmtally.report(ledger=ledger, by=["model"], top=1)] == [("gpt-4",)]
+
+    def test_bad_input(self, ledger: str, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="cannot group by 'color'"):
+            llmtally.report(ledger=ledger, by=["color"])
+        with pytest.raises(ValueError, match="not a time"):
+            llmtally.report(ledger=ledger, since="last tuesday")
+        with pytest.raises(llmtally.LedgerError, match="no ledger at"):
+            llmtally.report(ledger=f"sqlite:///{tmp_path / 'missing.db'}")
+
+
+class TestCommand:
+    """llmtally report prints tables, CSV, JSON and writes charts."""
+
+    def test_table(self, ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
+        assert cli_logic(["report", "--ledger", ledger, "--by", "model"]) == 0
+        out = capsys.readouterr().out
+        total = cost("gpt-4", 3000, 300) + cost("gpt-4o-mini", 5800, 580)
+        assert "Total" in out and f"${total}" in out
+        assert "1 calls have no known price" in out and "1 calls carried no usage" in out
+
+    def test_top_keeps_totals(self, ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
+        assert cli_logic(["report", "--ledger", ledger, "--top", "1", "--format", "json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert [r["model"] for r in doc["rows"]] == ["gpt-4", "(2 others)"]
+        assert doc["totals"]["requests"] == 6
+
+    def test_csv(self, ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
+        assert (
+            cli_logic(["report", "--ledger", ledger, "--by", "day", "--by", "model", "--format", "csv"]) == 0
+        )
+        rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+        assert len(rows) == 6
+        first = next(r for r in rows if r["day"] == "2026-11-01" and r["model"] == "gpt-4")
+        assert first["prompt_tokens"] == "1000" and Decimal(first["cost"]) == cost("gpt-4", 1000, 100)
+
+    def test_json(self, ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
+        assert cli_logic(["report", "--ledger", ledger, "--by", "provider", "--format", "json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["by"] == ["provider"] and doc["rows"][0]["provider"] == "openai"
+        assert Decimal(doc["totals"]["cost"]) == cost("gpt-4", 3000, 300) + cost("gpt-4o-mini", 5800, 580)
+
+    @pytest.mark.parametrize("suffix", [".png", ".html"])
+    def test_chart(
+        self, ledger: str, tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        chart = tmp_path / f"spend{suffix}"
+        assert cli_logic(["report", "--ledger", ledger, "--by", "model", "--chart", str(chart)]) == 0
+        assert chart.stat().st_size > 5000
+        if suffix == ".png":
+            import matplotlib.image
+
+            image = matplotlib.image.imread(str(chart))
+            assert image.shape[0] >= 400 and image.shape[1] >= 800  # decodes, 10x5 in at 100 dpi
+        else:
+            text = chart.read_text()
+            assert text.startswith("<!doctype html>") and "<svg" in text and "gpt-4" in text
+
+    def test_errors(self, ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
+        assert cli_logic(["report", "--ledger", ledger, "--by", "tag:bad key"]) == 2
+        assert "bad tag name" in capsys.readouterr().err
+        assert cli_logic(["report", "--ledger", ledger, "--chart", "out.pdf"]) == 2
+        assert ".png or .html" in capsys.readouterr().err
