@@ -24,6 +24,9 @@ HEAVY = [
     "logging",
     "decimal",
     "dataclasses",
+    "rich",
+    "matplotlib",
+    "platformdirs",
 ]
 
 
