@@ -116,7 +116,7 @@ def per_call(rounds: int, calls: int) -> dict[str, float]:
     return {
         "off_us": statistics.median(off),
         "on_us": statistics.median(on),
-        "added_us": statistics.median([b - a for a, b in zip(off, on)]),
+        "added_us": statistics.median([b - a for a, b in zip(off, on, strict=True)]),
     }
 
 
