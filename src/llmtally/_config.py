@@ -20,11 +20,15 @@ def configure(*, ledger: str | None = None, flush_interval: float | None = None)
     """Set where llmtally records calls.
 
     ``ledger`` is a URL: ``sqlite:///path.db`` (``sqlite://`` for the default file in the user's
-    data directory) or ``none``. Once a ledger is set, every LLM call the process makes is recorded,
-    whether or not a scope is open. A bad URL, or a file that is not an llmtally ledger, raises
+    data directory), ``postgresql://user:password@host/dbname`` or ``none``. Once a ledger is set,
+    every LLM call the process makes is recorded, whether or not a scope is open. A bad URL, a
+    database that cannot be reached, or one that is not an llmtally ledger, raises
     ``llmtally.LedgerError`` and changes nothing::
 
         llmtally.configure(ledger="sqlite:///llm-calls.db")
+
+    If the ledger later becomes unwritable (server down, disk full), records wait in a local spool
+    file (``LLMTALLY_SPOOL_DIR``, else beside the default ledger) and are written when it is back.
     """
     global _configured
     if ledger is None:
@@ -53,12 +57,12 @@ def configure_from_env() -> None:
     url = os.environ.get(ENV_LEDGER)
     if _configured or not url:
         return
-    from .ledger import LedgerError
+    from .ledger import LedgerError, redact_url
 
     try:
         configure(ledger=url)
     except LedgerError as exc:
-        log.error("llmtally: %s=%r: %s; calls are not recorded", ENV_LEDGER, url, exc)
+        log.error("llmtally: %s=%r: %s; calls are not recorded", ENV_LEDGER, redact_url(url), exc)
 
 
 def flush(timeout: float | None = 30) -> bool:

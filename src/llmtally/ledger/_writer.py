@@ -5,6 +5,13 @@ The capture settles calls lazily (see ``_scope``); this thread settles what is q
 ``flush()`` waits until everything settled before it is on disk. The queue is flushed at normal
 exit (atexit) and on SIGTERM. A process killed with SIGKILL loses at most the calls of the last
 ``interval`` (0.5 s by default).
+
+When a batch cannot be written (the server is down, the disk is full, the file is locked), it is
+appended to the ledger's spool file (``_spool``) and the ledger is tried again with a growing
+delay (up to ``MAX_RETRY_DELAY``; a ``flush()`` tries at once, except the one at exit). The first
+write that succeeds is preceded by a replay of the spool, which is then deleted: records arrive
+late but exactly once.
+Only if the spool itself cannot be written are records kept in memory (at most ``MAX_BACKLOG``).
 """
 
 from __future__ import annotations
@@ -14,18 +21,27 @@ import logging
 import os
 import signal
 import threading
+import time
 from queue import Empty, SimpleQueue
 from typing import Any
 
 from .. import _scope
 from ._records import to_row
+from ._spool import Spool
 
 __all__ = ["Writer"]
 
 log = logging.getLogger("llmtally")
 
-#: Rows kept in memory while the ledger cannot be written (then the oldest are dropped, logged).
+#: Rows kept in memory while neither the ledger nor its spool can be written (then the oldest are
+#: dropped, logged).
 MAX_BACKLOG = 100_000
+#: Seconds between attempts at a ledger that keeps failing, at most (batches are spooled meanwhile).
+MAX_RETRY_DELAY = 30.0
+
+
+class _NoRetry(threading.Event):
+    """A flush marker that does not make the writer try a failing ledger before its retry time."""
 
 
 class Writer:
@@ -37,6 +53,14 @@ class Writer:
         self.batch = batch
         self._queue: SimpleQueue[Any] = SimpleQueue()
         self._backlog: list[tuple[Any, ...]] = []
+        try:
+            self.spool: Spool | None = Spool(ledger.url)
+        except Exception:  # pragma: no cover - no data directory at all: memory is the last resort
+            log.exception("llmtally: no spool directory for the ledger %s", ledger)
+            self.spool = None
+        self._failing = False  # the last attempt at the ledger failed
+        self._retry_at = 0.0  # time.monotonic() before which the ledger is not tried (unless flushed)
+        self._delay = 0.0
         self._stop = threading.Event()
         self._thread = self._start()
         self.written = 0
@@ -72,37 +96,86 @@ class Writer:
                 item = self._queue.get_nowait()
         except Empty:
             pass
-        self._write(calls)
+        try:
+            self._write(calls, force=any(not isinstance(m, _NoRetry) for m in markers))
+        except Exception:  # pragma: no cover - _write handles ledger and spool failures itself
+            log.exception("llmtally: the ledger writer failed")
         for marker in markers:
             marker.set()
 
-    def _write(self, calls: list[Any]) -> None:
-        rows = self._backlog + [to_row(c) for c in calls]
-        if not rows:
+    def _write(self, calls: list[Any], force: bool = False) -> None:
+        rows = [to_row(c) for c in calls]
+        if self._failing and not force and time.monotonic() < self._retry_at:
+            self._keep(rows)  # the ledger failed a moment ago: do not hammer it
             return
         try:
-            self.ledger.write(rows)
+            self._catch_up()
+            if rows:
+                self.ledger.write(rows)
         except Exception as exc:
-            if len(rows) > MAX_BACKLOG:
-                log.error("llmtally: ledger backlog over %d rows; dropping the oldest", MAX_BACKLOG)
-                rows = rows[-MAX_BACKLOG:]
-            self._backlog = rows
-            log.warning(
-                "llmtally: cannot write to the ledger %s (%s); %d records kept to retry",
-                self.ledger,
-                exc,
-                len(rows),
-            )
+            self._failed(exc)
+            self._keep(rows)
             return
-        self._backlog = []
+        if self._failing:
+            self._failing, self._delay = False, 0.0
+            log.info("llmtally: the ledger %s can be written again", self.ledger)
         self.written += len(rows)
 
-    def flush(self, timeout: float | None = 30) -> bool:
-        """Settle queued calls and wait until they are written; ``False`` if it timed out."""
+    def _catch_up(self) -> None:
+        """Replay the spool (this process's or another's), then rows kept in memory, if any."""
+        spool = self.spool
+        if spool is not None and spool.pending():
+            n = spool.replay(lambda chunk: self.ledger.write(chunk, ignore_duplicates=True), self.batch)
+            if n:
+                log.info("llmtally: replayed %d spooled records into the ledger %s", n, self.ledger)
+        if self._backlog:
+            # A failed write may have committed before it failed (lost reply): ids decide.
+            self.ledger.write(self._backlog, ignore_duplicates=True)
+            log.info("llmtally: wrote %d records kept in memory to the ledger", len(self._backlog))
+            self._backlog = []
+
+    def _failed(self, exc: Exception) -> None:
+        self._delay = min(max(2 * self._delay, self.interval, 0.5), MAX_RETRY_DELAY)
+        self._retry_at = time.monotonic() + self._delay
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "llmtally: cannot write to the ledger %s (%s); records go to the spool %s until it "
+                "can be written again",
+                self.ledger,
+                exc,
+                self.spool.path if self.spool else "(none: kept in memory)",
+            )
+
+    def _keep(self, rows: list[tuple[Any, ...]]) -> None:
+        """Rows the ledger did not take: to the spool, else (last resort) to memory."""
+        rows = self._backlog + rows
+        if not rows:
+            return
+        if self.spool is not None:
+            try:
+                self.spool.append(rows)
+            except OSError as exc:
+                log.error("llmtally: cannot write to the spool %s either (%s)", self.spool.path, exc)
+            else:
+                self._backlog = []
+                return
+        if len(rows) > MAX_BACKLOG:
+            log.error("llmtally: ledger backlog over %d rows; dropping the oldest", MAX_BACKLOG)
+            rows = rows[-MAX_BACKLOG:]
+        self._backlog = rows
+        log.warning("llmtally: %d records kept in memory to retry", len(rows))
+
+    def flush(self, timeout: float | None = 30, *, retry: bool = True) -> bool:
+        """Settle queued calls and wait until they are written; ``False`` if it timed out.
+
+        "Written" includes written to the spool. With ``retry=False``, a ledger that is failing is
+        not tried again (at exit: a dead server must not hold the process up, the spool is safe).
+        """
         _scope.flush()
         if not self._thread.is_alive():
             return False
-        marker = threading.Event()
+        marker = threading.Event() if retry else _NoRetry()
         self._queue.put(marker)
         return marker.wait(timeout)
 
@@ -117,6 +190,9 @@ class Writer:
         """In a forked child: a fresh queue and thread (the parent's thread does not exist here)."""
         self._queue = SimpleQueue()
         self._stop = threading.Event()
+        after_fork = getattr(self.ledger, "after_fork", None)
+        if after_fork is not None:
+            after_fork()  # e.g. a database connection the child must not share with its parent
         self._thread = self._start()
 
 
@@ -142,7 +218,7 @@ def _at_exit() -> None:
     writer = _current
     if writer is not None:
         try:
-            writer.flush(timeout=10)
+            writer.flush(timeout=10, retry=False)
         except Exception:  # pragma: no cover
             log.exception("llmtally: could not flush the ledger at exit")
 

@@ -19,6 +19,8 @@ from ._records import COLUMNS, SCHEMA_VERSION, LedgerError
 __all__ = ["SQLiteLedger"]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Seconds a write waits for another process's lock before it fails (and the batch is spooled).
+BUSY_TIMEOUT = 30.0
 # version -> statements that bring a ledger from the version before it to this one.
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -73,12 +75,14 @@ class SQLiteLedger:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=True
+                )
             except sqlite3.Error as exc:
                 raise LedgerError(f"cannot open the SQLite ledger {self.path}: {exc}") from exc
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
             self._local.conn = conn
         return conn
 
@@ -120,16 +124,22 @@ class SQLiteLedger:
             conn.execute("ROLLBACK")
             raise
 
-    def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Append rows in one transaction (all or none)."""
+    def write(self, rows: Sequence[tuple[Any, ...]], *, ignore_duplicates: bool = False) -> None:
+        """Append rows in one transaction (all or none).
+
+        With ``ignore_duplicates``, rows whose id is already in the ledger are skipped rather than
+        failing the whole batch (a replayed spool may hold rows that were written before).
+        """
         conn = self.connect()
         placeholders = ", ".join("?" * len(COLUMNS))
+        verb = "INSERT OR IGNORE" if ignore_duplicates else "INSERT"
         conn.execute("BEGIN")
         try:
-            conn.executemany(f"INSERT INTO calls VALUES ({placeholders})", rows)
+            conn.executemany(f"{verb} INTO calls VALUES ({placeholders})", rows)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT may already have ended it
+                conn.execute("ROLLBACK")
             raise
 
     def close(self) -> None:

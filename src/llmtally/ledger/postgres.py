@@ -1,0 +1,237 @@
+"""The PostgreSQL ledger: one ``calls`` table shared by every process and host that writes to it.
+
+``llmtally.configure(ledger="postgresql://user:password@host:5432/dbname")`` (``postgres://`` too;
+any libpq URL parameter works, e.g. ``?sslmode=require``). Needs psycopg 3
+(``pip install 'llmtally[postgres]'``), imported only when such a ledger is opened.
+
+Opening checks the database before writing anything: a database with a ``calls`` table but no
+``llmtally_schema`` is someone else's, so it raises ``LedgerError`` and is left untouched. Ledgers
+are created or migrated forward in one transaction under an advisory lock, so several processes
+opening a new ledger at once migrate it once. Passwords never appear in ``url``, ``repr`` or any
+error message: they are replaced by ``***``.
+
+Writes go through one connection, used by one thread at a time; a connection the server dropped
+(restart, failover, idle timeout) is replaced on the next write, and a write that failed on it
+is retried once on the fresh connection.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._records import COLUMNS, SCHEMA_VERSION, LedgerError, redact_url, url_secrets
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["PostgresLedger"]
+
+# Taken (per transaction) while creating or migrating the schema: "llmtally" as a 64-bit integer.
+_LOCK_KEY = int.from_bytes(b"llmtally", "big")
+_NAMES = ", ".join(name for name, _ in COLUMNS)
+_INSERT = f"INSERT INTO calls ({_NAMES}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+_COPY = f"COPY calls ({_NAMES}) FROM STDIN"
+# version -> statements that bring a ledger from the version before it to this one.
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        "CREATE TABLE calls (" + ", ".join(f"{name} {kind}" for name, kind in COLUMNS) + ")",
+        "CREATE INDEX calls_started_at ON calls (started_at)",
+        "CREATE INDEX calls_model ON calls (model)",
+    ],
+}
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise LedgerError(
+            "PostgreSQL ledgers need psycopg 3: pip install 'llmtally[postgres]' (or 'psycopg[binary]')"
+        ) from exc
+    return psycopg
+
+
+class PostgresLedger:
+    """Appends call records to the ``calls`` table of a PostgreSQL database."""
+
+    def __init__(self, url: str, *, connect_timeout: float = 10) -> None:
+        self.url = redact_url(url)
+        self._conninfo = url
+        self._secrets = url_secrets(url)
+        self._pg = _psycopg()
+        try:
+            params = self._pg.conninfo.conninfo_to_dict(url)
+        except self._pg.Error as exc:
+            raise LedgerError(f"bad PostgreSQL ledger URL {self.url}: {self._scrub(exc)}") from None
+        # Defaults the URL may override: a dead host must not hang the writer for minutes.
+        self._options: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in params:
+            self._options["connect_timeout"] = max(1, round(connect_timeout))
+        if "application_name" not in params:
+            self._options["application_name"] = "llmtally"
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._pid = os.getpid()
+        conn = self._connect()
+        try:
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def __repr__(self) -> str:
+        return f"<PostgresLedger {self.url}>"
+
+    def _scrub(self, exc: BaseException) -> str:
+        """The driver's message without the password (libpq echoes bad URLs whole)."""
+        text = str(exc).strip().replace(self._conninfo, self.url)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _error(self, doing: str, exc: BaseException) -> LedgerError:
+        return LedgerError(f"{doing} the PostgreSQL ledger {self.url}: {self._scrub(exc)}")
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn: psycopg.Connection[Any] = self._pg.connect(self._conninfo, **self._options)
+        except self._pg.Error as exc:
+            # from None: the driver's own exception may quote the password.
+            raise self._error("cannot connect to", exc) from None
+        self._pid = os.getpid()
+        return conn
+
+    def _version(self, conn: psycopg.Connection[Any]) -> int:
+        # to_regclass resolves names as the INSERTs will (search_path), and never fails.
+        row = conn.execute(
+            "SELECT to_regclass('llmtally_schema')::text, to_regclass('calls')::text"
+        ).fetchone()
+        assert row is not None
+        schema_table, calls_table = row
+        if schema_table is None:
+            if calls_table is not None:
+                raise LedgerError(
+                    f"the database of {self.url} has a table {calls_table} but is not an llmtally "
+                    "ledger (no llmtally_schema table); refusing to write to it"
+                )
+            return 0
+        version = conn.execute("SELECT MAX(version) FROM llmtally_schema").fetchone()
+        return int(version[0] or 0) if version else 0
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            with conn.transaction():
+                # Several processes opening a new ledger at once: one creates it, the others wait
+                # here and then see it. Released at the end of the transaction.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                version = self._version(conn)
+                if version > SCHEMA_VERSION:
+                    raise LedgerError(
+                        f"{self.url} is an llmtally ledger of schema {version}, newer than this "
+                        f"llmtally ({SCHEMA_VERSION}); upgrade llmtally"
+                    )
+                if version == 0:
+                    conn.execute(
+                        "CREATE TABLE llmtally_schema "
+                        "(version INTEGER NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+                    )
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[target]:
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO llmtally_schema VALUES (%s, %s)", (target, time.time()))
+        except self._pg.Error as exc:
+            raise self._error("cannot set up", exc) from None
+
+    def _connection(self) -> tuple[psycopg.Connection[Any], bool]:
+        """The connection to write on, and whether it is new (so a failure on it is not stale)."""
+        if self._pid != os.getpid():
+            self._disown()
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn, False
+        self._conn = None
+        if conn is not None:
+            conn.close()
+        self._conn = self._connect()
+        return self._conn, True
+
+    def _insert(self, conn: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]], ignore: bool) -> None:
+        with conn.transaction():
+            if ignore:
+                # Rows that may be in the table already (a replayed spool): the ids decide.
+                with conn.cursor() as cur:
+                    cur.executemany(_INSERT + " ON CONFLICT (id) DO NOTHING", rows)
+            else:
+                with conn.cursor() as cur, cur.copy(_COPY) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+
+    def write(self, rows: Sequence[tuple[Any, ...]], *, ignore_duplicates: bool = False) -> None:
+        """Append rows in one transaction (all or none); ``LedgerError`` if they could not be.
+
+        With ``ignore_duplicates``, rows whose id is already in the ledger are skipped rather than
+        failing the whole batch.
+        """
+        if not rows:
+            return
+        with self._lock:
+            conn, fresh = self._connection()
+            try:
+                self._insert(conn, rows, ignore_duplicates)
+                return
+            except self._pg.Error as exc:
+                if fresh or not conn.broken:
+                    if conn.broken:
+                        self._drop()
+                    raise self._error("cannot write to", exc) from None
+            # The server dropped a connection that had been idle (restarted, failed over): try
+            # once more on a new one. The commit may have happened, hence ignore duplicates.
+            self._drop()
+            conn, _ = self._connection()
+            try:
+                self._insert(conn, rows, True)
+            except self._pg.Error as exc:
+                if conn.broken:
+                    self._drop()
+                raise self._error("cannot write to", exc) from None
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _disown(self) -> None:
+        """In a forked child: forget the parent's connection without ending the parent's session.
+
+        Closing it normally would send the server a Terminate message on the socket the child
+        shares with the parent; point the child's copy of the socket at /dev/null first.
+        """
+        conn, self._conn = self._conn, None
+        self._pid = os.getpid()
+        if conn is None or conn.closed:
+            return
+        try:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(devnull, conn.fileno())
+            finally:
+                os.close(devnull)
+            conn.close()
+        except Exception:  # pragma: no cover - best effort; the parent's session is what matters
+            pass
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's writer may have held it) and connection."""
+        self._lock = threading.Lock()
+        self._disown()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._disown()
+            self._drop()
