@@ -85,6 +85,7 @@ class _Meter:
     broken = False
     done = False
     error: str | None = None
+    span: Any = None
 
     def __init__(self, parser: wire.Parser, request: Any, host: str, scopes: tuple[Any, ...]) -> None:
         self.parser = parser
@@ -239,7 +240,8 @@ class _Meter:
         self.kind = kind
         pending = _scope.pending
         pending.append(self)
-        if len(pending) >= _scope.FLUSH_AT:
+        # A span must get its attributes before the caller ends it: settle now.
+        if self.span is not None or _eager or len(pending) >= _scope.FLUSH_AT:
             _scope.flush()
 
     def settle(self) -> None:
@@ -274,6 +276,8 @@ class _Meter:
         call.started_at = started
         call.latency = latency
         call.url_host = self.host
+        if self.span is not None:
+            call.span, self.span = self.span, None
         call.scope_path = tuple([t.name or "" for t in self.scopes])
         for tally in self.scopes:
             if tally.tags:  # inner scopes' tags win
@@ -480,6 +484,10 @@ def _tap_for(stream: Any, meter: _Meter) -> Any:
 
 
 _routes: dict[str, wire.Parser | None] = {}
+#: opentelemetry.trace.get_current_span while OpenTelemetry export is on (see ledger/otel.py).
+_otel_spans: Any = None
+#: Settle each call as it ends (OpenTelemetry export wants its metrics now, not on the next read).
+_eager = False
 
 
 def _begin(request: Any, scopes: tuple[Any, ...]) -> _Meter | None:
@@ -494,7 +502,12 @@ def _begin(request: Any, scopes: tuple[Any, ...]) -> _Meter | None:
                 _routes[path] = parser
         if parser is None or request.method != "POST":
             return None
-        return _Meter(parser, request, url.host, scopes)
+        meter = _Meter(parser, request, url.host, scopes)
+        if _otel_spans is not None:
+            span = _otel_spans()
+            if span.is_recording():
+                meter.span = span
+        return meter
     except Exception:
         log.exception("llmtally: could not inspect a request; it is sent unmetered")
         return None

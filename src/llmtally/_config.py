@@ -16,7 +16,7 @@ _lock = threading.Lock()
 _configured = False
 
 
-def configure(*, ledger: str | None = None, flush_interval: float | None = None) -> None:
+def configure(*, ledger: str | None = None, flush_interval: float | None = None, otel: Any = None) -> None:
     """Set where llmtally records calls.
 
     ``ledger`` is a URL: ``sqlite:///path.db`` (``sqlite://`` for the default file in the user's
@@ -27,10 +27,15 @@ def configure(*, ledger: str | None = None, flush_interval: float | None = None)
 
         llmtally.configure(ledger="sqlite:///llm-calls.db")
 
+    ``otel=True`` exports the GenAI semantic-convention metrics, a cost counter and span attributes
+    to the global OpenTelemetry providers (``otel=meter_provider`` to choose one, ``False`` to stop).
+
     If the ledger later becomes unwritable (server down, disk full), records wait in a local spool
     file (``LLMTALLY_SPOOL_DIR``, else beside the default ledger) and are written when it is back.
     """
     global _configured
+    if otel is not None:
+        _configure_otel(otel)
     if ledger is None:
         return
     from ._capture import add_sink, remove_sink
@@ -50,6 +55,33 @@ def configure(*, ledger: str | None = None, flush_interval: float | None = None)
         writer = Writer(new, interval=flush_interval or 0.5)
         set_current(writer)
         add_sink(writer.sink)
+
+
+_otel_sink: Any = None
+
+
+def _configure_otel(otel: Any) -> None:
+    """``True``: the global OpenTelemetry providers; a MeterProvider: that one; ``False``: off."""
+    global _otel_sink
+    from . import _capture
+
+    if _otel_sink is not None:
+        _capture.remove_sink(_otel_sink)
+        _otel_sink = None
+        _capture._otel_spans = None
+        _capture._eager = False
+    if otel is False:
+        return
+    try:
+        from opentelemetry import trace
+
+        from .ledger.otel import OTelSink
+    except ImportError as exc:
+        raise RuntimeError('OpenTelemetry export needs: pip install "llmtally[otel]"') from exc
+    _otel_sink = OTelSink(None if otel is True else otel)
+    _capture._otel_spans = trace.get_current_span
+    _capture._eager = True
+    _capture.add_sink(_otel_sink)
 
 
 def configure_from_env() -> None:

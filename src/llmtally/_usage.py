@@ -62,6 +62,8 @@ class Call:
     price_source: str | None = None
     scope_path: tuple[str, ...] = ()
     tags: Mapping[str, Any] = MappingProxyType({})
+    #: The OpenTelemetry span current when the request was sent (only with ``configure(otel=...)``).
+    span: Any = None
 
     def __init__(self, provider: str | None, endpoint: str, model: str | None, **fields: Any) -> None:
         self.provider = provider
