@@ -9,6 +9,9 @@ The same query serves the command line (``llmtally report``) and notebooks::
 Costs are exact: the ledger keeps each call's cost in integer picodollars, summed in SQL and turned
 back into a Decimal. Calls whose price is unknown are counted apart (``unpriced_requests``), never
 as $0 in disguise; calls counted offline are ``estimated_requests``.
+
+Reports read SQLite ledgers and PostgreSQL ones (``postgresql://...``, through psycopg 3), with the
+same groups, sums and results; a PostgreSQL ledger is only read, in a read-only transaction.
 """
 
 from __future__ import annotations
@@ -121,16 +124,31 @@ _AGGREGATES = """
 """
 
 
+def _ledger_url(ledger: str | None) -> str:
+    """The ledger URL to read: the one given, else LLMTALLY_LEDGER, else the default SQLite file."""
+    import os
+
+    return ledger or os.environ.get("LLMTALLY_LEDGER") or "sqlite://"
+
+
+def _is_postgres(url: str) -> bool:
+    scheme, sep, _ = url.strip().partition("://")
+    return bool(sep) and scheme.lower() in ("postgresql", "postgres")
+
+
 def _ledger_path(ledger: str | None) -> str:
     """The SQLite file of a ledger URL (the configured one, LLMTALLY_LEDGER, or the default)."""
     import os
 
-    from .ledger import LedgerError, default_sqlite_path
+    from .ledger import LedgerError, default_sqlite_path, redact_url
 
-    url = ledger or os.environ.get("LLMTALLY_LEDGER") or "sqlite://"
+    url = _ledger_url(ledger)
     scheme, sep, rest = url.partition("://")
     if scheme.lower() != "sqlite" or not sep:
-        raise LedgerError(f"reports read SQLite ledgers in this version, not {url.split('@')[-1]!r}")
+        raise LedgerError(
+            f"reports read SQLite and PostgreSQL ledgers (sqlite:///path.db, postgresql://...), "
+            f"not {redact_url(url)!r}"
+        )
     path = default_sqlite_path() if rest in ("", "/") else rest[1:]
     if not os.path.exists(path):
         raise LedgerError(f"no ledger at {path} (record calls with `llmtally run` or llmtally.configure)")
@@ -142,7 +160,10 @@ def _query(ledger: str | None, since: Any, until: Any, groups: Sequence[str]) ->
 
     from .ledger import LedgerError
 
-    path = _ledger_path(ledger)
+    url = _ledger_url(ledger)
+    if _is_postgres(url):
+        return _query_postgres(url.strip(), since, until, groups)
+    path = _ledger_path(url)
     exprs = [_group_sql(g) for g in groups]
     where, params = [], []
     start, end = parse_time(since), parse_time(until)
@@ -165,6 +186,99 @@ def _query(ledger: str | None, since: Any, until: Any, groups: Sequence[str]) ->
         return conn.execute(sql, params).fetchall()
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"{path} is not a readable llmtally ledger: {exc}") from exc
+    finally:
+        conn.close()
+
+
+# PostgreSQL: the same groups and sums (_AGGREGATES: the same columns, ledger/_records.py COLUMNS)
+# in PostgreSQL's SQL, with psycopg's %s placeholders. There, SUM of an INTEGER column is a BIGINT
+# and SUM of cost_pico (BIGINT) an exact NUMERIC (no overflow past $9.2M): _row makes ints of both.
+
+
+def _group_sql_postgres(key: str) -> tuple[str, list[Any]]:
+    """A group's expression for PostgreSQL and its parameters (tag names are bound, never inlined)."""
+    if key in ("model", "provider", "endpoint", "scope"):
+        return _group_sql(key), []
+    if key == "day":
+        return "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')", []
+    if key == "hour":
+        return "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:00')", []
+    if key.startswith("tag:"):
+        _group_sql(key)  # the same check of the name, and the same error, as for SQLite
+        name = key[4:]
+        # As SQLite's json_extract reads them: JSON true/false are 1/0 there, not true/false.
+        return (
+            "COALESCE(CASE jsonb_typeof(tags::jsonb -> %s) "
+            "WHEN 'boolean' THEN ((tags::jsonb -> %s)::boolean::int)::text "
+            "ELSE tags::jsonb ->> %s END, '')",
+            [name, name, name],
+        )
+    return _group_sql(key), []  # raises: cannot group by ...
+
+
+def _query_postgres(url: str, since: Any, until: Any, groups: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The report's rows from a PostgreSQL ledger, read in a read-only transaction.
+
+    Never creates or migrates anything (unlike opening the ledger to write). Messages show the URL
+    with its password replaced by ``***``, and driver errors (which may quote it) are not chained.
+    """
+    from .ledger import LedgerError, redact_url
+    from .ledger._records import url_secrets
+    from .ledger.postgres import _psycopg
+
+    exprs, params = [], []
+    for g in groups:
+        expr, args = _group_sql_postgres(g)
+        exprs.append(expr)
+        params += args
+    where = []
+    start, end = parse_time(since), parse_time(until)
+    if start is not None:
+        where.append("started_at >= %s")
+        params.append(start)
+    if end is not None:
+        where.append("started_at < %s")
+        params.append(end)
+    sql = f"SELECT {', '.join([*exprs, _AGGREGATES])} FROM calls"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    if exprs:
+        sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(exprs)))
+
+    shown = redact_url(url)
+    secrets = url_secrets(url)
+
+    def scrub(exc: BaseException) -> str:
+        text = str(exc).strip().replace(url, shown)
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    pg = _psycopg()
+    try:
+        options = pg.conninfo.conninfo_to_dict(url)
+    except pg.Error as exc:
+        raise LedgerError(f"bad PostgreSQL ledger URL {shown}: {scrub(exc)}") from None
+    extra: dict[str, Any] = {}
+    if "connect_timeout" not in options:
+        extra["connect_timeout"] = 10
+    if "application_name" not in options:
+        extra["application_name"] = "llmtally report"
+    try:
+        conn = pg.connect(url, **extra)
+    except pg.Error as exc:
+        raise LedgerError(f"cannot connect to the PostgreSQL ledger {shown}: {scrub(exc)}") from None
+    try:
+        conn.read_only = True  # BEGIN READ ONLY: a report never writes
+        if conn.execute("SELECT to_regclass('calls')").fetchone() == (None,):
+            raise LedgerError(
+                f"no calls table in the PostgreSQL ledger {shown}: not an llmtally ledger, or no call "
+                "recorded in it yet (record calls with `llmtally run` or llmtally.configure)"
+            )
+        rows: list[tuple[Any, ...]] = conn.execute(sql, params).fetchall()
+        return rows
+    except pg.Error as exc:
+        raise LedgerError(f"cannot read the PostgreSQL ledger {shown}: {scrub(exc)}") from None
     finally:
         conn.close()
 
@@ -250,4 +364,7 @@ def spend_over_time(
     span = len(rows)
     bucket = "hour" if span <= 48 else "day"
     groups = [bucket] + ([stack_by] if stack_by and stack_by not in ("day", "hour") else [])
-    return bucket, [_row(v, groups) for v in _query(ledger, since, until, groups)]
+    # In time order (then by stack), whichever database grouped them: charts come out the same.
+    return bucket, sorted(
+        (_row(v, groups) for v in _query(ledger, since, until, groups)), key=lambda r: r.keys
+    )
