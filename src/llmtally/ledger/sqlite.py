@@ -16,19 +16,80 @@ from typing import Any
 
 from ._records import COLUMNS, SCHEMA_VERSION, LedgerError
 
-__all__ = ["SQLiteLedger"]
+__all__ = ["ROLLUP_KEYS", "ROLLUP_SUMS", "SQLiteLedger", "rollup"]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 #: Seconds a write waits for another process's lock before it fails (and the batch is spooled).
 BUSY_TIMEOUT = 30.0
 # version -> statements that bring a ledger from the version before it to this one.
+_CALLS_COLUMNS = ", ".join(f"{name} {'TEXT NOT NULL' if name == 'id' else kind}" for name, kind in COLUMNS)
+# calls_hourly: the calls' sums per hour and group, kept up to date by write(), so that reports over
+# millions of calls read thousands of rows (see _report). Columns after the keys follow ROLLUP_SUMS.
+ROLLUP_KEYS = ("hour", "model", "provider", "endpoint", "scope_path", "tags")
+ROLLUP_SUMS = (
+    "requests",
+    "failed_requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_pico",
+    "unpriced_requests",
+    "estimated_requests",
+)
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
-        "CREATE TABLE calls (" + ", ".join(f"{name} {kind}" for name, kind in COLUMNS) + ")",
-        "CREATE INDEX calls_started_at ON calls (started_at)",
-        "CREATE INDEX calls_model ON calls (model)",
+        # Clustered by time (WITHOUT ROWID, key (started_at, id)): time windows are range scans and
+        # no secondary index slows the writes; (started_at, id) is as unique as id.
+        f"CREATE TABLE calls ({_CALLS_COLUMNS}, PRIMARY KEY (started_at, id)) WITHOUT ROWID",
+        "CREATE TABLE calls_hourly (hour INTEGER NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL, "
+        "endpoint TEXT NOT NULL, scope_path TEXT NOT NULL, tags TEXT NOT NULL, "
+        + ", ".join(f"{name} INTEGER NOT NULL" for name in ROLLUP_SUMS)
+        + ", PRIMARY KEY (hour, model, provider, endpoint, scope_path, tags)) WITHOUT ROWID",
     ],
 }
+_COL = {name: i for i, (name, _) in enumerate(COLUMNS)}
+
+
+def rollup(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The hourly sums of rows, one tuple per (hour, group): ROLLUP_KEYS then ROLLUP_SUMS."""
+    c = _COL
+    sums: dict[tuple[Any, ...], list[int]] = {}
+    for r in rows:
+        key = (
+            int(r[c["started_at"]] // 3600 * 3600),
+            r[c["model"]] or r[c["requested_model"]] or "unknown",
+            r[c["provider"]] or "unknown",
+            r[c["endpoint"]],
+            r[c["scope_path"]],
+            r[c["tags"]] or "",
+        )
+        acc = sums.get(key)
+        if acc is None:
+            acc = sums[key] = [0] * len(ROLLUP_SUMS)
+        has_usage = r[c["prompt_tokens"]] is not None
+        acc[0] += 1
+        acc[1] += 0 if r[c["ok"]] else 1
+        if has_usage:
+            acc[2] += r[c["prompt_tokens"]] or 0
+            acc[3] += r[c["completion_tokens"]] or 0
+            acc[4] += r[c["cached_tokens"]] or 0
+            acc[5] += r[c["cache_write_tokens"]] or 0
+            acc[6] += r[c["reasoning_tokens"]] or 0
+        if r[c["cost_pico"]] is not None:
+            acc[7] += r[c["cost_pico"]]
+        elif has_usage:
+            acc[8] += 1
+        acc[9] += r[c["estimated"]] or 0
+    return [(*k, *v) for k, v in sums.items()]
+
+
+_UPSERT = (
+    f"INSERT INTO calls_hourly VALUES ({', '.join('?' * (len(ROLLUP_KEYS) + len(ROLLUP_SUMS)))}) "
+    f"ON CONFLICT ({', '.join(ROLLUP_KEYS)}) DO UPDATE SET "
+    + ", ".join(f"{name} = {name} + excluded.{name}" for name in ROLLUP_SUMS)
+)
 
 
 class SQLiteLedger:
@@ -132,10 +193,18 @@ class SQLiteLedger:
         """
         conn = self.connect()
         placeholders = ", ".join("?" * len(COLUMNS))
-        verb = "INSERT OR IGNORE" if ignore_duplicates else "INSERT"
         conn.execute("BEGIN")
         try:
-            conn.executemany(f"{verb} INTO calls VALUES ({placeholders})", rows)
+            if ignore_duplicates:
+                # Row by row, to add to the hourly sums only the rows that were new.
+                fresh = []
+                for row in rows:
+                    if conn.execute(f"INSERT OR IGNORE INTO calls VALUES ({placeholders})", row).rowcount:
+                        fresh.append(row)
+            else:
+                conn.executemany(f"INSERT INTO calls VALUES ({placeholders})", rows)
+                fresh = list(rows)
+            conn.executemany(_UPSERT, rollup(fresh))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # a failed COMMIT may already have ended it
