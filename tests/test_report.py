@@ -174,3 +174,37 @@ class TestCommand:
         assert "bad tag name" in capsys.readouterr().err
         assert cli_logic(["report", "--ledger", ledger, "--chart", "out.pdf"]) == 2
         assert ".png or .html" in capsys.readouterr().err
+
+
+class TestHourlyRollup:
+    """Reports read whole hours from the hourly sums and the edges from the calls: same totals."""
+
+    def test_any_window_matches_the_calls(self, ledger: str) -> None:
+        import random
+
+        rng = random.Random(5)
+        for _ in range(40):
+            a = T0 + rng.uniform(-DAY, 3 * DAY)
+            b = a + rng.choice([60.0, 3600.0, rng.uniform(0, 3 * DAY)])
+            since = rng.choice([None, a])
+            until = rng.choice([None, b])
+            inside = [
+                c
+                for c in CALLS
+                if (since is None or c.started_at >= since) and (until is None or c.started_at < until)
+            ]
+            rows = llmtally.report(ledger=ledger, since=since, until=until, by=["model"])
+            assert sum(r.requests for r in rows) == len(inside)
+            assert sum((r.cost for r in rows), Decimal(0)) == sum(
+                (c.cost or Decimal(0) for c in inside), Decimal(0)
+            )
+            assert sum(r.prompt_tokens for r in rows) == sum(c.usage.prompt_tokens for c in inside if c.usage)
+
+    def test_rollup_is_kept(self, ledger: str) -> None:
+        import sqlite3
+
+        conn = sqlite3.connect(ledger.removeprefix("sqlite:///"))
+        n, cost = conn.execute("SELECT SUM(requests), SUM(cost_pico) FROM calls_hourly").fetchone()
+        conn.close()
+        assert n == len(CALLS)
+        assert Decimal(cost) * Decimal("1e-12") == sum((c.cost or Decimal(0) for c in CALLS), Decimal(0))

@@ -164,9 +164,37 @@ def _query(ledger: str | None, since: Any, until: Any, groups: Sequence[str]) ->
     if _is_postgres(url):
         return _query_postgres(url.strip(), since, until, groups)
     path = _ledger_path(url)
+    start, end = parse_time(since), parse_time(until)
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open the ledger {path}: {exc}") from exc
+    try:
+        has_rollup = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='calls_hourly'"
+        ).fetchone()
+        if not has_rollup:
+            return _select_calls(conn, groups, start, end)
+        # Whole hours from the hourly sums; the partial hours at the window's edges from the calls.
+        first = None if start is None else -(-start // 3600) * 3600
+        last = None if end is None else end // 3600 * 3600
+        if first is not None and last is not None and first >= last:
+            return _select_calls(conn, groups, start, end)
+        parts = _select_hourly(conn, groups, first, last)
+        if start is not None and first is not None and start < first:
+            parts += _select_calls(conn, groups, start, first)
+        if end is not None and last is not None and last < end:
+            parts += _select_calls(conn, groups, last, end)
+        return _merge(parts, len(groups))
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"{path} is not a readable llmtally ledger: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def _select_calls(conn: Any, groups: Sequence[str], start: float | None, end: float | None) -> list[Any]:
     exprs = [_group_sql(g) for g in groups]
     where, params = [], []
-    start, end = parse_time(since), parse_time(until)
     if start is not None:
         where.append("started_at >= ?")
         params.append(start)
@@ -178,16 +206,56 @@ def _query(ledger: str | None, since: Any, until: Any, groups: Sequence[str]) ->
         sql += " WHERE " + " AND ".join(where)
     if exprs:
         sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(exprs)))
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    except sqlite3.Error as exc:
-        raise LedgerError(f"cannot open the ledger {path}: {exc}") from exc
-    try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise LedgerError(f"{path} is not a readable llmtally ledger: {exc}") from exc
-    finally:
-        conn.close()
+    return list(conn.execute(sql, params).fetchall())
+
+
+def _hourly_sql(key: str) -> str:
+    """A group's expression over calls_hourly (its keys are already COALESCEd as _group_sql does)."""
+    if key == "day":
+        return "strftime('%Y-%m-%d', hour, 'unixepoch')"
+    if key == "hour":
+        return "strftime('%Y-%m-%d %H:00', hour, 'unixepoch')"
+    if key.startswith("tag:"):
+        return _group_sql(key).replace("json_extract(tags,", "json_extract(NULLIF(tags, ''),")
+    if key in ("model", "provider", "endpoint"):
+        return key
+    return _group_sql(key)  # scope: scope_path; anything else raises
+
+
+def _select_hourly(conn: Any, groups: Sequence[str], first: float | None, last: float | None) -> list[Any]:
+    from .ledger.sqlite import ROLLUP_SUMS
+
+    exprs = [_hourly_sql(g) for g in groups]
+    where, params = [], []
+    if first is not None:
+        where.append("hour >= ?")
+        params.append(first)
+    if last is not None:
+        where.append("hour < ?")
+        params.append(last)
+    sums = ", ".join(f"SUM({name})" for name in ROLLUP_SUMS)
+    sql = f"SELECT {', '.join([*exprs, sums])} FROM calls_hourly"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    if exprs:
+        sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(exprs)))
+    return list(conn.execute(sql, params).fetchall())
+
+
+def _merge(parts: list[Any], n: int) -> list[tuple[Any, ...]]:
+    merged: dict[tuple[Any, ...], list[int]] = {}
+    for values in parts:
+        key = tuple(values[:n])
+        sums = [int(v or 0) for v in values[n:]]
+        if not any(sums):
+            continue  # an empty aggregate row (no calls in that part)
+        acc = merged.get(key)
+        if acc is None:
+            merged[key] = sums
+        else:
+            for i, v in enumerate(sums):
+                acc[i] += v
+    return [(*k, *v) for k, v in merged.items()]
 
 
 # PostgreSQL: the same groups and sums (_AGGREGATES: the same columns, ledger/_records.py COLUMNS)
