@@ -51,6 +51,8 @@ def make_calls(n: int) -> list[Any]:
         call.cost = prices[key]
         call.scope_path = ("job", f"step-{i % 7}")
         calls.append(call)
+    # A ledger receives calls in the order they happen; spread over 60 days, they arrive sorted.
+    calls.sort(key=lambda c: c.started_at)
     return calls
 
 
