@@ -69,6 +69,24 @@ def ingest(path: str, calls: list[Any], batch: int = 10_000) -> float:
     return elapsed
 
 
+def ingest_postgres(calls: list[Any], batch: int = 10_000) -> float:
+    """The same ingest into a real PostgreSQL (the test suite's embedded server, on loopback)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from _postgres import running_postgres
+
+    from llmtally.ledger import to_row
+    from llmtally.ledger.postgres import PostgresLedger
+
+    with running_postgres() as server:
+        ledger = PostgresLedger(server.url)
+        start = time.perf_counter()
+        for i in range(0, len(calls), batch):
+            ledger.write([to_row(c) for c in calls[i : i + batch]])
+        elapsed = time.perf_counter() - start
+        ledger.close()
+    return elapsed
+
+
 def report_time(path: str, repeats: int = 5) -> tuple[float, list[float], Decimal]:
     import llmtally
 
@@ -127,10 +145,12 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--postgres", action="store_true", help="also ingest into a real PostgreSQL on loopback")
     args = ap.parse_args()
     path = os.path.join(tempfile.mkdtemp(), "bench.db")
     calls = make_calls(args.records)
     seconds = ingest(path, calls)
+    pg_seconds = ingest_postgres(calls) if args.postgres else None
     expected = sum((c.cost for c in calls if c.started_at >= SINCE), Decimal(0))
     del calls
     med, times, total = report_time(path)
@@ -141,6 +161,7 @@ def main() -> int:
         "records": args.records,
         "ingest_seconds": round(seconds, 2),
         "ingest_records_per_s": round(args.records / seconds),
+        "postgres_ingest_records_per_s": round(args.records / pg_seconds) if pg_seconds else None,
         "report_seconds_median": round(med, 3),
         "report_seconds": [round(t, 3) for t in times],
         "report_total_cost": str(total),
@@ -152,6 +173,13 @@ def main() -> int:
         [
             f"ledger: {args.records:,} records; Python {res['machine']['python']}, {res['machine']['cores']} cores",
             f"ingest into SQLite: {seconds:.2f} s = {res['ingest_records_per_s']:,} records/s (goal >= 100,000)",
+            *(
+                [
+                    f"ingest into PostgreSQL (COPY): {pg_seconds:.2f} s = {res['postgres_ingest_records_per_s']:,} records/s"
+                ]
+                if pg_seconds
+                else []
+            ),
             f"report --by model --since 30d: median {med:.3f} s over {len(times)} runs {res['report_seconds']} (goal < 1 s)",
             f"per tracked openai SDK call: ledger off {call['off_us']:.0f} us, on {call['on_us']:.0f} us, "
             f"added {call['added_us']:+.1f} us (median over {args.rounds} rounds)",
