@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 APP = textwrap.dedent(
     """
     import sys, threading, httpx2
@@ -113,3 +115,15 @@ class TestRun:
     def test_missing_command(self, tmp_path: Path) -> None:
         out = llmtally_run("--ledger", "none", "--", "no-such-command-xyz", cwd=tmp_path)
         assert out.returncode == 127 and "command not found" in out.stderr
+
+    def test_console_script(self, tmp_path: Path) -> None:
+        # A console script is a Python process like any other: here, llmtally's own.
+        script = Path(sys.executable).with_name("llmtally")
+        if not script.exists():
+            pytest.skip("no console script next to this interpreter")
+        out = llmtally_run(
+            "--ledger", "none", "--", str(script), "cost", "gpt-4", "-i", "11", "-o", "13", cwd=tmp_path
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "$0.00111"
+        assert "Successful Requests: 0" in out.stderr  # metered, and it made no LLM call
