@@ -26,6 +26,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._budget import BudgetExceeded, Estimate, estimate
     from ._capture import instrument, is_instrumented, uninstrument
     from ._config import configure, flush
     from ._pricing import cost_of
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetExceeded",
     "Call",
+    "Estimate",
     "LedgerError",
     "ModelTotals",
     "ReportRow",
@@ -46,6 +49,7 @@ __all__ = [
     "configure",
     "cost_of",
     "current_scopes",
+    "estimate",
     "flush",
     "get_openai_callback",
     "instrument",
@@ -57,6 +61,9 @@ __all__ = [
 
 # name -> module that defines it, imported on first access (PEP 562).
 _LAZY = {
+    "BudgetExceeded": "._budget",
+    "Estimate": "._budget",
+    "estimate": "._budget",
     "Call": "._usage",
     "LedgerError": ".ledger",
     "configure": "._config",

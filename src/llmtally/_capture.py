@@ -484,6 +484,26 @@ def _tap_for(stream: Any, meter: _Meter) -> Any:
 
 
 _routes: dict[str, wire.Parser | None] = {}
+
+
+def _limited(scopes: tuple[Any, ...]) -> bool:
+    for tally in scopes:
+        if tally._limits is not None:
+            return True
+    return False
+
+
+def _budget_check(scopes: tuple[Any, ...], meter: _Meter) -> None:
+    from ._budget import BudgetExceeded, check
+
+    try:
+        check(scopes, meter.parser, meter.request)
+    except BudgetExceeded:
+        raise
+    except Exception:
+        log.exception("llmtally: could not check the budget; the request is sent")
+
+
 #: opentelemetry.trace.get_current_span while OpenTelemetry export is on (see ledger/otel.py).
 _otel_spans: Any = None
 #: Settle each call as it ends (OpenTelemetry export wants its metrics now, not on the next read).
@@ -535,6 +555,8 @@ def _make_sync(orig: Any) -> Any:
         meter = _begin(request, scopes)
         if meter is None:
             return orig(self, request, *args, **kwargs)
+        if _limited(scopes):
+            _budget_check(scopes, meter)  # may raise BudgetExceeded: the request is not sent
         try:
             response = orig(self, request, *args, **kwargs)
         except BaseException as exc:
@@ -556,6 +578,8 @@ def _make_async(orig: Any) -> Any:
         meter = _begin(request, scopes)
         if meter is None:
             return await orig(self, request, *args, **kwargs)
+        if _limited(scopes):
+            _budget_check(scopes, meter)  # may raise BudgetExceeded: the request is not sent
         try:
             response = await orig(self, request, *args, **kwargs)
         except BaseException as exc:

@@ -199,8 +199,17 @@ class Tally:
     _unpriced_requests = 0
     _estimated_requests = 0
 
-    def __init__(self, name: str | None = None, tags: Mapping[str, Any] | None = None) -> None:
+    # Limits (see _budget): None for a scope without any, which is what the send hook checks.
+    _limits: Any = None
+    _sent = 0
+    _warned = False
+
+    def __init__(
+        self, name: str | None = None, tags: Mapping[str, Any] | None = None, limits: Any = None
+    ) -> None:
         self.name = name
+        if limits is not None:
+            self._limits = limits
         self.tags: dict[str, Any] = dict(tags) if tags else {}
         self._cost = _state.zero or _state.load_zero()
         self._by_model: dict[str, ModelTotals] = {}
@@ -416,7 +425,16 @@ def _money(d: Decimal) -> str:
     return s
 
 
-def track(name: str | Callable[..., Any] | None = None, *, tags: Mapping[str, Any] | None = None) -> Any:
+def track(
+    name: str | Callable[..., Any] | None = None,
+    *,
+    tags: Mapping[str, Any] | None = None,
+    max_cost: Any = None,
+    max_tokens: int | None = None,
+    max_requests: int | None = None,
+    on_exceed: str = "raise",
+    preflight: bool = False,
+) -> Any:
     """A new scope: count every LLM call made while it is open.
 
     Use it as a context manager (``with`` or ``async with``) or a decorator::
@@ -431,7 +449,20 @@ def track(name: str | Callable[..., Any] | None = None, *, tags: Mapping[str, An
 
     Calls count in every enclosing scope, including calls made by asyncio tasks and by threads
     started inside it.
+
+    Limits stop spending before it happens: with ``max_cost`` (USD, a Decimal or a string),
+    ``max_tokens`` or ``max_requests``, a request sent once the scope has reached one is refused
+    with ``llmtally.BudgetExceeded`` (``on_exceed="warn"`` logs and sends it); ``preflight=True``
+    also refuses a request whose worst case would cross ``max_cost``::
+
+        with llmtally.track("agent", max_cost="0.50"):
+            agent.invoke(...)        # BudgetExceeded once the run has spent $0.50
     """
+    limits = None
+    if max_cost is not None or max_tokens is not None or max_requests is not None:
+        from ._budget import Limits
+
+        limits = Limits(max_cost, max_tokens, max_requests, on_exceed, preflight)
     if callable(name):  # bare @track
-        return Tally(None, tags)(name)
-    return Tally(name, tags)
+        return Tally(None, tags, limits)(name)
+    return Tally(name, tags, limits)
