@@ -179,3 +179,32 @@ class TestEstimate:
 
     def test_unknown_tokenizer_is_marked(self) -> None:
         assert not llmtally.estimate("hi there", model="claude-sonnet-4-5").exact_tokenizer
+
+
+class TestEstimateCommand:
+    """llmtally estimate reads text or JSON messages."""
+
+    def test_messages_file(self, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+        from llmtally.cli import cli_logic
+
+        path = tmp_path / "prompt.json"
+        path.write_text('[{"role": "user", "content": "Tell me a joke"}]')
+        assert cli_logic(["estimate", "--model", "gpt-4", "--max-output", "13", str(path)]) == 0
+        out = capsys.readouterr().out
+        e = llmtally.estimate(
+            [{"role": "user", "content": "Tell me a joke"}], model="gpt-4", max_output_tokens=13
+        )
+        assert f"input tokens: {e.input_tokens}" in out
+        assert f"max cost (input + output allowance): ${e.max_cost}" in out
+
+    def test_text_from_stdin(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        import io
+
+        from llmtally.cli import cli_logic
+
+        monkeypatch.setattr("sys.stdin", io.StringIO("hello world"))
+        assert cli_logic(["estimate", "--model", "my-own-model"]) == 0
+        out = capsys.readouterr().out
+        assert "input tokens: 2 (approximated with o200k)" in out and "cost: unknown" in out

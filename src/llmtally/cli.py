@@ -63,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--chart", metavar="FILE", help="also write spend over time to FILE.png or FILE.html")
     rep.add_argument("--top", type=int, metavar="N", help="only the N most expensive groups")
 
+    est = sub.add_parser(
+        "estimate",
+        help="count a prompt's tokens offline and price its best and worst case",
+        description="Read text, or a JSON list of chat messages, from FILE (or - for stdin) and count "
+        "its input tokens with the model's tokenizer, chat framing included.",
+    )
+    est.add_argument("--model", required=True)
+    est.add_argument("--max-output", type=int, default=0, metavar="N", help="the output allowance to price")
+    est.add_argument("file", nargs="?", default="-", help="a text or JSON messages file (default: stdin)")
+
     cost = sub.add_parser(
         "cost",
         help="price a usage from the bundled catalogue",
@@ -98,6 +108,8 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         return run_command(command, ledger=args.ledger, name=args.name, tags=tags)
     if args.command == "report":
         return _report(args)
+    if args.command == "estimate":
+        return _estimate(args)
     if args.command == "cost":
         from ._pricing import cost_of
 
@@ -118,6 +130,35 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         print(f"${_money(price)}")
         return 0
     parser.print_help()
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from ._budget import estimate
+    from ._scope import _money
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    except OSError as exc:
+        print(f"llmtally estimate: {exc}", file=sys.stderr)
+        return 2
+    payload: object = text
+    if text.lstrip().startswith("["):
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = text  # not JSON after all: count it as text
+    e = estimate(payload, model=args.model, max_output_tokens=args.max_output)
+    print(f"model: {e.model}")
+    print(f"input tokens: {e.input_tokens}" + ("" if e.exact_tokenizer else " (approximated with o200k)"))
+    print(f"max output tokens: {e.max_output_tokens}")
+    if e.min_cost is None or e.max_cost is None:
+        print("cost: unknown (no price for this model)")
+        return 0
+    print(f"min cost (input only): ${_money(e.min_cost)}")
+    print(f"max cost (input + output allowance): ${_money(e.max_cost)}")
     return 0
 
 
