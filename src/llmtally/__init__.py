@@ -26,7 +26,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._budget import BudgetExceeded, Estimate, estimate
+    from ._budget import BudgetExceeded, Estimate, budget, estimate
     from ._capture import instrument, is_instrumented, uninstrument
     from ._config import configure, flush
     from ._pricing import cost_of
@@ -46,6 +46,7 @@ __all__ = [
     "Tally",
     "Usage",
     "__version__",
+    "budget",
     "configure",
     "cost_of",
     "current_scopes",
@@ -64,6 +65,7 @@ _LAZY = {
     "BudgetExceeded": "._budget",
     "Estimate": "._budget",
     "estimate": "._budget",
+    "budget": "._budget",
     "Call": "._usage",
     "LedgerError": ".ledger",
     "configure": "._config",

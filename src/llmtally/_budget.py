@@ -25,7 +25,7 @@ from . import _scope
 if TYPE_CHECKING:
     from ._scope import Tally
 
-__all__ = ["BudgetExceeded", "Estimate", "Limits", "check", "estimate"]
+__all__ = ["BudgetExceeded", "Estimate", "Limits", "budget", "check", "estimate"]
 
 log = logging.getLogger("llmtally")
 # One check at a time: a request count or spend seen under it is not raced by another thread.
@@ -55,6 +55,8 @@ class Limits:
     max_requests: int | None = None
     on_exceed: str = "raise"
     preflight: bool = False
+    #: A shared budget (name, store, period): reserved in the ledger database before each request.
+    shared: Any = None
 
     def __post_init__(self) -> None:
         if self.on_exceed not in ("raise", "warn"):
@@ -99,7 +101,11 @@ def estimate(messages_or_text: Any, *, model: str, max_output_tokens: int = 0) -
     return Estimate(model, tokens, max_output_tokens, low, high, exact)
 
 
-def _request_worst_case(parser: Any, request: Any) -> Decimal | None:
+#: The output allowance assumed for a request that states no max_tokens, for shared budgets.
+DEFAULT_OUTPUT_ALLOWANCE = 4096
+
+
+def _request_worst_case(parser: Any, request: Any, default_allowance: int = 0) -> Decimal | None:
     """The most a request can cost: its input counted offline plus its whole output allowance."""
     from . import wire
 
@@ -109,7 +115,7 @@ def _request_worst_case(parser: Any, request: Any) -> Decimal | None:
     model = obj.get("model")
     if not isinstance(model, str):
         return None
-    allowance = 0
+    allowance = default_allowance
     for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         if isinstance(obj.get(key), int):
             allowance = obj[key]
@@ -122,13 +128,40 @@ def _request_worst_case(parser: Any, request: Any) -> Decimal | None:
     return cost_of(model, input_tokens=tokens, output_tokens=allowance)
 
 
-def check(scopes: tuple[Tally, ...], parser: Any, request: Any) -> None:
+def check(scopes: tuple[Tally, ...], parser: Any, request: Any, meter: Any = None) -> None:
     """Refuse (or warn about) a request that would go past a limit of an enclosing scope."""
     limited = [t for t in scopes if t._limits is not None]
     if not limited:
         return
     with _check_lock:
         _check(limited, parser, request)
+    shared = [t for t in limited if t._limits.shared is not None]
+    if shared:
+        _reserve(shared, parser, request, meter)
+
+
+def _reserve(shared: list[Tally], parser: Any, request: Any, meter: Any) -> None:
+    """Reserve the request's worst case in every shared budget, all or none."""
+    worst = _request_worst_case(parser, request, DEFAULT_OUTPUT_ALLOWANCE)
+    if worst is None:
+        return  # an unpriced model: nothing to reserve, its spend is unknown
+    made: list[tuple[Any, Decimal]] = []
+    for tally in shared:
+        name, store, period = tally._limits.shared
+        if store.reserve(name, worst, period):
+            made.append((tally._limits.shared, worst))
+            continue
+        for (n, st, _), amount in made:
+            st.settle(n, amount, Decimal(0))
+        state = store.get(name)
+        spent = state.spent + state.reserved if state else worst
+        allowed = state.max_cost if state else 0
+        problem = BudgetExceeded(name, "cost", allowed, spent, f" (this request could cost up to ${worst})")
+        if tally._limits.on_exceed == "raise":
+            raise problem
+        log.warning("%s", str(problem).replace("; the request was not sent", "; sending anyway (warn mode)"))
+    if meter is not None and made:
+        meter.reservations = made
 
 
 def _check(limited: list[Tally], parser: Any, request: Any) -> None:
@@ -167,3 +200,48 @@ def _check(limited: list[Tally], parser: Any, request: Any) -> None:
                 )
     for tally in limited:
         tally._sent += 1
+
+
+def budget(
+    name: str,
+    *,
+    max_cost: Any = None,
+    period: str | None = None,
+    ledger: str | None = None,
+    on_exceed: str = "raise",
+) -> Tally:
+    """A scope bound to a budget shared by every process and host using the same ledger database.
+
+    ``max_cost`` (USD) and ``period`` (``"day"``, ``"month"`` or ``None``) set the budget when given;
+    otherwise the one already stored under ``name`` applies. Each request inside reserves its worst
+    case (input counted offline plus its ``max_tokens``, or 4096 output tokens if it states none)
+    atomically in the database and is refused with ``BudgetExceeded`` if that does not fit::
+
+        with llmtally.budget("team-search", max_cost="50", period="day"):
+            agent.invoke(...)
+    """
+    import os
+
+    from ._config import current_ledger_url
+    from ._scope import Tally
+    from .ledger.budgets import BudgetStore
+
+    url = ledger or current_ledger_url() or os.environ.get("LLMTALLY_LEDGER")
+    if not url:
+        raise ValueError(
+            "a shared budget lives in a ledger: pass ledger= or call llmtally.configure(ledger=)"
+        )
+    store = _stores.get(url)
+    if store is None:
+        store = _stores[url] = BudgetStore(url)
+    if max_cost is not None:
+        store.set(name, max_cost, period)
+    elif store.get(name) is None:
+        raise ValueError(f"no budget named {name!r} in the ledger; give max_cost= to create it")
+    state = store.get(name)
+    assert state is not None
+    limits = Limits(on_exceed=on_exceed, shared=(name, store, state.period))
+    return Tally(name, None, limits)
+
+
+_stores: dict[str, Any] = {}

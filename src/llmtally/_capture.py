@@ -86,6 +86,8 @@ class _Meter:
     done = False
     error: str | None = None
     span: Any = None
+    #: Shared-budget reservations of this request: [((name, store, period), amount)], see _budget.
+    reservations: Any = None
 
     def __init__(self, parser: wire.Parser, request: Any, host: str, scopes: tuple[Any, ...]) -> None:
         self.parser = parser
@@ -241,7 +243,7 @@ class _Meter:
         pending = _scope.pending
         pending.append(self)
         # A span must get its attributes before the caller ends it: settle now.
-        if self.span is not None or _eager or len(pending) >= _scope.FLUSH_AT:
+        if self.span is not None or self.reservations or _eager or len(pending) >= _scope.FLUSH_AT:
             _scope.flush()
 
     def settle(self) -> None:
@@ -310,6 +312,8 @@ class _Meter:
             if source is not None:
                 call.cost, call.price_source, call.provider = cost, source.source, source.provider_id
         self.request = None  # drop the request (and its prompt) as soon as possible
+        if self.reservations:
+            self._release(call)
         for tally in self.scopes:
             tally._calls.append(call)  # atomic; totals catch up when the tally is read
         for sink in _sinks:
@@ -317,6 +321,17 @@ class _Meter:
                 sink(call)
             except Exception:
                 log.exception("llmtally: sink %r failed", sink)
+
+    def _release(self, call: Call) -> None:
+        """Settle shared-budget reservations: release them, charge the real cost (the reservation
+        itself when the cost is unknown, which cannot undercount)."""
+        reservations, self.reservations = self.reservations, None
+        for (name, store, _), reserved in reservations:
+            actual = call.cost if call.cost is not None else (reserved if call.ok else _ZERO)
+            try:
+                store.settle(name, reserved, actual)
+            except Exception:
+                log.exception("llmtally: could not settle the shared budget %r", name)
 
     def _requested_model(self) -> str | None:
         try:
@@ -497,7 +512,7 @@ def _budget_check(scopes: tuple[Any, ...], meter: _Meter) -> None:
     from ._budget import BudgetExceeded, check
 
     try:
-        check(scopes, meter.parser, meter.request)
+        check(scopes, meter.parser, meter.request, meter)
     except BudgetExceeded:
         raise
     except Exception:

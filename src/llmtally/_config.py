@@ -14,6 +14,7 @@ log = logging.getLogger("llmtally")
 ENV_LEDGER = "LLMTALLY_LEDGER"
 _lock = threading.Lock()
 _configured = False
+_ledger_url: str | None = None
 
 
 def configure(*, ledger: str | None = None, flush_interval: float | None = None, otel: Any = None) -> None:
@@ -33,7 +34,7 @@ def configure(*, ledger: str | None = None, flush_interval: float | None = None,
     If the ledger later becomes unwritable (server down, disk full), records wait in a local spool
     file (``LLMTALLY_SPOOL_DIR``, else beside the default ledger) and are written when it is back.
     """
-    global _configured
+    global _configured, _ledger_url
     if otel is not None:
         _configure_otel(otel)
     if ledger is None:
@@ -52,6 +53,7 @@ def configure(*, ledger: str | None = None, flush_interval: float | None = None,
         if new is None:
             set_current(None)
             return
+        _ledger_url = ledger
         writer = Writer(new, interval=flush_interval or 0.5)
         set_current(writer)
         add_sink(writer.sink)
@@ -105,3 +107,10 @@ def flush(timeout: float | None = 30) -> bool:
     _scope.flush()
     writer: Any = current()
     return True if writer is None else bool(writer.flush(timeout))
+
+
+def current_ledger_url() -> str | None:
+    """The URL of the ledger configured now (as given, password included: never print it), or None."""
+    from .ledger._writer import current
+
+    return _ledger_url if current() is not None else None

@@ -63,6 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--chart", metavar="FILE", help="also write spend over time to FILE.png or FILE.html")
     rep.add_argument("--top", type=int, metavar="N", help="only the N most expensive groups")
 
+    bud = sub.add_parser(
+        "budget",
+        help="list, set or reset budgets shared through the ledger database",
+        description="Budgets shared by every process using the same ledger (see llmtally.budget).",
+    )
+    bud.add_argument("action", choices=("list", "set", "reset"))
+    bud.add_argument("name", nargs="?")
+    bud.add_argument("--max-cost", metavar="USD")
+    bud.add_argument("--period", choices=("day", "month"), default=None)
+    bud.add_argument("--ledger", metavar="URL", help="default: LLMTALLY_LEDGER")
+
     est = sub.add_parser(
         "estimate",
         help="count a prompt's tokens offline and price its best and worst case",
@@ -108,6 +119,8 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         return run_command(command, ledger=args.ledger, name=args.name, tags=tags)
     if args.command == "report":
         return _report(args)
+    if args.command == "budget":
+        return _budget(args)
     if args.command == "estimate":
         return _estimate(args)
     if args.command == "cost":
@@ -131,6 +144,45 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         return 0
     parser.print_help()
     return 0
+
+
+def _budget(args: argparse.Namespace) -> int:
+    import os
+    from datetime import datetime, timezone
+
+    from ._scope import _money
+    from .ledger import LedgerError
+    from .ledger.budgets import BudgetStore
+
+    url = args.ledger or os.environ.get("LLMTALLY_LEDGER")
+    if not url:
+        print("llmtally budget: give --ledger URL or set LLMTALLY_LEDGER", file=sys.stderr)
+        return 2
+    try:
+        store = BudgetStore(url)
+        if args.action == "list":
+            for b in store.list():
+                since = datetime.fromtimestamp(b.window_start, tz=timezone.utc).strftime("%Y-%m-%d")
+                window = f"per {b.period} since {since}" if b.period else "no period"
+                print(
+                    f"{b.name}: spent ${_money(b.spent)} of ${_money(b.max_cost)} ({window}); "
+                    f"in flight ${_money(b.reserved)}"
+                )
+            return 0
+        if not args.name:
+            print(f"llmtally budget {args.action}: which budget? (a NAME)", file=sys.stderr)
+            return 2
+        if args.action == "set":
+            if args.max_cost is None:
+                print("llmtally budget set: give --max-cost USD", file=sys.stderr)
+                return 2
+            store.set(args.name, args.max_cost, args.period)
+        else:
+            store.reset(args.name)
+        return 0
+    except (LedgerError, ValueError, ArithmeticError) as exc:
+        print(f"llmtally budget: {exc}", file=sys.stderr)
+        return 2
 
 
 def _estimate(args: argparse.Namespace) -> int:

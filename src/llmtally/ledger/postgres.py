@@ -171,6 +171,19 @@ class PostgresLedger:
                     for row in rows:
                         copy.write_row(row)
 
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One statement in its own transaction (shared budgets); its rows, if it returns any."""
+        with self._lock:
+            conn, _ = self._connection()
+            try:
+                with conn.transaction():
+                    cur = conn.execute(sql, params)
+                    return list(cur.fetchall()) if cur.description else []
+            except self._pg.Error as exc:
+                if conn.broken:
+                    self._drop()
+                raise self._error("cannot update budgets in", exc) from None
+
     def write(self, rows: Sequence[tuple[Any, ...]], *, ignore_duplicates: bool = False) -> None:
         """Append rows in one transaction (all or none); ``LedgerError`` if they could not be.
 

@@ -1,0 +1,116 @@
+"""Shared budgets in the ledger database: atomic reservations across processes, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+from _postgres import postgres_fixture
+
+import llmtally
+from llmtally.cli import cli_logic
+from llmtally.testing import FakeProvider, Reply
+
+postgres = postgres_fixture()
+CALL = Decimal("0.00111")  # gpt-4: 11 prompt (as estimated offline) + 13 completion tokens
+
+
+def client() -> openai.OpenAI:
+    fake = FakeProvider(
+        handler=lambda req: Reply(text="ha", prompt_tokens=11, completion_tokens=13, model="gpt-4")
+    )
+    return openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://fake/v1",
+        max_retries=0,
+        http_client=httpx2.Client(transport=fake.httpx2_transport()),
+    )
+
+
+def ask(c: openai.OpenAI) -> None:
+    c.chat.completions.create(
+        model="gpt-4", messages=[{"role": "user", "content": "Tell me a joke"}], max_tokens=13
+    )
+
+
+class TestSQLite:
+    """One process: reservations stop spending at the budget, and the spend is remembered."""
+
+    def test_budget_stops_and_persists(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'ledger.db'}"
+        c = client()
+        with llmtally.budget("team", max_cost=CALL * 3, ledger=url) as t:
+            for _ in range(3):
+                ask(c)
+            with pytest.raises(llmtally.BudgetExceeded) as info:
+                ask(c)
+        assert t.successful_requests == 3 and info.value.scope == "team"
+        # Another scope on the same budget (a later run) starts from what was spent.
+        with pytest.raises(llmtally.BudgetExceeded), llmtally.budget("team", ledger=url):
+            ask(c)
+        assert cli_logic(["budget", "list", "--ledger", url]) == 0
+        assert cli_logic(["budget", "reset", "team", "--ledger", url]) == 0
+        with llmtally.budget("team", ledger=url):
+            ask(c)  # room again
+
+    def test_unknown_budget(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="no budget named 'nope'"):
+            llmtally.budget("nope", ledger=f"sqlite:///{tmp_path / 'l.db'}")
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, httpx2, openai, llmtally
+    from llmtally.testing import FakeProvider, Reply
+    url = sys.argv[1]
+    fake = FakeProvider(handler=lambda req: Reply(text="ha", prompt_tokens=11, completion_tokens=13, model="gpt-4"))
+    c = openai.OpenAI(api_key="x", base_url="http://fake/v1", max_retries=0,
+                      http_client=httpx2.Client(transport=fake.httpx2_transport()))
+    sent = 0
+    with llmtally.budget("shared", ledger=url):
+        while True:
+            try:
+                c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "Tell me a joke"}],
+                                          max_tokens=13)
+            except llmtally.BudgetExceeded:
+                break
+            sent += 1
+    print(sent)
+    """
+)
+
+
+class TestAcrossProcesses:
+    """4 processes on one real PostgreSQL: together they spend the budget and not a cent more."""
+
+    def test_four_processes(self, postgres) -> None:  # type: ignore[no-untyped-def]
+        url = postgres.url
+        limit = CALL * 25
+        llmtally.budget("shared", max_cost=limit, ledger=url)  # set it once
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=dict(os.environ),
+            )
+            for _ in range(4)
+        ]
+        sent = []
+        for p in procs:
+            out, err = p.communicate(timeout=180)
+            assert p.returncode == 0, err
+            sent.append(int(out.strip()))
+        assert sum(sent) == 25  # no overshoot: each call reserved its worst case, which is its cost
+        from llmtally.ledger.budgets import BudgetStore
+
+        state = BudgetStore(url).get("shared")
+        assert state is not None and state.spent == limit and state.reserved == 0
