@@ -70,15 +70,18 @@ WORKER = textwrap.dedent(
     import sys, httpx2, openai, llmtally
     from llmtally.testing import FakeProvider, Reply
     url = sys.argv[1]
-    fake = FakeProvider(handler=lambda req: Reply(text="ha", prompt_tokens=11, completion_tokens=13, model="gpt-4"))
+    fake = FakeProvider(
+        handler=lambda req: Reply(text="ha", prompt_tokens=11, completion_tokens=13, model="gpt-4")
+    )
     c = openai.OpenAI(api_key="x", base_url="http://fake/v1", max_retries=0,
                       http_client=httpx2.Client(transport=fake.httpx2_transport()))
     sent = 0
     with llmtally.budget("shared", ledger=url):
         while True:
             try:
-                c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "Tell me a joke"}],
-                                          max_tokens=13)
+                c.chat.completions.create(
+                    model="gpt-4", messages=[{"role": "user", "content": "Tell me a joke"}], max_tokens=13
+                )
             except llmtally.BudgetExceeded:
                 break
             sent += 1
