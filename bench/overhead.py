@@ -64,6 +64,7 @@ LABELS = {
     "sdk_bare": "openai SDK create, bare",
     "sdk_track": "... in llmtally.track()",
     "sdk_noscope": "... instrumented, no scope open",
+    "sdk_limit": "... in llmtally.track(max_cost=...)",
     "sdk_stream_bare": "openai SDK streamed+usage, bare",
     "sdk_stream_track": "... in llmtally.track()",
     "lc_bare_u": "check: uninstrumented, ChatOpenAI, bare client",
@@ -80,6 +81,7 @@ BASE = {
     "lc_stream_track": "lc_stream_bare",
     "sdk_track": "sdk_bare",
     "sdk_noscope": "sdk_bare",
+    "sdk_limit": "sdk_bare",
     "sdk_stream_track": "sdk_stream_bare",
 }
 
@@ -162,6 +164,16 @@ def build() -> dict[str, Callable[[], Any]]:
 
         return run
 
+    def in_limited(fn: Callable[[], Any]) -> Callable[[], Any]:
+        # A scope with a cost limit: each request is checked against its spend before it is sent.
+        def run() -> Any:
+            with llmtally.track(max_cost="1000000") as t:
+                fn()
+            t.total_tokens  # noqa: B018
+            return t
+
+        return run
+
     def ten(fn: Callable[[], Any]) -> Callable[[], Any]:
         def run() -> Any:
             for _ in range(BATCH):
@@ -182,6 +194,7 @@ def build() -> dict[str, Callable[[], Any]]:
         "sdk_bare": lambda: sdk_call(sdk_bare),
         "sdk_track": in_track(lambda: sdk_call(sdk_hooked)),
         "sdk_noscope": lambda: sdk_call(sdk_hooked),
+        "sdk_limit": in_limited(lambda: sdk_call(sdk_hooked)),
         "sdk_stream_bare": lambda: sdk_stream(sdk_bare),
         "sdk_stream_track": in_track(lambda: sdk_stream(sdk_hooked)),
         # Checks of the method: fully uninstrumented, on the hooked client (run with uninstrument()).
@@ -292,6 +305,7 @@ def stats(per_round: dict[str, list[float]]) -> dict[str, Any]:
             "lc_track_added_pct_of_sdk_call": 100 * add["lc_track"] / med["sdk_bare"],
             "sdk_track_added_pct_of_sdk_call": 100 * add["sdk_track"] / med["sdk_bare"],
             "sdk_noscope_added_pct_of_sdk_call": 100 * add["sdk_noscope"] / med["sdk_bare"],
+            "limit_check_added_us": add["sdk_limit"] - add["sdk_track"],
             "sdk_stream_track_added_pct": 100 * add["sdk_stream_track"] / med["sdk_stream_bare"],
         },
     }
@@ -305,7 +319,7 @@ def run(rounds: int, calls: int) -> dict[str, Any]:
         ["lc_bare10", "lc_cb10", "lc_track10"],
         ["lc_bare", "lc_cb", "lc_track"],
         ["lc_stream_bare", "lc_stream_cb", "lc_stream_track"],
-        ["sdk_bare", "sdk_track", "sdk_noscope"],
+        ["sdk_bare", "sdk_track", "sdk_noscope", "sdk_limit"],
         ["sdk_stream_bare", "sdk_stream_track"],
     ]
     # The check of the method, timed with llmtally.uninstrument() in force.
@@ -372,6 +386,7 @@ def render(res: dict[str, Any]) -> str:
         "sdk_bare",
         "sdk_track",
         "sdk_noscope",
+        "sdk_limit",
         "sdk_stream_bare",
         "sdk_stream_track",
         "lc_bare_u",
@@ -401,7 +416,8 @@ def render(res: dict[str, Any]) -> str:
             f"[{clock}] track() added on ChatOpenAI.invoke = {h['lc_track_added_pct_of_sdk_call']:.2f}% of a bare SDK call"
             f" (goal <= 3%); on the SDK call itself {h['sdk_track_added_pct_of_sdk_call']:.2f}%;"
             f" instrumented, no scope {h['sdk_noscope_added_pct_of_sdk_call']:.2f}%;"
-            f" streamed SDK call {h['sdk_stream_track_added_pct']:.2f}%",
+            f" streamed SDK call {h['sdk_stream_track_added_pct']:.2f}%;"
+            f" limit check (track(max_cost=) vs track()) {h['limit_check_added_us']:+.1f} us",
         ]
     return "\n".join(lines)
 
