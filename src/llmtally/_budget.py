@@ -93,8 +93,9 @@ def estimate(messages_or_text: Any, *, model: str, max_output_tokens: int = 0) -
     if isinstance(messages_or_text, str):
         tokens = _tokens.count(messages_or_text, model)
     else:
-        texts, count = ChatCompletions().request_text({"messages": list(messages_or_text)})
-        tokens = _tokens.estimate_chat_input(texts, count, model)
+        messages = list(messages_or_text)
+        texts, count = ChatCompletions().request_text({"messages": messages})
+        tokens = _tokens.estimate_chat_input(texts, count, model, _tokens.names_in(messages))
     _, exact = _tokens.encoding_name(model)
     low = cost_of(model, input_tokens=tokens, output_tokens=0)
     high = cost_of(model, input_tokens=tokens, output_tokens=max_output_tokens)
@@ -124,7 +125,7 @@ def _request_worst_case(parser: Any, request: Any, default_allowance: int = 0) -
     from ._pricing import cost_of
 
     texts, count = parser.request_text(obj)
-    tokens = _tokens.estimate_chat_input(texts, count, model)
+    tokens = _tokens.estimate_chat_input(texts, count, model, _tokens.names_in(obj.get("messages")))
     return cost_of(model, input_tokens=tokens, output_tokens=allowance)
 
 

@@ -354,7 +354,8 @@ class _Meter:
             obj = wire.loads(self.request.content)
             if obj is not None:
                 texts, messages = self.parser.request_text(obj)
-                prompt = _tokens.estimate_chat_input(texts, messages, model)
+                names = _tokens.names_in(obj.get("messages"))
+                prompt = _tokens.estimate_chat_input(texts, messages, model, names)
         except Exception:
             log.exception("llmtally: could not estimate the input tokens of a call")
         completion = self._output_estimate(result, model)

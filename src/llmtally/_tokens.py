@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["count", "encoding_name", "estimate_chat_input"]
+__all__ = ["count", "encoding_name", "estimate_chat_input", "names_in"]
 
 log = logging.getLogger("llmtally")
 
@@ -78,7 +78,24 @@ def count(texts: list[str] | str, model: str | None) -> int:
     except Exception:  # no wheel for this platform: a stated approximation, ~4 bytes per token
         log.warning("llmtally: tokenizer %s unavailable; approximating 4 bytes per token", name)
         return sum((len(t.encode()) + 3) // 4 for t in texts)
-    return sum(len(enc.encode_ordinary(t)) for t in texts if t)
+    total = 0
+    for t in texts:
+        if not t:
+            continue
+        try:
+            total += len(enc.encode_ordinary(t))
+        except (TypeError, UnicodeError):
+            # A lone surrogate (json.loads accepts "\ud83d"): counted as U+FFFD, as tiktoken does.
+            fixed = t.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            total += len(enc.encode_ordinary(fixed))
+    return total
+
+
+def names_in(messages: Any) -> int:
+    """How many chat messages carry a ``name`` (each costs one more framing token)."""
+    if not isinstance(messages, list):
+        return 0
+    return sum(1 for m in messages if isinstance(m, dict) and isinstance(m.get("name"), str))
 
 
 def estimate_chat_input(texts: list[str], messages: int, model: str | None, names: int = 0) -> int:
