@@ -128,6 +128,8 @@ class TestPreflight:
             with pytest.raises(llmtally.BudgetExceeded, match="could cost up to"):
                 ask(client, max_tokens=1000)  # up to 1000 output tokens at $60/M = $0.06
             ask(client, max_tokens=10)  # worst case well under $0.01
+            with pytest.raises(llmtally.BudgetExceeded):
+                ask(client)  # no max_tokens: 4,096 output tokens assumed, $0.25 at worst
         assert len(fake.requests) == 1 and t.successful_requests == 1
 
 

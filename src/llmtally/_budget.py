@@ -102,7 +102,8 @@ def estimate(messages_or_text: Any, *, model: str, max_output_tokens: int = 0) -
     return Estimate(model, tokens, max_output_tokens, low, high, exact)
 
 
-#: The output allowance assumed for a request that states no max_tokens, for shared budgets.
+#: The output allowance assumed for a request that states no max_tokens (the catalogue holds no
+#: models' output limits), for preflight checks and shared-budget reservations.
 DEFAULT_OUTPUT_ALLOWANCE = 4096
 
 
@@ -182,7 +183,7 @@ def _check(limited: list[Tally], parser: Any, request: Any) -> None:
                 problem = BudgetExceeded(tally.name, "cost", limits.max_cost, spent)
             elif limits.preflight:
                 if worst is None:
-                    worst = _request_worst_case(parser, request)
+                    worst = _request_worst_case(parser, request, DEFAULT_OUTPUT_ALLOWANCE)
                 if worst is not None and spent + worst > limits.max_cost:
                     problem = BudgetExceeded(
                         tally.name,
