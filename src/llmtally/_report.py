@@ -33,6 +33,20 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 GROUPS = ("model", "provider", "endpoint", "day", "hour", "scope", "tag:KEY")
 
 
+#: A row's counts, in its field order.
+COUNTS = (
+    "requests",
+    "failed_requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "unpriced_requests",
+    "estimated_requests",
+)
+
+
 @dataclass
 class ReportRow:
     """One group's totals. ``keys`` holds the group's values, in the order of ``by``."""
@@ -55,17 +69,7 @@ class ReportRow:
 
     def as_dict(self, by: Sequence[str]) -> dict[str, Any]:
         out: dict[str, Any] = dict(zip(by, self.keys, strict=False))
-        for name in (
-            "requests",
-            "failed_requests",
-            "prompt_tokens",
-            "completion_tokens",
-            "cached_tokens",
-            "cache_write_tokens",
-            "reasoning_tokens",
-            "unpriced_requests",
-            "estimated_requests",
-        ):
+        for name in COUNTS:
             out[name] = getattr(self, name)
         out["cost"] = str(self.cost)
         return out
@@ -192,20 +196,27 @@ def _query(ledger: str | None, since: Any, until: Any, groups: Sequence[str]) ->
         conn.close()
 
 
-def _select_calls(conn: Any, groups: Sequence[str], start: float | None, end: float | None) -> list[Any]:
-    exprs = [_group_sql(g) for g in groups]
+def _grouped(
+    exprs: Sequence[str], sums: str, table: str, column: str, start: Any, end: Any, mark: str = "?"
+) -> tuple[str, list[Any]]:
+    """SELECT groups and sums FROM table WHERE start <= column < end GROUP BY the groups."""
     where, params = [], []
     if start is not None:
-        where.append("started_at >= ?")
+        where.append(f"{column} >= {mark}")
         params.append(start)
     if end is not None:
-        where.append("started_at < ?")
+        where.append(f"{column} < {mark}")
         params.append(end)
-    sql = f"SELECT {', '.join([*exprs, _AGGREGATES])} FROM calls"
+    sql = f"SELECT {', '.join([*exprs, sums])} FROM {table}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     if exprs:
         sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(exprs)))
+    return sql, params
+
+
+def _select_calls(conn: Any, groups: Sequence[str], start: float | None, end: float | None) -> list[Any]:
+    sql, params = _grouped([_group_sql(g) for g in groups], _AGGREGATES, "calls", "started_at", start, end)
     return list(conn.execute(sql, params).fetchall())
 
 
@@ -225,20 +236,8 @@ def _hourly_sql(key: str) -> str:
 def _select_hourly(conn: Any, groups: Sequence[str], first: float | None, last: float | None) -> list[Any]:
     from .ledger.sqlite import ROLLUP_SUMS
 
-    exprs = [_hourly_sql(g) for g in groups]
-    where, params = [], []
-    if first is not None:
-        where.append("hour >= ?")
-        params.append(first)
-    if last is not None:
-        where.append("hour < ?")
-        params.append(last)
     sums = ", ".join(f"SUM({name})" for name in ROLLUP_SUMS)
-    sql = f"SELECT {', '.join([*exprs, sums])} FROM calls_hourly"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    if exprs:
-        sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(exprs)))
+    sql, params = _grouped([_hourly_sql(g) for g in groups], sums, "calls_hourly", "hour", first, last)
     return list(conn.execute(sql, params).fetchall())
 
 
@@ -299,19 +298,10 @@ def _query_postgres(url: str, since: Any, until: Any, groups: Sequence[str]) -> 
         expr, args = _group_sql_postgres(g)
         exprs.append(expr)
         params += args
-    where = []
-    start, end = parse_time(since), parse_time(until)
-    if start is not None:
-        where.append("started_at >= %s")
-        params.append(start)
-    if end is not None:
-        where.append("started_at < %s")
-        params.append(end)
-    sql = f"SELECT {', '.join([*exprs, _AGGREGATES])} FROM calls"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    if exprs:
-        sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(exprs)))
+    sql, window = _grouped(
+        exprs, _AGGREGATES, "calls", "started_at", parse_time(since), parse_time(until), "%s"
+    )
+    params += window
 
     shown = redact_url(url)
     secrets = url_secrets(url)
@@ -408,17 +398,7 @@ def totals(rows: Sequence[ReportRow]) -> ReportRow:
     """The sum of rows (a report's totals line)."""
     total = ReportRow(("TOTAL",))
     for r in rows:
-        for name in (
-            "requests",
-            "failed_requests",
-            "prompt_tokens",
-            "completion_tokens",
-            "cached_tokens",
-            "cache_write_tokens",
-            "reasoning_tokens",
-            "unpriced_requests",
-            "estimated_requests",
-        ):
+        for name in COUNTS:
             setattr(total, name, getattr(total, name) + getattr(r, name))
         total.cost += r.cost
     return total
