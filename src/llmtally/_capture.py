@@ -6,9 +6,11 @@ Hooking ``send`` meters all of them from the wire format alone, without dependin
 
 The hook never changes what the caller gets: the request goes out as it came, the response object
 is the one the client built, and a streamed body reaches the caller chunk for chunk. A streamed
-response's byte stream is wrapped by a tap that decodes SSE events as the caller reads them and
-settles the call when the stream ends or is closed. Anything that goes wrong inside llmtally is
-logged and swallowed (``_guard``); errors of the call itself propagate untouched.
+response's byte stream is wrapped by a tap that decodes SSE events as the caller reads them; the
+call is over when the stream ends or is closed. A finished call is only queued here (``_Meter._queue``)
+and settled later, off the call path (see ``_scope.flush``). Anything that goes wrong inside llmtally
+is logged and swallowed; errors of the call itself propagate untouched, and so does
+``BudgetExceeded`` when a scope's limit refuses a request before it is sent (``_budget``).
 
 Patching is idempotent and reversible. A client module imported after ``instrument()`` is patched
 on import by a meta-path hook, so ``import llmtally`` never has to import httpx itself.
