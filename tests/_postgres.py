@@ -185,6 +185,20 @@ class PostgresServer:
             raise PostgresError("the server has never been started, so it has no port yet")
         return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.dbname}"
 
+    def url_for(self, dbname: str, password: str | None = None) -> str:
+        """The URL of another database on this server (or with another password)."""
+        pw = self.password if password is None else password
+        return f"postgresql://{self.user}:{pw}@127.0.0.1:{self.port}/{dbname}"
+
+    def new_database(self, prefix: str = "t") -> str:
+        """Create an empty database for one test; its URL."""
+        import psycopg
+
+        name = f"{prefix}_{secrets.token_hex(6)}"
+        with psycopg.connect(self.url_for("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url_for(name)
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import subprocess
 import sys
 import threading
@@ -30,29 +29,18 @@ postgres = postgres_fixture()
 
 
 def admin_url(server: PostgresServer, dbname: str = "postgres") -> str:
-    return f"postgresql://{server.user}:{server.password}@127.0.0.1:{server.port}/{dbname}"
+    return server.url_for(dbname)
 
 
 @pytest.fixture
 def db(postgres: PostgresServer) -> str:
     """The URL of a new, empty database on the test server, for this test alone."""
-    name = f"t_{secrets.token_hex(6)}"
-    with psycopg.connect(admin_url(postgres), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url(postgres, name)
+    return postgres.new_database("t")
 
 
-@pytest.fixture(autouse=True)
-def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "spool"
-    monkeypatch.setenv("LLMTALLY_SPOOL_DIR", str(path))
-    return path
-
-
-@pytest.fixture(autouse=True)
-def no_ledger() -> Any:
-    yield
-    llmtally.configure(ledger="none")
+@pytest.fixture
+def spool_dir(isolated_spool: Path) -> Path:
+    return isolated_spool
 
 
 def rows(url: str) -> list[dict[str, Any]]:

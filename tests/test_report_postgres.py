@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,17 +25,13 @@ postgres = postgres_fixture()
 
 
 def server_url(server: PostgresServer, dbname: str = "postgres", password: str | None = None) -> str:
-    pw = server.password if password is None else password
-    return f"postgresql://{server.user}:{pw}@127.0.0.1:{server.port}/{dbname}"
+    return server.url_for(dbname, password)
 
 
 @pytest.fixture
 def db(postgres: PostgresServer) -> str:
     """The URL of a new, empty database on the test server, for this test alone."""
-    name = f"r_{secrets.token_hex(6)}"
-    with psycopg.connect(server_url(postgres), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return server_url(postgres, name)
+    return postgres.new_database("r")
 
 
 def write_postgres(url: str, calls: Sequence[Call]) -> None:

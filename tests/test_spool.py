@@ -25,17 +25,9 @@ from llmtally.ledger._writer import Writer, current
 from llmtally.testing import FakeProvider, Reply
 
 
-@pytest.fixture(autouse=True)
-def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "spool"
-    monkeypatch.setenv("LLMTALLY_SPOOL_DIR", str(path))
-    return path
-
-
-@pytest.fixture(autouse=True)
-def no_ledger() -> Any:
-    yield
-    llmtally.configure(ledger="none")
+@pytest.fixture
+def spool(isolated_spool: Path) -> Path:
+    return isolated_spool
 
 
 @pytest.fixture
