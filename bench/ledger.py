@@ -32,7 +32,7 @@ SINCE = NOW - 30 * 86400  # "30d", fixed once so the expected total does not dri
 
 def make_calls(n: int) -> list[Any]:
     import llmtally
-    from llmtally._usage import Call, Usage
+    from llmtally._core.usage import Call, Usage
 
     rng = random.Random(1)
     now = NOW

@@ -1,6 +1,6 @@
 """Build the README's report picture: a synthetic two-week ledger, then `llmtally report --chart`.
 
-    python docs/make_report_chart.py        # writes docs/report-chart.png and prints the table
+python docs/make_report_chart.py        # writes docs/report-chart.png and prints the table
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import tempfile
 from datetime import datetime, timezone
 
 import llmtally
-from llmtally._usage import Call, Usage
+from llmtally._core.usage import Call, Usage
 from llmtally.cli import cli_logic
 from llmtally.ledger import to_row
 from llmtally.ledger.sqlite import SQLiteLedger
@@ -27,13 +27,19 @@ def main() -> int:
     for day in range(14):
         for model, per_day in MODELS.items():
             for _ in range(int(per_day * rng.uniform(0.6, 1.4))):
-                call = Call("openai" if not model.startswith("claude") else "anthropic", "chat.completions", model)
+                call = Call(
+                    "openai" if not model.startswith("claude") else "anthropic", "chat.completions", model
+                )
                 call.started_at = start + day * 86400 + rng.uniform(0, 86400)
                 call.latency = rng.uniform(0.3, 4)
                 prompt, completion = rng.randint(200, 6000), rng.randint(20, 900)
                 call.usage = Usage(prompt, completion, cached_tokens=rng.choice([0, 0, prompt // 2]))
-                call.cost = llmtally.cost_of(model, input_tokens=prompt, output_tokens=completion,
-                                             cached_tokens=call.usage.cached_tokens)
+                call.cost = llmtally.cost_of(
+                    model,
+                    input_tokens=prompt,
+                    output_tokens=completion,
+                    cached_tokens=call.usage.cached_tokens,
+                )
                 call.scope_path = (rng.choice(["search", "support-bot", "nightly-report"]),)
                 rows.append(to_row(call))
     path = os.path.join(tempfile.mkdtemp(), "ledger.db")

@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import llmtally
-from llmtally import _capture
+from llmtally._capture.exchange import Exchange
+from llmtally._core.pipeline import FLUSH_AT, PIPELINE
+from llmtally._runtime import RUNTIME
 from llmtally.wire.openai import ChatCompletions
 
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -33,6 +35,12 @@ settings.register_profile(
     "capture", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 settings.load_profile("capture")
+
+
+def awaiting_json() -> dict:
+    """The httpx adapter's table of responses whose JSON the client has not decoded yet."""
+    assert RUNTIME.adapters is not None
+    return RUNTIME.adapters[0].awaiting_json
 
 
 def client_for(module, handler):
@@ -205,42 +213,36 @@ class TestLazySettlement:
     """The call path only queues; reading a Tally settles; the queue is bounded."""
 
     def test_settled_on_read(self) -> None:
-        from llmtally import _scope
-
         body = b'{"model": "gpt-4", "usage": {"prompt_tokens": 11, "completion_tokens": 13}}'
         client = client_for(httpx2, lambda req: httpx2.Response(200, content=body))
         with llmtally.track() as t:
             client.post("http://fake/v1/chat/completions", json=CHAT)
-            assert len(_scope.pending) == 1  # nothing parsed on the call path
+            assert len(PIPELINE.pending) == 1  # nothing parsed on the call path
         assert t.total_tokens == 24 and t.cost == Decimal("0.00111")
-        assert not _scope.pending
+        assert not PIPELINE.pending
 
     def test_queue_is_bounded(self) -> None:
-        from llmtally import _scope
-
         body = b'{"model": "gpt-4", "usage": {"prompt_tokens": 11, "completion_tokens": 13}}'
         client = client_for(httpx2, lambda req: httpx2.Response(200, content=body))
         with llmtally.track() as t:
-            for _ in range(_scope.FLUSH_AT * 3 + 5):
+            for _ in range(FLUSH_AT * 3 + 5):
                 client.post("http://fake/v1/chat/completions", json=CHAT)
-                assert len(_scope.pending) < _scope.FLUSH_AT
-        assert t.successful_requests == _scope.FLUSH_AT * 3 + 5
+                assert len(PIPELINE.pending) < FLUSH_AT
+        assert t.successful_requests == FLUSH_AT * 3 + 5
 
     def test_uses_the_clients_decoded_json(self) -> None:
-        from llmtally import _capture, _scope
-
         body = b'{"model": "gpt-4", "usage": {"prompt_tokens": 11, "completion_tokens": 13}}'
         client = client_for(httpx2, lambda req: httpx2.Response(200, content=body))
         with llmtally.track() as t:
             r = client.post("http://fake/v1/chat/completions", json=CHAT)
-            assert _capture._awaiting_json
+            assert awaiting_json()
             data = r.json()
-            assert not _capture._awaiting_json
-            assert _scope.pending[0].parsed is data
+            assert not awaiting_json()
+            assert PIPELINE.pending[0].parsed is data
             data["usage"] = None  # the caller's dict to change: the bytes still count
         assert data == {"model": "gpt-4", "usage": None}
         assert (t.prompt_tokens, t.completion_tokens) == (11, 13)
-        assert not _capture._awaiting_json
+        assert not awaiting_json()
 
     def test_json_hook_is_removed(self) -> None:
         llmtally.instrument()
@@ -250,18 +252,16 @@ class TestLazySettlement:
         assert httpx2.Response(200, content=b'{"a": 1}').json() == {"a": 1}
 
     def test_sinks_get_calls_on_flush(self) -> None:
-        from llmtally import _capture
-
         got: list[llmtally.Call] = []
         body = b'{"model": "gpt-4", "usage": {"prompt_tokens": 11, "completion_tokens": 13}}'
         client = client_for(httpx2, lambda req: httpx2.Response(200, content=body))
-        _capture.add_sink(got.append)
+        RUNTIME.add_sink(got.append)
         try:
             client.post("http://fake/v1/chat/completions", json=CHAT)  # no scope open: metered for the sink
             assert got == []  # queued, not settled on the call path
             llmtally.flush()
         finally:
-            _capture.remove_sink(got.append)
+            RUNTIME.remove_sink(got.append)
         assert len(got) == 1 and got[0].usage is not None and got[0].usage.total_tokens == 24
         assert got[0].scope_path == ()
 
@@ -281,7 +281,11 @@ class TestInternalFailure:
         with llmtally.track() as t:
             r = client.post("http://fake/v1/chat/completions", json=CHAT)
         assert r.content == body
-        assert t.successful_requests == 0  # reading settles; the broken parse is logged, not raised
+        # Reading settles; the broken parse is logged, not raised, and the call still counts, with
+        # its usage and cost unknown (never $0 in disguise).
+        assert t.successful_requests == 1 and t.unpriced_requests == 1
+        assert t.calls[0].usage is None and t.calls[0].cost is None
+        assert t.calls[0].requested_model == "gpt-4" and t.unpriced_models == ["gpt-4"]
         assert any("inside llmtally" in (r.exc_text or "") for r in caplog.records)
 
     def test_stream_tap_crash(
@@ -290,7 +294,7 @@ class TestInternalFailure:
         def boom(self, chunk):
             raise ValueError("garbled beyond repair")
 
-        monkeypatch.setattr(_capture._Meter, "_feed_decoded", boom)
+        monkeypatch.setattr(Exchange, "_feed_decoded", boom)
         client = client_for(httpx2, lambda req: sse_response(httpx2, STREAM))
         caplog.set_level(logging.WARNING, "llmtally")
         with llmtally.track() as t:

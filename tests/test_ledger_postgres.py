@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 from test_ledger import CHILD
 
 import llmtally
-from llmtally.ledger._writer import current
+from llmtally._runtime import RUNTIME
 from llmtally.testing import FakeProvider, Reply
 
 postgres = postgres_fixture()
@@ -101,7 +101,7 @@ class TestRecords:
     def test_schema_and_reopen(self, db: str, client: httpx2.Client) -> None:
         llmtally.configure(ledger=db)
         with psycopg.connect(db) as conn:
-            assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == [(1,)]
+            assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == [(1,), (2,)]
         call(client)
         llmtally.flush()
         # Reopening (postgres:// is the same scheme) keeps the rows and does not migrate again.
@@ -110,11 +110,11 @@ class TestRecords:
         llmtally.flush()
         assert len(rows(db)) == 2
         with psycopg.connect(db) as conn:
-            assert conn.execute("SELECT COUNT(*) FROM llmtally_schema").fetchone() == (1,)
+            assert conn.execute("SELECT COUNT(*) FROM llmtally_schema").fetchone() == (2,)
 
     def test_repr_and_url_hide_the_password(self, db: str, postgres: PostgresServer) -> None:
         llmtally.configure(ledger=db)
-        writer = current()
+        writer = RUNTIME.writer
         assert writer is not None
         assert postgres.password not in writer.ledger.url and ":***@" in writer.ledger.url
         assert postgres.password not in repr(writer.ledger)
@@ -136,7 +136,7 @@ class TestRecords:
         llmtally.configure(ledger=db)
         call(client)
         assert llmtally.flush()
-        ledger = current().ledger  # type: ignore[union-attr]
+        ledger = RUNTIME.writer.ledger  # type: ignore[union-attr]
         conn = ledger._conn
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
@@ -180,7 +180,7 @@ class TestProcesses:
         assert sum(Decimal(r["cost"]) for r in got) == Decimal("0.00111") * 600
         assert sum(r["cost_pico"] for r in got) == 1_110_000_000 * 600
         with psycopg.connect(db) as conn:  # created once, by whichever process came first
-            assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == [(1,)]
+            assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == [(1,), (2,)]
 
     def test_concurrent_first_opens_migrate_once(self, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
         """Eight openers of one new ledger at the same moment: no "already exists", one schema row."""
@@ -213,7 +213,7 @@ class TestProcesses:
             led.close()
         assert errors == [] and len(opened) == 8
         with psycopg.connect(db) as conn:
-            assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == [(1,)]
+            assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == [(1,), (2,)]
 
 
 class TestBadInput:
@@ -355,7 +355,7 @@ class TestSpool:
         llmtally.configure(ledger=db)
         call(client)
         assert llmtally.flush()
-        writer = current()
+        writer = RUNTIME.writer
         assert writer is not None and writer.spool is not None
         (row,) = rows(db)
         writer.spool.append([tuple(row.values())])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import llmtally
-from llmtally._usage import Call, Usage
+from llmtally._core.usage import Call, Usage
 from llmtally.cli import cli_logic
 from llmtally.ledger import to_row
 from llmtally.ledger.sqlite import SQLiteLedger

@@ -14,8 +14,8 @@ from _postgres import PostgresServer, _free_port, postgres_fixture
 from test_report import CALLS, DAY, T0, make_call
 
 import llmtally
+from llmtally._core.usage import Call
 from llmtally._report import spend_over_time
-from llmtally._usage import Call
 from llmtally.cli import cli_logic
 from llmtally.ledger import to_row
 from llmtally.ledger.postgres import PostgresLedger
@@ -128,10 +128,8 @@ class TestSameAsSQLite:
 
     def test_spend_over_time(self, ledgers: tuple[str, str]) -> None:
         pg, lite = ledgers
-        assert spend_over_time(ledger=pg) == spend_over_time(ledger=lite)
-        assert spend_over_time(ledger=pg, stack_by="tag:team") == spend_over_time(
-            ledger=lite, stack_by="tag:team"
-        )
+        assert spend_over_time(pg) == spend_over_time(lite)
+        assert spend_over_time(pg, stack_by="tag:team") == spend_over_time(lite, stack_by="tag:team")
 
     def test_tag_values_of_every_json_type(self, db: str, tmp_path: Path) -> None:
         # Tags may be numbers, booleans or null; and tag names with dots or dashes. (Not 3 and "3"

@@ -113,7 +113,10 @@ class TestAcrossProcesses:
             assert p.returncode == 0, err
             sent.append(int(out.strip()))
         assert sum(sent) == 25  # no overshoot: each call reserved its worst case, which is its cost
+        from llmtally.ledger import open_ledger
         from llmtally.ledger.budgets import BudgetStore
 
-        state = BudgetStore(url).get("shared")
+        ledger = open_ledger(url)
+        assert ledger is not None
+        state = BudgetStore(ledger).get("shared")
         assert state is not None and state.spent == limit and state.reserved == 0

@@ -18,10 +18,10 @@ import pytest
 
 import llmtally
 from llmtally import ledger as ledger_pkg
-from llmtally._capture import add_sink, remove_sink
+from llmtally._runtime import RUNTIME
 from llmtally.ledger import sqlite
 from llmtally.ledger._spool import Spool, spool_dir
-from llmtally.ledger._writer import Writer, current
+from llmtally.ledger._writer import Writer
 from llmtally.testing import FakeProvider, Reply
 
 
@@ -57,10 +57,11 @@ def spooled(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for f in files for line in f.read_text().splitlines()]
 
 
+# In ledger COLUMNS order (the 1-hour cache writes last, as schema version 2 added them).
 ROW = (
     "id-1", 1700000000.123456789, 1700000001.5, 0.1 + 0.2, "openai", "gpt-4", "gpt-4-0613",
     "chat.completions", None, 200, 1, None, 0, 11, 13, None, None, None, "0.00111", 1_110_000_000,
-    "USD", 0, "genai-prices", '["a", "b"]', '{"k": "v"}', "host", 42,
+    "USD", 0, "genai-prices", '["a", "b"]', '{"k": "v"}', "host", 42, None,
 )  # fmt: skip
 
 
@@ -185,7 +186,7 @@ class TestSQLiteSpool:
         try:
             call(client, 3)
             assert llmtally.flush()
-            writer = current()
+            writer = RUNTIME.writer
             assert writer is not None and len(writer._backlog) == 3
         finally:
             blocker.execute("ROLLBACK")
@@ -239,7 +240,7 @@ class TestWriter:
     def test_backoff_and_flush(self, client: httpx2.Client, spool: Path) -> None:
         ledger = FlakyLedger()
         writer = Writer(ledger, interval=0.02)
-        add_sink(writer.sink)
+        RUNTIME.add_sink(writer.sink)
         try:
             call(client)
             assert writer.flush()
@@ -263,5 +264,5 @@ class TestWriter:
             assert len(ledger.rows) == 6 and spooled(spool) == []
             assert writer._delay == 0 and not writer._failing
         finally:
-            remove_sink(writer.sink)
+            RUNTIME.remove_sink(writer.sink)
             writer.close()

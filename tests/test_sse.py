@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmtally._sse import SSEDecoder
+from llmtally.wire import SSEDecoder
 
 STREAM = (
     b": comment\n"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
-from llmtally._sse import SSEDecoder
-from llmtally._usage import Usage
-from llmtally.wire import provider_for_host, route
+from llmtally._core.usage import Usage
+from llmtally.wire import SSEDecoder, provider_for_host, route
 from llmtally.wire.anthropic import Messages
 from llmtally.wire.openai import ChatCompletions, Completions, Embeddings, Responses
 

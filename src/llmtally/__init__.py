@@ -11,14 +11,31 @@
     # Successful Requests: 3
     # Total Cost (USD): $0.06177
 
-Importing llmtally loads no SDK, HTTP client, price catalogue or database driver: only the scope
-machinery is imported here, and the rest of the public API loads on first use. The first
-``track()`` hooks the HTTP clients (see ``instrument()``).
+Importing llmtally loads no SDK, HTTP client, price catalogue or database driver: only the public
+verbs and the scope machinery are imported here, and the rest of the API loads on first use. The
+first scope entered starts the runtime, which hooks the HTTP clients (see ``instrument()``).
+The layers, from the top: ``cli`` > this facade > ``_api`` > ``_runtime`` | ``_report`` >
+``_capture`` | ``_otel`` > ``_limits`` > ``wire`` | ``_pricing`` | ``_tokens`` | ``ledger`` > ``_core``
+(docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from ._scope import ModelTotals, Tally, current_scopes, track
+from ._api import (
+    budget,
+    configure,
+    estimate,
+    flush,
+    get_openai_callback,
+    instrument,
+    is_instrumented,
+    report,
+    suppress,
+    track,
+    uninstrument,
+)
+from ._core.scope import Tally, current_scopes
+from ._version import __version__
 
 # typing imports re (milliseconds); mypy reads TYPE_CHECKING = False the same way.
 TYPE_CHECKING = False
@@ -26,15 +43,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._budget import BudgetExceeded, Estimate, budget, estimate
-    from ._capture import instrument, is_instrumented, uninstrument
-    from ._config import configure, flush
+    from ._core.usage import Call, ModelTotals, Usage
+    from ._limits import BudgetExceeded, Estimate
     from ._pricing import cost_of
-    from ._report import ReportRow, report
-    from ._usage import Call, Usage
+    from ._report import ReportRow
     from .ledger import LedgerError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BudgetExceeded",
@@ -56,27 +69,21 @@ __all__ = [
     "instrument",
     "is_instrumented",
     "report",
+    "suppress",
     "track",
     "uninstrument",
 ]
 
 # name -> module that defines it, imported on first access (PEP 562).
 _LAZY = {
-    "BudgetExceeded": "._budget",
-    "Estimate": "._budget",
-    "estimate": "._budget",
-    "budget": "._budget",
-    "Call": "._usage",
+    "BudgetExceeded": "._limits",
+    "Call": "._core.usage",
+    "Estimate": "._limits",
     "LedgerError": ".ledger",
-    "configure": "._config",
-    "flush": "._config",
-    "Usage": "._usage",
-    "cost_of": "._pricing",
-    "instrument": "._capture",
-    "is_instrumented": "._capture",
-    "uninstrument": "._capture",
-    "report": "._report",
+    "ModelTotals": "._core.usage",
     "ReportRow": "._report",
+    "Usage": "._core.usage",
+    "cost_of": "._pricing",
 }
 
 
@@ -93,17 +100,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-def get_openai_callback(name: str | None = None) -> Any:
-    """LangChain's ``get_openai_callback``, for every provider: the same as ``track()``.
-
-    Code written for LangChain runs by changing only its import line::
-
-        from llmtally import get_openai_callback
-
-        with get_openai_callback() as cb:
-            llm.invoke("Tell me a joke")
-        print(cb)
-    """
-    return track(name)

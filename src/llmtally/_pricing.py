@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ._usage import Usage
+from ._core.usage import KINDS, Usage
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,31 +30,12 @@ __all__ = ["cost_of", "price_usage", "resolve", "warm"]
 
 log = logging.getLogger("llmtally")
 
-# genai-prices usage key -> its position in _counts(usage). Keys not listed count 0 for us (audio and
-# image tokens are not metered separately yet), which is what the catalogue assumes when unreported.
-_USAGE_INDEX = {
-    "input_tokens": 0,
-    "output_tokens": 1,
-    "cache_read_tokens": 2,
-    "cache_write_tokens": 3,
-    "cache_write_1h_tokens": 4,
-    "output_reasoning_tokens": 5,
-    "requests": 6,
-}
-_ZERO_INDEX = 7
-
-
-def _counts(u: Usage) -> tuple[int, ...]:
-    return (
-        u.prompt_tokens,
-        u.completion_tokens,
-        u.cached_tokens,
-        u.cache_write_tokens,
-        u.cache_write_1h_tokens,
-        u.reasoning_tokens,
-        1,
-        0,
-    )
+# genai-prices usage key -> its position in _FIELDS: every kind (usage.KINDS), then the request
+# itself. Keys not listed count 0 for us, which is what the catalogue assumes when unreported.
+_USAGE_INDEX = {**{k.price_key: i for i, k in enumerate(KINDS)}, "requests": len(KINDS)}
+_ZERO_INDEX = len(KINDS) + 1
+#: The expression of each position over a Usage ``u``, for the compiled plans.
+_FIELDS = (*(f"u.{k.name}" for k in KINDS), "1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,17 +196,6 @@ def _plan(model_price: Any) -> _Plan:
     return plan
 
 
-_FIELDS = (
-    "u.prompt_tokens",
-    "u.completion_tokens",
-    "u.cached_tokens",
-    "u.cache_write_tokens",
-    "u.cache_write_1h_tokens",
-    "u.reasoning_tokens",
-    "1",
-)
-
-
 def _compile(steps: list[_Step]) -> Callable[[Usage], int]:
     """One function per price set: leaf counts and the scaled total as straight-line integer code.
 
@@ -339,16 +309,24 @@ def cost_of(
     cached_tokens: int = 0,
     cache_write_tokens: int = 0,
     reasoning_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
     at: datetime | None = None,
 ) -> Decimal | None:
     """The price in USD of one call's usage, or ``None`` if the model's price is unknown.
 
-    ``input_tokens`` is all input including ``cached_tokens`` and ``cache_write_tokens``;
-    ``output_tokens`` includes ``reasoning_tokens``. ``at`` picks the price in force then (now by
-    default)::
+    ``input_tokens`` is all input including ``cached_tokens`` and ``cache_write_tokens``, of which
+    ``cache_write_1h_tokens`` were written with a one-hour lifetime; ``output_tokens`` includes
+    ``reasoning_tokens``. ``at`` picks the price in force then (now by default)::
 
         >>> llmtally.cost_of("gpt-4", input_tokens=11, output_tokens=13)
         Decimal('0.00111')
     """
-    usage = Usage(input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens)
+    usage = Usage(
+        prompt_tokens=input_tokens,
+        completion_tokens=output_tokens,
+        cached_tokens=cached_tokens,
+        cache_write_tokens=cache_write_tokens,
+        reasoning_tokens=reasoning_tokens,
+        cache_write_1h_tokens=cache_write_1h_tokens,
+    )
     return price_usage(usage, model, provider=provider, at=at)[0]

@@ -1,6 +1,6 @@
-"""The ledger: every settled call as one durable record.
+"""The ledger: every settled call as one durable record, in SQLite or PostgreSQL.
 
-``llmtally.configure(ledger=URL)`` (or the ``LLMTALLY_LEDGER`` environment variable) picks where:
+A URL names a ledger:
 
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``; ``sqlite://`` alone is the
   default file in the user's data directory (platformdirs);
@@ -8,23 +8,64 @@
   database, through psycopg 3 (``pip install 'llmtally[postgres]'``);
 - ``none``: record nothing.
 
-Records never hold prompt or completion text, API keys or headers: only what ``Call`` holds.
+Every backend implements ``Ledger``; the writer, shared budgets and reports use nothing else. Records
+never hold prompt or completion text, API keys or headers: only what ``Call`` holds (``_records``).
 Writes leave the call path through a queue and are written in batches by a background thread
 (``_writer``). While the ledger cannot be written (server down, disk full, file locked), batches go
 to a local spool file (``_spool``) and are replayed, exactly once, when it can be again.
+
+Which ledger a process uses (explicit, configured, environment, default) is decided in one place,
+``_runtime.ledger_url``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from ._records import COLUMNS, LedgerError, redact_url, to_row
 
-if TYPE_CHECKING:
-    from .postgres import PostgresLedger
-    from .sqlite import SQLiteLedger
+__all__ = [
+    "COLUMNS",
+    "ENV_LEDGER",
+    "Ledger",
+    "LedgerError",
+    "default_sqlite_path",
+    "open_ledger",
+    "redact_url",
+    "to_row",
+]
 
-__all__ = ["COLUMNS", "LedgerError", "default_sqlite_path", "open_ledger", "redact_url", "to_row"]
+#: The environment variable that names the ledger when the program does not.
+ENV_LEDGER = "LLMTALLY_LEDGER"
+
+
+class Ledger(Protocol):
+    """What a ledger backend provides (``sqlite.SQLiteLedger``, ``postgres.PostgresLedger``)."""
+
+    #: The ledger's URL with any password replaced by ``***``: safe for messages and spool names.
+    url: str
+    #: The parameter marker of the backend's SQL (``?`` or ``%s``), for ``execute``.
+    placeholder: str
+
+    def migrate(self) -> None:
+        """Create the ledger or bring it to this llmtally's schema (idempotent; opening a ledger
+        to write does it); ``LedgerError`` if it is not an llmtally ledger or is newer than this."""
+
+    def write(self, rows: Sequence[tuple[Any, ...]], *, ignore_duplicates: bool = False) -> None:
+        """Append rows (``_records.COLUMNS`` order) in one transaction, all or none."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One statement in its own transaction (shared budgets); its rows, if any."""
+
+    def sums(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
+        """Per group (``_read.GROUPS``), the group's values then ``_records.SUMS``, over the calls
+        started in ``[start, end)``."""
+
+    def after_fork(self) -> None:
+        """In a forked child: drop what the parent's connections and locks were."""
+
+    def close(self) -> None: ...
 
 
 def default_sqlite_path() -> str:
@@ -35,16 +76,21 @@ def default_sqlite_path() -> str:
     return os.path.join(user_data_dir("llmtally", appauthor=False), "ledger.db")
 
 
-def open_ledger(url: str) -> SQLiteLedger | PostgresLedger | None:
-    """The ledger a URL names, opened and checked; ``None`` for ``none``. Bad URLs raise LedgerError."""
+def open_ledger(url: str, *, create: bool = True) -> Ledger | None:
+    """The ledger a URL names, opened and checked; ``None`` for ``none``. Bad URLs raise LedgerError.
+
+    With ``create`` (writing) the ledger is created or migrated; without it (reading: reports) it
+    must exist and is only read.
+    """
     text = url.strip()
     if text.lower() in ("none", "off", ""):
         return None
     scheme, sep, rest = text.partition("://")
     scheme = scheme.lower()
-    url = redact_url(url)  # from here on, only for messages
+    shown = redact_url(url)  # from here on, only for messages
     if not sep:
-        raise LedgerError(f"not a ledger URL: {url!r} (expected sqlite:///path, postgresql://... or none)")
+        raise LedgerError(f"not a ledger URL: {shown!r} (expected sqlite:///path, postgresql://... or none)")
+    ledger: Ledger
     if scheme == "sqlite":
         from .sqlite import SQLiteLedger
 
@@ -54,11 +100,15 @@ def open_ledger(url: str) -> SQLiteLedger | PostgresLedger | None:
             path = rest[1:]  # sqlite:///relative.db -> relative.db; sqlite:////abs.db -> /abs.db
         else:
             raise LedgerError(
-                f"bad SQLite ledger URL {url!r}: use sqlite:///relative.db or sqlite:////abs/path.db"
+                f"bad SQLite ledger URL {shown!r}: use sqlite:///relative.db or sqlite:////abs/path.db"
             )
-        return SQLiteLedger(path)
-    if scheme in ("postgresql", "postgres"):
+        ledger = SQLiteLedger(path, create=create)
+    elif scheme in ("postgresql", "postgres"):
         from .postgres import PostgresLedger
 
-        return PostgresLedger(text)
-    raise LedgerError(f"unknown ledger scheme {scheme!r} in {url!r} (expected sqlite, postgresql or none)")
+        ledger = PostgresLedger(text, create=create)
+    else:
+        raise LedgerError(
+            f"unknown ledger scheme {scheme!r} in {shown!r} (expected sqlite, postgresql or none)"
+        )
+    return ledger

@@ -1,4 +1,11 @@
-"""The record of one call as the ledger stores it, the same for every backend."""
+"""The record of one call as every ledger backend stores it: its columns, its schema history, its row.
+
+The token columns are derived from ``_core.usage.KINDS``, and so are the sums a report reads
+(``SUMS``). The schema's history is kept here too: version 1's token columns are frozen in
+``V1_KINDS``, and each later version adds the kinds listed for it in ``ADDED_KINDS``; each backend
+turns that into its own ``CREATE`` / ``ALTER TABLE`` statements. Adding a billable unit to ``Usage``
+is therefore one entry in ``ADDED_KINDS`` here (an import-time check says so if it is missing).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +14,45 @@ import json
 import os
 import re
 import socket
-from decimal import ROUND_HALF_EVEN
 from typing import TYPE_CHECKING, Any
 
+from .._core.money import to_pico
+from .._core.usage import TOKEN_NAMES
+
 if TYPE_CHECKING:
-    from .._usage import Call
+    from .._core.usage import Call
 
-__all__ = ["COLUMNS", "SCHEMA_VERSION", "LedgerError", "redact_url", "to_row", "url_secrets"]
+__all__ = [
+    "ADDED_KINDS",
+    "COLUMNS",
+    "SCHEMA_VERSION",
+    "SUMS",
+    "LedgerError",
+    "columns_at",
+    "redact_url",
+    "to_row",
+    "url_secrets",
+]
 
+#: The token columns of schema version 1, as they were: history, never edited.
+V1_KINDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
+#: Schema version -> the token kinds (``Usage`` fields) it added as columns.
+ADDED_KINDS: dict[int, tuple[str, ...]] = {
+    2: ("cache_write_1h_tokens",),
+}
 #: Bumped with every change to the columns; each backend migrates older ledgers forward.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = max(ADDED_KINDS, default=1)
 
-#: (name, SQL type). ``cost`` is the exact Decimal as text; ``cost_pico`` the same in integer
-#: picodollars (10**-12 USD, exact for catalogue prices) for fast sums.
+_missing = set(TOKEN_NAMES) - set(V1_KINDS) - {k for kinds in ADDED_KINDS.values() for k in kinds}
+if _missing:  # pragma: no cover - a developer added a kind without its migration
+    raise RuntimeError(f"llmtally: token kinds {sorted(_missing)} have no ledger migration in ADDED_KINDS")
+
+#: The token columns added after version 1, in the order the migrations added them (last in a row,
+#: as ``ALTER TABLE ... ADD COLUMN`` puts them: a row read with ``SELECT *`` is in COLUMNS order).
+LATER_KINDS: tuple[str, ...] = tuple(k for v in sorted(ADDED_KINDS) for k in ADDED_KINDS[v])
+
+#: (name, SQL type), in row order. ``cost`` is the exact Decimal as text; ``cost_pico`` the same in
+#: integer picodollars (10**-12 USD, exact for catalogue prices) for fast sums.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "TEXT PRIMARY KEY"),
     ("started_at", "DOUBLE PRECISION NOT NULL"),
@@ -34,11 +67,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("ok", "INTEGER NOT NULL"),
     ("error", "TEXT"),
     ("stream", "INTEGER NOT NULL"),
-    ("prompt_tokens", "INTEGER"),
-    ("completion_tokens", "INTEGER"),
-    ("cached_tokens", "INTEGER"),
-    ("cache_write_tokens", "INTEGER"),
-    ("reasoning_tokens", "INTEGER"),
+    *((name, "INTEGER") for name in V1_KINDS),
     ("cost", "TEXT"),
     ("cost_pico", "BIGINT"),
     ("currency", "TEXT NOT NULL"),
@@ -48,7 +77,26 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("tags", "TEXT"),
     ("host", "TEXT NOT NULL"),
     ("pid", "INTEGER NOT NULL"),
+    *((name, "INTEGER") for name in LATER_KINDS),
 )
+NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
+
+#: What a report sums per group, in this order: the request counts, every token kind, the cost.
+SUMS: tuple[str, ...] = (
+    "requests",
+    "failed_requests",
+    *TOKEN_NAMES,
+    "cost_pico",
+    "unpriced_requests",
+    "estimated_requests",
+)
+
+
+def columns_at(version: int) -> tuple[tuple[str, str], ...]:
+    """The columns of schema ``version`` (1 and later), for a migration that creates the table."""
+    later = {k for v, kinds in ADDED_KINDS.items() if v > version for k in kinds}
+    return tuple(c for c in COLUMNS if c[0] not in later)
+
 
 _HOST = socket.gethostname()
 
@@ -90,7 +138,8 @@ class _Ids:
 
     def __init__(self) -> None:
         self.reset()
-        os.register_at_fork(after_in_child=self.reset)
+        if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork to survive
+            os.register_at_fork(after_in_child=self.reset)
 
     def reset(self) -> None:
         self.prefix = os.urandom(8).hex()
@@ -118,15 +167,10 @@ def to_row(call: Call) -> tuple[Any, ...]:
     u = call.usage
     cost = call.cost
     if u is None:
-        tokens: tuple[Any, ...] = (None, None, None, None, None)
+        tokens, later = _NO_V1, _NO_LATER
     else:
-        tokens = (
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.cached_tokens,
-            u.cache_write_tokens,
-            u.reasoning_tokens,
-        )
+        tokens = tuple([getattr(u, name) for name in V1_KINDS])
+        later = tuple([getattr(u, name) for name in LATER_KINDS])
     return (
         _ids.next(),
         call.started_at,
@@ -143,7 +187,7 @@ def to_row(call: Call) -> tuple[Any, ...]:
         int(call.stream),
         *tokens,
         None if cost is None else str(cost),
-        None if cost is None else int(cost.scaleb(12).to_integral_value(ROUND_HALF_EVEN)),
+        None if cost is None else to_pico(cost),
         call.currency,
         int(call.estimated),
         call.price_source,
@@ -151,4 +195,9 @@ def to_row(call: Call) -> tuple[Any, ...]:
         json.dumps(dict(call.tags), sort_keys=True, default=str) if call.tags else None,
         _HOST,
         os.getpid(),
+        *later,
     )
+
+
+_NO_V1 = (None,) * len(V1_KINDS)
+_NO_LATER = (None,) * len(LATER_KINDS)

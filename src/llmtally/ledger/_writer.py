@@ -1,8 +1,8 @@
 """The background writer: calls reach the ledger through a queue, in batches, off the call path.
 
-The capture settles calls lazily (see ``_scope``); this thread settles what is queued every
-``interval`` seconds, turns the calls into rows and writes them in one transaction per batch.
-``flush()`` waits until everything settled before it is on disk. The queue is flushed at normal
+The capture settles calls lazily (see ``_core.pipeline``); this thread settles what is queued
+every ``interval`` seconds, turns the calls into rows and writes them in one transaction per batch.
+``flush()`` waits until everything settled before it is on disk. The runtime flushes it at normal
 exit (atexit) and on SIGTERM. A process killed with SIGKILL loses at most the calls of the last
 ``interval`` (0.5 s by default).
 
@@ -16,18 +16,19 @@ Only if the spool itself cannot be written are records kept in memory (at most `
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import signal
 import threading
 import time
 from queue import Empty, SimpleQueue
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import _scope
+from .._core.pipeline import PIPELINE
 from ._records import to_row
 from ._spool import Spool
+
+if TYPE_CHECKING:
+    from .._core.usage import Call
+    from . import Ledger
 
 __all__ = ["Writer"]
 
@@ -47,7 +48,7 @@ class _NoRetry(threading.Event):
 class Writer:
     """Owns the ledger's background thread; ``sink`` is what the capture calls for each Call."""
 
-    def __init__(self, ledger: Any, interval: float = 0.5, batch: int = 10_000) -> None:
+    def __init__(self, ledger: Ledger, interval: float = 0.5, batch: int = 10_000) -> None:
         self.ledger = ledger
         self.interval = interval
         self.batch = batch
@@ -70,13 +71,13 @@ class Writer:
         thread.start()
         return thread
 
-    def sink(self, call: Any) -> None:
+    def sink(self, call: Call) -> None:
         self._queue.put(call)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                _scope.flush()  # settle what the call path queued
+                PIPELINE.flush()  # settle what the call path queued
             except Exception:  # pragma: no cover - settle() logs its own failures
                 log.exception("llmtally: settling calls for the ledger failed")
             self._drain(self.interval)
@@ -172,7 +173,7 @@ class Writer:
         "Written" includes written to the spool. With ``retry=False``, a ledger that is failing is
         not tried again (at exit: a dead server must not hold the process up, the spool is safe).
         """
-        _scope.flush()
+        PIPELINE.flush()
         if not self._thread.is_alive():
             return False
         marker = threading.Event() if retry else _NoRetry()
@@ -190,57 +191,5 @@ class Writer:
         """In a forked child: a fresh queue and thread (the parent's thread does not exist here)."""
         self._queue = SimpleQueue()
         self._stop = threading.Event()
-        after_fork = getattr(self.ledger, "after_fork", None)
-        if after_fork is not None:
-            after_fork()  # e.g. a database connection the child must not share with its parent
+        self.ledger.after_fork()  # e.g. a database connection the child must not share with its parent
         self._thread = self._start()
-
-
-_current: Writer | None = None
-_hooks_installed = False
-
-
-def current() -> Writer | None:
-    return _current
-
-
-def set_current(writer: Writer | None) -> None:
-    global _current, _hooks_installed
-    _current = writer
-    if writer is not None and not _hooks_installed:
-        _hooks_installed = True
-        atexit.register(_at_exit)
-        os.register_at_fork(after_in_child=_after_fork)
-        _install_sigterm()
-
-
-def _at_exit() -> None:
-    writer = _current
-    if writer is not None:
-        try:
-            writer.flush(timeout=10, retry=False)
-        except Exception:  # pragma: no cover
-            log.exception("llmtally: could not flush the ledger at exit")
-
-
-def _after_fork() -> None:
-    if _current is not None:
-        _current.after_fork()
-
-
-def _install_sigterm() -> None:
-    """Flush on SIGTERM, then die of it as the process would have; only where nobody handles it."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return
-
-        def on_term(signum: int, frame: Any) -> None:
-            _at_exit()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-        signal.signal(signal.SIGTERM, on_term)
-    except (ValueError, OSError):  # pragma: no cover - not the main thread of the main interpreter
-        pass

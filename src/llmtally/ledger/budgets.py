@@ -15,13 +15,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._records import LedgerError
+from .._core.money import from_pico, parse_amount, to_pico
 
-__all__ = ["BudgetState", "BudgetStore", "window_start"]
+if TYPE_CHECKING:
+    from . import Ledger
 
-_PICO = Decimal("1e-12")
+__all__ = ["PERIODS", "BudgetState", "BudgetStore", "window_start"]
+
 PERIODS = (None, "day", "month")
 
 _CREATE = (
@@ -57,10 +59,6 @@ def window_start(period: str | None, now: float | None = None) -> float:
     raise ValueError(f"a budget period is 'day', 'month' or None, not {period!r}")
 
 
-def to_pico(amount: Decimal) -> int:
-    return int((Decimal(amount) / _PICO).to_integral_value())
-
-
 @dataclass(frozen=True)
 class BudgetState:
     name: str
@@ -72,26 +70,14 @@ class BudgetState:
 
 
 class BudgetStore:
-    """Budgets in one ledger database (SQLite or PostgreSQL)."""
+    """Budgets in one ledger database (any ``Ledger``: SQLite or PostgreSQL)."""
 
-    def __init__(self, url: str) -> None:
-        from . import open_ledger
-
-        ledger: Any = open_ledger(url)
-        if ledger is None:
-            raise LedgerError("shared budgets need a ledger (sqlite:///... or postgresql://...), not 'none'")
+    def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.postgres = type(ledger).__name__ == "PostgresLedger"
-        self._p = "%s" if self.postgres else "?"
         self._run(_CREATE, ())
 
     def _run(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        sql = sql.replace("{p}", self._p)
-        if self.postgres:
-            return list(self.ledger.execute(sql, params))
-        conn = self.ledger.connect()
-        cur = conn.execute(sql, params)
-        return list(cur.fetchall())
+        return self.ledger.execute(sql.replace("{p}", self.ledger.placeholder), params)
 
     def set(self, name: str, max_cost: Any, period: str | None = None) -> None:
         if period not in PERIODS:
@@ -102,7 +88,7 @@ class BudgetStore:
             "INSERT INTO llmtally_budgets VALUES ({p}, {p}, {p}, {p}, 0, 0, {p}) "
             "ON CONFLICT (name) DO UPDATE SET max_pico = excluded.max_pico, period = excluded.period, "
             "updated_at = excluded.updated_at",
-            (name, to_pico(Decimal(str(max_cost))), period, ws, now),
+            (name, to_pico(parse_amount(max_cost, "max_cost")), period, ws, now),
         )
 
     def reset(self, name: str) -> None:
@@ -129,14 +115,7 @@ class BudgetStore:
 
     def _state(self, r: tuple[Any, ...]) -> BudgetState:
         spent = 0 if r[5] < window_start(r[2]) else r[3]
-        return BudgetState(
-            r[0],
-            (Decimal(r[1]) * _PICO).normalize(),
-            r[2],
-            (Decimal(spent) * _PICO).normalize(),
-            (Decimal(r[4]) * _PICO).normalize(),
-            r[5],
-        )
+        return BudgetState(r[0], from_pico(r[1]), r[2], from_pico(spent), from_pico(r[4]), r[5])
 
     def reserve(self, name: str, amount: Decimal, period: str | None) -> bool:
         """Reserve ``amount``; False (nothing reserved) if it does not fit in the budget."""

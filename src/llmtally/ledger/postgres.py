@@ -23,7 +23,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._records import COLUMNS, SCHEMA_VERSION, LedgerError, redact_url, url_secrets
+from ._read import check_group, grouped, sums_of_calls
+from ._records import ADDED_KINDS, NAMES, SCHEMA_VERSION, LedgerError, columns_at, redact_url, url_secrets
 
 if TYPE_CHECKING:
     import psycopg
@@ -32,17 +33,45 @@ __all__ = ["PostgresLedger"]
 
 # Taken (per transaction) while creating or migrating the schema: "llmtally" as a 64-bit integer.
 _LOCK_KEY = int.from_bytes(b"llmtally", "big")
-_NAMES = ", ".join(name for name, _ in COLUMNS)
-_INSERT = f"INSERT INTO calls ({_NAMES}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+_NAMES = ", ".join(NAMES)
+_INSERT = f"INSERT INTO calls ({_NAMES}) VALUES ({', '.join(['%s'] * len(NAMES))})"
 _COPY = f"COPY calls ({_NAMES}) FROM STDIN"
 # version -> statements that bring a ledger from the version before it to this one.
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
-        "CREATE TABLE calls (" + ", ".join(f"{name} {kind}" for name, kind in COLUMNS) + ")",
+        "CREATE TABLE calls (" + ", ".join(f"{name} {kind}" for name, kind in columns_at(1)) + ")",
         "CREATE INDEX calls_started_at ON calls (started_at)",
         "CREATE INDEX calls_model ON calls (model)",
     ],
+    **{
+        version: [f"ALTER TABLE calls ADD COLUMN {kind} INTEGER" for kind in kinds]
+        for version, kinds in ADDED_KINDS.items()
+    },
 }
+
+
+def _group_sql(key: str) -> tuple[str, list[Any]]:
+    """A group's expression in PostgreSQL and its parameters (tag names are bound, never inlined).
+
+    The same groups, with the same values, as the SQLite ledger's.
+    """
+    tag = check_group(key)
+    if tag is not None:
+        # As SQLite's json_extract reads them: JSON true/false are 1/0 there, not true/false.
+        return (
+            "COALESCE(CASE jsonb_typeof(tags::jsonb -> %s) "
+            "WHEN 'boolean' THEN ((tags::jsonb -> %s)::boolean::int)::text "
+            "ELSE tags::jsonb ->> %s END, '')",
+            [tag, tag, tag],
+        )
+    return {
+        "model": "COALESCE(model, requested_model, 'unknown')",
+        "provider": "COALESCE(provider, 'unknown')",
+        "endpoint": "endpoint",
+        "day": "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+        "hour": "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:00')",
+        "scope": "scope_path",
+    }[key], []
 
 
 def _psycopg() -> Any:
@@ -56,9 +85,15 @@ def _psycopg() -> Any:
 
 
 class PostgresLedger:
-    """Appends call records to the ``calls`` table of a PostgreSQL database."""
+    """Appends call records to the ``calls`` table of a PostgreSQL database, and reads them back.
 
-    def __init__(self, url: str, *, connect_timeout: float = 10) -> None:
+    Opened to read (``create=False``, what reports do) it never creates or migrates anything and
+    reads in read-only transactions.
+    """
+
+    placeholder = "%s"
+
+    def __init__(self, url: str, *, create: bool = True, connect_timeout: float = 10) -> None:
         self.url = redact_url(url)
         self._conninfo = url
         self._secrets = url_secrets(url)
@@ -72,17 +107,14 @@ class PostgresLedger:
         if "connect_timeout" not in params:
             self._options["connect_timeout"] = max(1, round(connect_timeout))
         if "application_name" not in params:
-            self._options["application_name"] = "llmtally"
+            self._options["application_name"] = "llmtally" if create else "llmtally report"
+        self.readonly = not create
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._pid = os.getpid()
-        conn = self._connect()
-        try:
-            self._migrate(conn)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
+        self._conn = self._connect()
+        if create:
+            self.migrate()
 
     def __repr__(self) -> str:
         return f"<PostgresLedger {self.url}>"
@@ -103,6 +135,8 @@ class PostgresLedger:
         except self._pg.Error as exc:
             # from None: the driver's own exception may quote the password.
             raise self._error("cannot connect to", exc) from None
+        if self.readonly:
+            conn.read_only = True  # BEGIN READ ONLY: a report never writes
         self._pid = os.getpid()
         return conn
 
@@ -122,6 +156,16 @@ class PostgresLedger:
             return 0
         version = conn.execute("SELECT MAX(version) FROM llmtally_schema").fetchone()
         return int(version[0] or 0) if version else 0
+
+    def migrate(self) -> None:
+        """Create the ledger, or bring an older one to this llmtally's schema, in one transaction."""
+        with self._lock:
+            conn, _ = self._connection()
+            try:
+                self._migrate(conn)
+            except BaseException:
+                self._drop()
+                raise
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         try:
@@ -183,6 +227,41 @@ class PostgresLedger:
                 if conn.broken:
                     self._drop()
                 raise self._error("cannot update budgets in", exc) from None
+
+    def sums(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
+        """The report's rows: each group's values, then SUMS, over calls in ``[start, end)``."""
+        exprs, params = [], []
+        for g in groups:
+            expr, args = _group_sql(g)
+            exprs.append(expr)
+            params += args
+        with self._lock:
+            conn, _ = self._connection()
+            try:
+                with conn.transaction():
+                    found = conn.execute("SELECT to_regclass('calls')::text").fetchone()
+                    if found is None or found[0] is None:
+                        raise LedgerError(
+                            f"no calls table in the PostgreSQL ledger {self.url}: not an llmtally ledger, "
+                            "or no call recorded in it yet (record calls with `llmtally run` or "
+                            "llmtally.configure)"
+                        )
+                    columns = {
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT column_name FROM information_schema.columns WHERE table_name = 'calls' "
+                            "AND table_schema = ANY (current_schemas(false))"
+                        ).fetchall()
+                    }
+                    sql, window = grouped(
+                        exprs, sums_of_calls(columns), "calls", "started_at", start, end, "%s"
+                    )
+                    rows: list[tuple[Any, ...]] = conn.execute(sql, [*params, *window]).fetchall()
+                    return rows
+            except self._pg.Error as exc:
+                if conn.broken:
+                    self._drop()
+                raise self._error("cannot read", exc) from None
 
     def write(self, rows: Sequence[tuple[Any, ...]], *, ignore_duplicates: bool = False) -> None:
         """Append rows in one transaction (all or none); ``LedgerError`` if they could not be.

@@ -2,7 +2,13 @@
 
 Opening checks the file before writing anything: a file that is not SQLite, or a SQLite database
 that is not an llmtally ledger (it has tables but no ``llmtally_schema``), raises ``LedgerError``
-and is left untouched. Older ledgers are migrated forward in one transaction.
+and is left untouched. Older ledgers are migrated forward in one transaction. Opened to read
+(``create=False``, what reports do), the file must exist and is opened read-only, never migrated.
+
+``calls`` is clustered by time (``WITHOUT ROWID``, key ``(started_at, id)``), so time windows are
+range scans and no secondary index slows the writes; ``calls_hourly`` holds the calls' sums per
+hour and group, kept up to date by ``write()``, so that reports over millions of calls read
+thousands of rows: whole hours from the rollup, the window's partial edges from the calls.
 """
 
 from __future__ import annotations
@@ -14,94 +20,143 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._records import COLUMNS, SCHEMA_VERSION, LedgerError
+from ._read import check_group, grouped, merge, sums_of_calls, sums_of_rollup
+from ._records import ADDED_KINDS, NAMES, SCHEMA_VERSION, SUMS, LedgerError, columns_at
 
-__all__ = ["ROLLUP_KEYS", "ROLLUP_SUMS", "SQLiteLedger", "rollup"]
+__all__ = ["ROLLUP_KEYS", "SQLiteLedger", "rollup"]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 #: Seconds a write waits for another process's lock before it fails (and the batch is spooled).
 BUSY_TIMEOUT = 30.0
-# version -> statements that bring a ledger from the version before it to this one.
-_CALLS_COLUMNS = ", ".join(f"{name} {'TEXT NOT NULL' if name == 'id' else kind}" for name, kind in COLUMNS)
-# calls_hourly: the calls' sums per hour and group, kept up to date by write(), so that reports over
-# millions of calls read thousands of rows (see _report). Columns after the keys follow ROLLUP_SUMS.
+#: The rollup's key columns; its other columns are SUMS.
 ROLLUP_KEYS = ("hour", "model", "provider", "endpoint", "scope_path", "tags")
-ROLLUP_SUMS = (
-    "requests",
-    "failed_requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_pico",
-    "unpriced_requests",
-    "estimated_requests",
-)
-_MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        # Clustered by time (WITHOUT ROWID, key (started_at, id)): time windows are range scans and
-        # no secondary index slows the writes; (started_at, id) is as unique as id.
-        f"CREATE TABLE calls ({_CALLS_COLUMNS}, PRIMARY KEY (started_at, id)) WITHOUT ROWID",
-        "CREATE TABLE calls_hourly (hour INTEGER NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL, "
-        "endpoint TEXT NOT NULL, scope_path TEXT NOT NULL, tags TEXT NOT NULL, "
-        + ", ".join(f"{name} INTEGER NOT NULL" for name in ROLLUP_SUMS)
-        + ", PRIMARY KEY (hour, model, provider, endpoint, scope_path, tags)) WITHOUT ROWID",
-    ],
-}
-_COL = {name: i for i, (name, _) in enumerate(COLUMNS)}
 
 
-def rollup(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """The hourly sums of rows, one tuple per (hour, group): ROLLUP_KEYS then ROLLUP_SUMS."""
-    c = _COL
-    sums: dict[tuple[Any, ...], list[int]] = {}
-    for r in rows:
-        key = (
-            int(r[c["started_at"]] // 3600 * 3600),
-            r[c["model"]] or r[c["requested_model"]] or "unknown",
-            r[c["provider"]] or "unknown",
-            r[c["endpoint"]],
-            r[c["scope_path"]],
-            r[c["tags"]] or "",
-        )
-        acc = sums.get(key)
-        if acc is None:
-            acc = sums[key] = [0] * len(ROLLUP_SUMS)
-        has_usage = r[c["prompt_tokens"]] is not None
-        acc[0] += 1
-        acc[1] += 0 if r[c["ok"]] else 1
-        if has_usage:
-            acc[2] += r[c["prompt_tokens"]] or 0
-            acc[3] += r[c["completion_tokens"]] or 0
-            acc[4] += r[c["cached_tokens"]] or 0
-            acc[5] += r[c["cache_write_tokens"]] or 0
-            acc[6] += r[c["reasoning_tokens"]] or 0
-        if r[c["cost_pico"]] is not None:
-            acc[7] += r[c["cost_pico"]]
-        elif has_usage:
-            acc[8] += 1
-        acc[9] += r[c["estimated"]] or 0
-    return [(*k, *v) for k, v in sums.items()]
+def _migrations() -> dict[int, list[str]]:
+    """Schema version -> the statements that bring a ledger from the version before it."""
+    v1 = columns_at(1)
+    v1_sums = [s for s in SUMS if s not in {k for kinds in ADDED_KINDS.values() for k in kinds}]
+    calls = ", ".join(f"{name} {'TEXT NOT NULL' if name == 'id' else kind}" for name, kind in v1)
+    steps = {
+        1: [
+            f"CREATE TABLE calls ({calls}, PRIMARY KEY (started_at, id)) WITHOUT ROWID",
+            "CREATE TABLE calls_hourly (hour INTEGER NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL, "
+            "endpoint TEXT NOT NULL, scope_path TEXT NOT NULL, tags TEXT NOT NULL, "
+            + ", ".join(f"{name} INTEGER NOT NULL" for name in v1_sums)
+            + ", PRIMARY KEY (hour, model, provider, endpoint, scope_path, tags)) WITHOUT ROWID",
+        ]
+    }
+    for version, kinds in sorted(ADDED_KINDS.items()):
+        steps[version] = [
+            *(f"ALTER TABLE calls ADD COLUMN {kind} INTEGER" for kind in kinds),
+            *(f"ALTER TABLE calls_hourly ADD COLUMN {kind} INTEGER NOT NULL DEFAULT 0" for kind in kinds),
+        ]
+    return steps
 
 
+_MIGRATIONS = _migrations()
+_COL = {name: i for i, name in enumerate(NAMES)}
+_INSERT = f"INSERT INTO calls ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})"
 _UPSERT = (
-    f"INSERT INTO calls_hourly VALUES ({', '.join('?' * (len(ROLLUP_KEYS) + len(ROLLUP_SUMS)))}) "
+    f"INSERT INTO calls_hourly ({', '.join((*ROLLUP_KEYS, *SUMS))}) "
+    f"VALUES ({', '.join('?' * (len(ROLLUP_KEYS) + len(SUMS)))}) "
     f"ON CONFLICT ({', '.join(ROLLUP_KEYS)}) DO UPDATE SET "
-    + ", ".join(f"{name} = {name} + excluded.{name}" for name in ROLLUP_SUMS)
+    + ", ".join(f"{name} = {name} + excluded.{name}" for name in SUMS)
 )
+
+
+def _compile_rollup() -> Any:
+    """The hourly sums of rows, one tuple per (hour, group): ROLLUP_KEYS then SUMS.
+
+    Straight-line code generated from SUMS (the writer runs it over every row it writes).
+    """
+    c = _COL
+    adds = []
+    for i, name in enumerate(SUMS):
+        if name == "requests":
+            adds.append(f"        acc[{i}] += 1")
+        elif name == "failed_requests":
+            adds.append(f"        acc[{i}] += 0 if r[{c['ok']}] else 1")
+        elif name == "cost_pico":
+            adds.append(f"        if r[{c['cost_pico']}] is not None: acc[{i}] += r[{c['cost_pico']}]")
+        elif name == "unpriced_requests":
+            adds.append(f"        if r[{c['cost']}] is None: acc[{i}] += 1")
+        elif name == "estimated_requests":
+            adds.append(f"        acc[{i}] += r[{c['estimated']}] or 0")
+        else:
+            adds.append(f"        acc[{i}] += r[{c[name]}] or 0")
+    lines = [
+        "def rollup(rows):",
+        "    sums = {}",
+        "    for r in rows:",
+        f"        key = (int(r[{c['started_at']}] // 3600 * 3600), "
+        f"r[{c['model']}] or r[{c['requested_model']}] or 'unknown', r[{c['provider']}] or 'unknown', "
+        f"r[{c['endpoint']}], r[{c['scope_path']}], r[{c['tags']}] or '')",
+        "        acc = sums.get(key)",
+        "        if acc is None:",
+        f"            acc = sums[key] = [0] * {len(SUMS)}",
+        *adds,
+        "    return [(*k, *v) for k, v in sums.items()]",
+    ]
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines), "<llmtally rollup>", "exec"), namespace)
+    fn = namespace["rollup"]
+    fn.__doc__ = _compile_rollup.__doc__
+    return fn
+
+
+rollup = _compile_rollup()
+
+
+def _group_sql(key: str) -> str:
+    """A group's expression over ``calls``."""
+    tag = check_group(key)
+    if tag is not None:
+        return f"COALESCE(json_extract(tags, '$.\"{tag}\"'), '')"
+    return {
+        "model": "COALESCE(model, requested_model, 'unknown')",
+        "provider": "COALESCE(provider, 'unknown')",
+        "endpoint": "endpoint",
+        "day": "strftime('%Y-%m-%d', started_at, 'unixepoch')",
+        "hour": "strftime('%Y-%m-%d %H:00', started_at, 'unixepoch')",
+        "scope": "scope_path",
+    }[key]
+
+
+def _hourly_sql(key: str) -> str:
+    """A group's expression over ``calls_hourly`` (its keys are already COALESCEd as above)."""
+    if key == "day":
+        return "strftime('%Y-%m-%d', hour, 'unixepoch')"
+    if key == "hour":
+        return "strftime('%Y-%m-%d %H:00', hour, 'unixepoch')"
+    if key.startswith("tag:"):
+        return _group_sql(key).replace("json_extract(tags,", "json_extract(NULLIF(tags, ''),")
+    if key in ("model", "provider", "endpoint"):
+        return key
+    return _group_sql(key)  # scope: scope_path; anything else raises
 
 
 class SQLiteLedger:
-    """Appends call records to a SQLite file."""
+    """Appends call records to a SQLite file, and reads them back for reports."""
 
-    def __init__(self, path: str) -> None:
+    placeholder = "?"
+
+    def __init__(self, path: str, *, create: bool = True) -> None:
         self.path = os.path.abspath(os.path.expanduser(path))
         self.url = f"sqlite:///{self.path}"
+        self.readonly = not create
+        self._local = threading.local()
+        if self.readonly:
+            if not os.path.exists(self.path):
+                raise LedgerError(
+                    f"no ledger at {self.path} (record calls with `llmtally run` or llmtally.configure)"
+                )
+            if os.path.isdir(self.path):
+                raise LedgerError(f"the ledger path {self.path} is a directory")
+            return
         self._check_file()
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self._local = threading.local()
-        self._migrate()
+        self.migrate()
 
     def __repr__(self) -> str:
         return f"<SQLiteLedger {self.path}>"
@@ -136,14 +191,17 @@ class SQLiteLedger:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=True
-                )
+                if self.readonly:
+                    conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+                else:
+                    conn = sqlite3.connect(
+                        self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=True
+                    )
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
             except sqlite3.Error as exc:
                 raise LedgerError(f"cannot open the SQLite ledger {self.path}: {exc}") from exc
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
             self._local.conn = conn
         return conn
 
@@ -159,7 +217,8 @@ class SQLiteLedger:
         row = conn.execute("SELECT MAX(version) FROM llmtally_schema").fetchone()
         return int(row[0] or 0)
 
-    def _migrate(self) -> None:
+    def migrate(self) -> None:
+        """Create the ledger, or bring an older one to this llmtally's schema, in one transaction."""
         conn = self.connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -192,17 +251,14 @@ class SQLiteLedger:
         failing the whole batch (a replayed spool may hold rows that were written before).
         """
         conn = self.connect()
-        placeholders = ", ".join("?" * len(COLUMNS))
         conn.execute("BEGIN")
         try:
             if ignore_duplicates:
                 # Row by row, to add to the hourly sums only the rows that were new.
-                fresh = []
-                for row in rows:
-                    if conn.execute(f"INSERT OR IGNORE INTO calls VALUES ({placeholders})", row).rowcount:
-                        fresh.append(row)
+                insert = _INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
+                fresh = [row for row in rows if conn.execute(insert, row).rowcount]
             else:
-                conn.executemany(f"INSERT INTO calls VALUES ({placeholders})", rows)
+                conn.executemany(_INSERT, rows)
                 fresh = list(rows)
             conn.executemany(_UPSERT, rollup(fresh))
             conn.execute("COMMIT")
@@ -210,6 +266,57 @@ class SQLiteLedger:
             if conn.in_transaction:  # a failed COMMIT may already have ended it
                 conn.execute("ROLLBACK")
             raise
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One statement in its own transaction (shared budgets); its rows, if it returns any."""
+        try:
+            return list(self.connect().execute(sql, params).fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"cannot update budgets in the SQLite ledger {self.path}: {exc}") from exc
+
+    def sums(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
+        """The report's rows: each group's values, then SUMS, over calls in ``[start, end)``."""
+        exprs = [_group_sql(g) for g in groups]
+        conn = self.connect()
+        try:
+            calls = self._columns(conn, "calls")
+            if not calls:
+                raise LedgerError(f"{self.path} has no calls table: not an llmtally ledger")
+            hourly = self._columns(conn, "calls_hourly")
+            if not hourly:
+                return self._calls(conn, exprs, calls, start, end)
+            # Whole hours from the hourly sums; the partial hours at the window's edges from the calls.
+            first = None if start is None else -(-start // 3600) * 3600
+            last = None if end is None else end // 3600 * 3600
+            if first is not None and last is not None and first >= last:
+                return self._calls(conn, exprs, calls, start, end)
+            sql, params = grouped(
+                [_hourly_sql(g) for g in groups], sums_of_rollup(hourly), "calls_hourly", "hour", first, last
+            )
+            parts = list(conn.execute(sql, params).fetchall())
+            if start is not None and first is not None and start < first:
+                parts += self._calls(conn, exprs, calls, start, first)
+            if end is not None and last is not None and last < end:
+                parts += self._calls(conn, exprs, calls, last, end)
+            return merge(parts, len(groups))
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path} is not a readable llmtally ledger: {exc}") from exc
+
+    @staticmethod
+    def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+        return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+    @staticmethod
+    def _calls(
+        conn: sqlite3.Connection, exprs: list[str], columns: set[str], start: float | None, end: float | None
+    ) -> list[tuple[Any, ...]]:
+        sql, params = grouped(exprs, sums_of_calls(columns), "calls", "started_at", start, end)
+        return list(conn.execute(sql, params).fetchall())
+
+    def after_fork(self) -> None:
+        """In a forked child: leave the parent's connections alone (SQLite forbids using them
+        across a fork; closing them here could disturb the parent's locks) and open new ones."""
+        self._local = threading.local()
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

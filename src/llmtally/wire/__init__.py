@@ -7,10 +7,11 @@ provider's own host, Azure deployments, proxies and OpenAI-compatible servers.
 from __future__ import annotations
 
 from ._base import Parser, Result, StreamParser, loads
+from ._sse import SSEDecoder
 from .anthropic import Messages
 from .openai import ChatCompletions, Completions, Embeddings, Responses
 
-__all__ = ["Parser", "Result", "StreamParser", "loads", "provider_for_host", "route"]
+__all__ = ["Parser", "Result", "SSEDecoder", "StreamParser", "loads", "provider_for_host", "route"]
 
 _CHAT = ChatCompletions()
 _COMPLETIONS = Completions()

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._usage import Usage
+from .._core.usage import Usage
 
 __all__ = ["Parser", "Result", "StreamParser", "as_int", "as_str", "key_string", "loads", "object_after"]
 

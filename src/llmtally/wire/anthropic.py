@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._usage import Usage
+from .._core.usage import Usage
 from ._base import Parser, Result, StreamParser, as_int, as_str, loads
 
 __all__ = ["Messages", "messages_usage"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .._usage import Usage
+from .._core.usage import Usage
 from ._base import Parser, Result, StreamParser, as_int, as_str, key_string, loads, object_after
 
 __all__ = [

@@ -15,7 +15,13 @@ counts and ``llmtally.cost_usd``, so existing collectors, Prometheus and Grafana
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ._core.usage import KINDS
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._core.usage import Call
 
 __all__ = ["OTelSink"]
 
@@ -29,15 +35,15 @@ _OPERATIONS = {
     "completions": "text_completion",
 }
 _PROVIDERS = {"azure": "azure.ai.openai", "google": "gcp.gemini", "aws": "aws.bedrock"}
+#: (span attribute, Usage field) for every kind the GenAI conventions name (see usage.KINDS).
+_SPAN_KINDS = tuple((k.span_attribute, k.name) for k in KINDS if k.span_attribute)
 
 
 class OTelSink:
-    """Receives settled calls (see ``_capture.add_sink``) and records them with OpenTelemetry."""
+    """Receives settled calls (a pipeline sink) and records them with OpenTelemetry."""
 
     def __init__(self, meter_provider: Any = None) -> None:
         from opentelemetry import metrics
-
-        from .. import __version__
 
         provider = meter_provider or metrics.get_meter_provider()
         meter = provider.get_meter("llmtally", __version__)
@@ -57,7 +63,7 @@ class OTelSink:
             "llmtally.client.cost", unit="USD", description="Cost of GenAI operations, as priced by llmtally"
         )
 
-    def __call__(self, call: Any) -> None:
+    def __call__(self, call: Call) -> None:
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": _OPERATIONS.get(call.endpoint, call.endpoint),
             "gen_ai.provider.name": _PROVIDERS.get(call.provider or "", call.provider or "unknown"),
@@ -81,15 +87,8 @@ class OTelSink:
             self.cost.add(float(call.cost), attrs)
         span = getattr(call, "span", None)
         if span is not None and u is not None:
-            span.set_attributes(
-                {
-                    "gen_ai.usage.input_tokens": u.prompt_tokens,
-                    "gen_ai.usage.output_tokens": u.completion_tokens,
-                    "gen_ai.usage.cache_read.input_tokens": u.cached_tokens,
-                    "gen_ai.usage.cache_creation.input_tokens": u.cache_write_tokens,
-                    "gen_ai.usage.reasoning.output_tokens": u.reasoning_tokens,
-                    "gen_ai.response.model": call.model or "",
-                    "llmtally.cost_usd": "" if call.cost is None else str(call.cost),
-                    "llmtally.estimated": call.estimated,
-                }
-            )
+            attributes: dict[str, Any] = {name: getattr(u, field) for name, field in _SPAN_KINDS}
+            attributes["gen_ai.response.model"] = call.model or ""
+            attributes["llmtally.cost_usd"] = "" if call.cost is None else str(call.cost)
+            attributes["llmtally.estimated"] = call.estimated
+            span.set_attributes(attributes)

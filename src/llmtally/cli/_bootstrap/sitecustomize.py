@@ -24,7 +24,7 @@ def _chain() -> None:
 
 
 try:
-    from llmtally._run import start_in_child
+    from llmtally.cli.run import start_in_child
 
     start_in_child()
 except Exception as exc:  # metering must never stop the program from starting

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["cli_logic", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="llmtally",
@@ -103,11 +104,11 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from ._demo import run_demo
+        from .demo import run_demo
 
         return run_demo()
     if args.command == "run":
-        from ._run import run_command
+        from .run import run_command
 
         tags: dict[str, str] = {}
         for tag in args.tag:
@@ -124,7 +125,8 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
     if args.command == "estimate":
         return _estimate(args)
     if args.command == "cost":
-        from ._pricing import cost_of
+        from .._core.money import format_usd
+        from .._pricing import cost_of
 
         price = cost_of(
             args.model,
@@ -138,28 +140,25 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         if price is None:
             print(f"llmtally: no price known for model {args.model!r}", file=sys.stderr)
             return 1
-        from ._scope import _money
-
-        print(f"${_money(price)}")
+        print(f"${format_usd(price)}")
         return 0
     parser.print_help()
     return 0
 
 
 def _budget(args: argparse.Namespace) -> int:
-    import os
     from datetime import datetime, timezone
 
-    from ._scope import _money
-    from .ledger import LedgerError
-    from .ledger.budgets import BudgetStore
+    from .._core.money import format_usd as _money
+    from .._runtime import RUNTIME
+    from ..ledger import LedgerError
 
-    url = args.ledger or os.environ.get("LLMTALLY_LEDGER")
+    url = RUNTIME.ledger_url(args.ledger, default=None)
     if not url:
         print("llmtally budget: give --ledger URL or set LLMTALLY_LEDGER", file=sys.stderr)
         return 2
     try:
-        store = BudgetStore(url)
+        store = RUNTIME.budget_store(url)
         if args.action == "list":
             for b in store.list():
                 since = datetime.fromtimestamp(b.window_start, tz=timezone.utc).strftime("%Y-%m-%d")
@@ -188,15 +187,15 @@ def _budget(args: argparse.Namespace) -> int:
 def _estimate(args: argparse.Namespace) -> int:
     import json
 
-    from ._budget import estimate
-    from ._scope import _money
+    from .._api import estimate
+    from .._core.money import format_usd as _money
 
     try:
         text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
     except OSError as exc:
         print(f"llmtally estimate: {exc}", file=sys.stderr)
         return 2
-    payload: object = text
+    payload: str | list[Any] = text
     if text.lstrip().startswith("["):
         try:
             payload = json.loads(text)
@@ -215,13 +214,16 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ._render import render, write_chart
-    from ._report import report, totals
-    from .ledger import LedgerError
+    from .._report import report, totals
+    from .._report.render import render, write_chart
+    from .._runtime import RUNTIME
+    from ..ledger import LedgerError
 
     by = args.by or ["model"]
+    url = RUNTIME.ledger_url(args.ledger)
+    assert url is not None
     try:
-        rows = report(ledger=args.ledger, since=args.since, until=args.until, by=by)
+        rows = report(url, since=args.since, until=args.until, by=by)
         if args.top is not None and len(rows) > args.top:
             # The totals stay those of everything: the groups past the top N are summed in one row.
             rest = totals(rows[args.top :])
@@ -229,7 +231,7 @@ def _report(args: argparse.Namespace) -> int:
             rows = [*rows[: args.top], rest]
         render(rows, by, args.format)
         if args.chart:
-            write_chart(args.chart, ledger=args.ledger, since=args.since, until=args.until, stack_by=by[0])
+            write_chart(args.chart, ledger=url, since=args.since, until=args.until, stack_by=by[0])
             print(f"chart written to {args.chart}", file=sys.stderr)
     except (LedgerError, ValueError, RuntimeError) as exc:
         print(f"llmtally report: {exc}", file=sys.stderr)

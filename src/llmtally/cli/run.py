@@ -1,6 +1,6 @@
 """``llmtally run [options] -- COMMAND ...``: meter a program without changing it.
 
-The command runs as a child process with this package's ``_bootstrap`` folder first on
+The command runs as a child process with the ``_bootstrap`` folder beside this module first on
 PYTHONPATH; its ``sitecustomize`` (``start_in_child``) configures the ledger, opens a scope that
 spans the whole process (carried into its threads and tasks like any scope) and, at exit, prints
 the seed-style summary to stderr. Options travel to the child in environment variables.
@@ -29,13 +29,18 @@ def run_command(command: Sequence[str], *, ledger: str | None, name: str | None,
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (bootstrap, env.get("PYTHONPATH", "")) if p)
     env[ENV_RUN] = json.dumps({"name": name or os.path.basename(command[0]), "tags": tags})
+    from .._runtime import RUNTIME
+    from ..ledger import ENV_LEDGER
+
     # `llmtally run` records by default: an explicit --ledger wins, then LLMTALLY_LEDGER, then sqlite://.
-    env["LLMTALLY_LEDGER"] = ledger or env.get("LLMTALLY_LEDGER") or "sqlite://"
-    if ledger is not None or "LLMTALLY_LEDGER" in os.environ:
-        from .ledger import LedgerError, open_ledger
+    url = RUNTIME.ledger_url(ledger, default="sqlite://")
+    assert url is not None
+    env[ENV_LEDGER] = url
+    if ledger is not None or ENV_LEDGER in os.environ:
+        from ..ledger import LedgerError, open_ledger
 
         try:  # a bad --ledger is reported here, before the program starts
-            checked = open_ledger(env["LLMTALLY_LEDGER"])
+            checked = open_ledger(url)
         except LedgerError as exc:
             print(f"llmtally run: {exc}", file=sys.stderr)
             return 2

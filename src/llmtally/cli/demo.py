@@ -78,7 +78,7 @@ def calculator(expression: str) -> str:
 
 
 def _agent_replies() -> list[Any]:
-    from .testing import Reply, ToolCall
+    from ..testing import Reply, ToolCall
 
     replies = []
     for tool, arg, text, prompt, completion in AGENT_STEPS:

@@ -9,24 +9,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ._report import ReportRow, spend_over_time, totals
+from .._core.money import format_usd
+from .._core.usage import KINDS
+from . import FIELDS, ReportRow, spend_over_time, totals
 
 __all__ = ["render", "write_chart"]
 
+#: The table's number columns: the requests, then every token kind (usage.KINDS).
 _NUMBERS = (
     ("requests", "Requests"),
     ("failed_requests", "Failed"),
-    ("prompt_tokens", "Prompt"),
-    ("completion_tokens", "Completion"),
-    ("cached_tokens", "Cached"),
-    ("reasoning_tokens", "Reasoning"),
+    *((k.name, k.column) for k in KINDS),
 )
 
 
 def _money(value: Any) -> str:
-    from ._scope import _money as money
-
-    return f"${money(value)}"
+    return f"${format_usd(value)}"
 
 
 def render(rows: Sequence[ReportRow], by: Sequence[str], fmt: str, out: TextIO | None = None) -> None:
@@ -37,14 +35,7 @@ def render(rows: Sequence[ReportRow], by: Sequence[str], fmt: str, out: TextIO |
         out.write("\n")
         return
     if fmt == "csv":
-        fields = [
-            *by,
-            *(name for name, _ in _NUMBERS),
-            "cache_write_tokens",
-            "unpriced_requests",
-            "estimated_requests",
-            "cost",
-        ]
+        fields = [*by, *FIELDS, "cost"]
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for r in _progress(rows, "writing CSV"):
@@ -82,7 +73,7 @@ def _table(rows: Sequence[ReportRow], by: Sequence[str], out: TextIO) -> None:
             f"{r.unpriced_requests:,}" if r.unpriced_requests else "",
             f"{r.estimated_requests:,}" if r.estimated_requests else "",
         )
-    console = Console(file=out, width=max(100, 14 * (len(by) + 9)), force_terminal=False)
+    console = Console(file=out, width=max(100, 14 * (len(by) + len(_NUMBERS) + 3)), force_terminal=False)
     console.print(table)
     if total.unpriced_requests:
         console.print(
@@ -95,7 +86,7 @@ def _table(rows: Sequence[ReportRow], by: Sequence[str], out: TextIO) -> None:
         )
 
 
-def write_chart(path: str, *, ledger: str | None, since: Any, until: Any, stack_by: str | None) -> None:
+def write_chart(path: str, *, ledger: str, since: Any, until: Any, stack_by: str | None) -> None:
     """Spend over time, stacked by ``stack_by``, as a PNG or a self-contained HTML page (inline SVG)."""
     if not (path.endswith(".png") or path.endswith(".html")):
         raise ValueError(f"--chart writes .png or .html files, not {path!r}")
@@ -106,7 +97,7 @@ def write_chart(path: str, *, ledger: str | None, since: Any, until: Any, stack_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bucket, rows = spend_over_time(ledger=ledger, since=since, until=until, stack_by=stack_by)
+    bucket, rows = spend_over_time(ledger, since=since, until=until, stack_by=stack_by)
     times = sorted({r.keys[0] for r in rows})
     series: dict[str, dict[str, float]] = {}
     for r in rows:

@@ -1,0 +1,268 @@
+"""The public verbs: ``track()``, ``get_openai_callback()``, ``suppress()``, ``budget()``, ``report()``,
+``configure()``, ``flush()``, ``instrument()`` and their kin.
+
+They are thin: each says what the user asked for and hands it to the layer that does it (scopes
+in ``_core``, limits in ``_limits``, process state in ``_runtime``, reports in ``_report``). This
+module is imported by ``import llmtally``, so it imports only the scope machinery at the top; the
+runtime starts on the first scope entered.
+"""
+
+from __future__ import annotations
+
+from ._core.scope import Suppressed, Tally, set_starter
+
+TYPE_CHECKING = False  # typing imports re (milliseconds); mypy reads it the same way.
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from datetime import datetime
+    from decimal import Decimal
+    from typing import Any, Literal, ParamSpec, TypeVar, overload
+
+    from ._limits import Estimate
+    from ._report import ReportRow
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
+    Amount = Decimal | str | int | float
+else:
+
+    def overload(f):  # typing.overload, without importing typing at run time
+        return f
+
+
+__all__ = [
+    "budget",
+    "configure",
+    "estimate",
+    "flush",
+    "get_openai_callback",
+    "instrument",
+    "is_instrumented",
+    "report",
+    "suppress",
+    "track",
+    "uninstrument",
+]
+
+
+def _start() -> None:
+    from ._runtime import RUNTIME
+
+    RUNTIME.start()
+
+
+set_starter(_start)
+
+
+@overload
+def track(
+    name: str | None = None,
+    *,
+    tags: Mapping[str, Any] | None = None,
+    max_cost: Amount | None = None,
+    max_tokens: int | None = None,
+    max_requests: int | None = None,
+    on_exceed: Literal["raise", "warn"] = "raise",
+    preflight: bool = False,
+) -> Tally: ...
+
+
+@overload
+def track(  # noqa: F811 - overloads (typing.overload, under another name at run time)
+    name: Callable[P, R],
+    *,
+    tags: Mapping[str, Any] | None = None,
+    max_cost: Amount | None = None,
+    max_tokens: int | None = None,
+    max_requests: int | None = None,
+    on_exceed: Literal["raise", "warn"] = "raise",
+    preflight: bool = False,
+) -> Callable[P, R]: ...
+
+
+def track(  # noqa: F811
+    name: str | Callable[P, R] | None = None,
+    *,
+    tags: Mapping[str, Any] | None = None,
+    max_cost: Amount | None = None,
+    max_tokens: int | None = None,
+    max_requests: int | None = None,
+    on_exceed: Literal["raise", "warn"] = "raise",
+    preflight: bool = False,
+) -> Tally | Callable[P, R]:
+    """A new scope: count every LLM call made while it is open.
+
+    Use it as a context manager (``with`` or ``async with``) or a decorator::
+
+        with llmtally.track("nightly-report") as t:
+            client.chat.completions.create(model="gpt-4o", messages=[...])
+        print(t)            # Tokens Used / Prompt Tokens / ... / Total Cost (USD)
+
+        @llmtally.track("embed")
+        def embed(texts): ...
+        embed.tally         # every invocation's calls, added up
+
+    Calls count in every enclosing scope, including calls made by asyncio tasks and by threads
+    started inside it.
+
+    Limits stop spending before it happens: with ``max_cost`` (USD, a Decimal or a string),
+    ``max_tokens`` or ``max_requests``, a request sent once the scope has reached one is refused
+    with ``llmtally.BudgetExceeded`` (``on_exceed="warn"`` logs and sends it); ``preflight=True``
+    also refuses a request whose worst case would cross ``max_cost``::
+
+        with llmtally.track("agent", max_cost="0.50"):
+            agent.invoke(...)        # BudgetExceeded once the run has spent $0.50
+    """
+    limits = None
+    if max_cost is not None or max_tokens is not None or max_requests is not None:
+        from ._limits import Limits
+
+        limits = Limits(max_cost, max_tokens, max_requests, on_exceed, preflight)  # type: ignore[arg-type]
+    if callable(name):  # bare @track
+        return Tally(None, tags, limits).decorate(name)
+    return Tally(name, tags, limits)
+
+
+def get_openai_callback(name: str | None = None) -> Tally:
+    """LangChain's ``get_openai_callback``, for every provider: the same as ``track()``.
+
+    Code written for LangChain runs by changing only its import line::
+
+        from llmtally import get_openai_callback
+
+        with get_openai_callback() as cb:
+            llm.invoke("Tell me a joke")
+        print(cb)
+    """
+    return Tally(name)
+
+
+def suppress() -> Suppressed:
+    """Leave the calls made inside ``with llmtally.suppress():`` unmetered: not counted in any
+    scope, not checked against any limit, not recorded. Carried into threads and tasks like scopes."""
+    return Suppressed()
+
+
+def budget(
+    name: str,
+    *,
+    max_cost: Amount | None = None,
+    period: Literal["day", "month"] | None = None,
+    ledger: str | None = None,
+    on_exceed: Literal["raise", "warn"] = "raise",
+) -> Tally:
+    """A scope bound to a budget shared by every process and host using the same ledger database.
+
+    ``max_cost`` (USD) and ``period`` (``"day"``, ``"month"`` or ``None``) set the budget when given;
+    otherwise the one already stored under ``name`` applies. Each request inside reserves its worst
+    case (input counted offline plus its ``max_tokens``, or 4096 output tokens if it states none)
+    atomically in the database and is refused with ``BudgetExceeded`` if that does not fit::
+
+        with llmtally.budget("team-search", max_cost="50", period="day"):
+            agent.invoke(...)
+    """
+    from ._limits import Limits, Shared
+    from ._runtime import RUNTIME
+
+    url = RUNTIME.ledger_url(ledger, default=None)
+    if not url:
+        raise ValueError(
+            "a shared budget lives in a ledger: pass ledger= or call llmtally.configure(ledger=)"
+        )
+    store = RUNTIME.budget_store(url)
+    if max_cost is not None:
+        store.set(name, max_cost, period)
+    elif store.get(name) is None:
+        raise ValueError(f"no budget named {name!r} in the ledger; give max_cost= to create it")
+    state = store.get(name)
+    assert state is not None
+    return Tally(name, None, Limits(on_exceed=on_exceed, shared=Shared(name, store, state.period)))
+
+
+def estimate(messages_or_text: str | Sequence[Any], *, model: str, max_output_tokens: int = 0) -> Estimate:
+    """Count a request's input offline with the model's tokenizer and price its best and worst case.
+
+    ``messages_or_text`` is a string or chat messages (``[{"role": ..., "content": ...}]``); chat
+    framing is included. Returns an ``Estimate`` with ``input_tokens``, ``min_cost`` (input only)
+    and ``max_cost`` (input plus the whole ``max_output_tokens``)::
+
+        >>> llmtally.estimate("Tell me a joke", model="gpt-4", max_output_tokens=50)
+    """
+    from ._limits import estimate as _estimate
+
+    return _estimate(messages_or_text, model=model, max_output_tokens=max_output_tokens)
+
+
+def report(
+    *,
+    ledger: str | None = None,
+    since: str | float | datetime | None = None,
+    until: str | float | datetime | None = None,
+    by: Sequence[str] = ("model",),
+    top: int | None = None,
+) -> list[ReportRow]:
+    """Totals per group over the ledger's calls in ``[since, until)``, most expensive first.
+
+    ``by``: any of ``model``, ``provider``, ``endpoint``, ``day``, ``hour``, ``scope``, ``tag:KEY``.
+    ``top`` keeps the N most expensive groups. ``ledger`` defaults to the one configured, then
+    ``LLMTALLY_LEDGER``, then the default SQLite file.
+    """
+    from ._report import report as _report
+    from ._runtime import RUNTIME
+
+    url = RUNTIME.ledger_url(ledger)
+    assert url is not None
+    return _report(url, since=since, until=until, by=by, top=top)
+
+
+def configure(*, ledger: str | None = None, flush_interval: float | None = None, otel: Any = None) -> None:
+    """Set where llmtally records calls.
+
+    ``ledger`` is a URL: ``sqlite:///path.db`` (``sqlite://`` for the default file in the user's
+    data directory), ``postgresql://user:password@host/dbname`` or ``none``. Once a ledger is set,
+    every LLM call the process makes is recorded, whether or not a scope is open. A bad URL, a
+    database that cannot be reached, or one that is not an llmtally ledger, raises
+    ``llmtally.LedgerError`` and changes nothing::
+
+        llmtally.configure(ledger="sqlite:///llm-calls.db")
+
+    ``otel=True`` exports the GenAI semantic-convention metrics, a cost counter and span attributes
+    to the global OpenTelemetry providers (``otel=meter_provider`` to choose one, ``False`` to stop).
+
+    If the ledger later becomes unwritable (server down, disk full), records wait in a local spool
+    file (``LLMTALLY_SPOOL_DIR``, else beside the default ledger) and are written when it is back.
+    """
+    from ._runtime import RUNTIME
+
+    RUNTIME.configure(ledger=ledger, flush_interval=flush_interval, otel=otel)
+
+
+def flush(timeout: float | None = 30) -> bool:
+    """Settle every queued call and, with a ledger, wait until it is written. ``False`` on timeout."""
+    from ._runtime import RUNTIME
+
+    return RUNTIME.flush(timeout)
+
+
+def instrument() -> None:
+    """Hook the HTTP clients (httpx, httpx2; sync and async) so LLM calls are metered.
+
+    Idempotent; the first ``track()`` calls it. Undo with ``uninstrument()``.
+    """
+    from ._runtime import RUNTIME
+
+    RUNTIME.start()
+
+
+def uninstrument() -> None:
+    """Remove every hook ``instrument()`` installed; clients behave exactly as before."""
+    from ._runtime import RUNTIME
+
+    RUNTIME.stop()
+
+
+def is_instrumented() -> bool:
+    """Whether the HTTP clients are hooked (``instrument()``, or the first scope, did it)."""
+    from ._core.scope import is_started
+
+    return is_started()

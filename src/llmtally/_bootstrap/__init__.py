@@ -1,1 +1,0 @@
-"""Only a folder for ``sitecustomize.py``; see ``llmtally._run``."""

@@ -1,0 +1,348 @@
+"""One LLM request from ``send`` until it is queued: the transport-neutral exchange.
+
+Every HTTP client adapter (``_capture/httpx.py``, ...) turns its own request, response and byte
+stream into calls on an ``Exchange``:
+
+- ``begin()`` before the request is sent: is it an LLM call (a POST to a known wire format), and
+  which scopes does it count in; then ``check_limits()``, which may refuse it;
+- one outcome: ``failed()`` (no response), ``body()`` (a whole body in memory), or ``streaming()``
+  (a body the caller will read: the adapter wraps its stream in a tap that calls ``feed()`` for
+  every chunk and ``finish()`` / ``interrupted()`` at the end);
+- ``json()`` when the SDK has decoded the body itself, so settlement reads its dict instead of
+  decoding the bytes again.
+
+Nothing is parsed or priced here: the exchange only keeps what it saw and, once the call is over,
+queues itself on the pipeline; ``settle()`` (``_capture/settle.py``) does the rest off the call path.
+Every method is called on the caller's thread inside the caller's request, so each is guarded by
+the adapter: a failure here is logged and the caller gets exactly what the server sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import time
+import zlib
+from typing import TYPE_CHECKING, Any
+
+from .. import wire
+from .._core.pipeline import FLUSH_AT, PIPELINE
+from .._core.scope import is_suppressed
+
+if TYPE_CHECKING:
+    from .._core.scope import Tally
+
+__all__ = ["Exchange", "State", "begin"]
+
+log = logging.getLogger("llmtally")
+
+_JSON_START = re.compile(rb"\s*[{\[]")
+#: path -> its wire parser (None: not an LLM endpoint), for the last few thousand paths seen.
+_routes: dict[str, wire.Parser | None] = {}
+
+
+class State(enum.Enum):
+    """Where one exchange is; only the call path moves it, and only forward."""
+
+    #: The request is out, or about to be; no response yet.
+    SENDING = "sending"
+    #: An SSE body the caller is reading; its events are parsed as they pass.
+    STREAMING = "streaming"
+    #: A JSON body the caller is reading in chunks; kept whole until its end, then parsed.
+    COLLECTING = "collecting"
+    #: The whole body is in memory (or in the SDK's decoded dict); queued, parsed at settlement.
+    BODY = "body"
+    #: The stream ended, was closed or broke; its parser holds what it learned; queued.
+    STREAMED = "streamed"
+    #: No usable answer: a connection error, a timeout, an HTTP error status; queued.
+    FAILED = "failed"
+    #: Settled: parsed, priced, delivered to its scopes and sinks (or found not to be a model call).
+    SETTLED = "settled"
+
+
+#: The states in which the call is over and queued.
+_OVER = frozenset((State.BODY, State.STREAMED, State.FAILED, State.SETTLED))
+
+
+def begin(method: str, path: str, host: str, request_body: Any, scopes: tuple[Tally, ...]) -> Exchange | None:
+    """An exchange for a request about to be sent, or ``None`` if it is not a metered LLM call.
+
+    ``request_body`` is the request's bytes (or a callable that returns them, for clients where
+    reading them costs something); it is kept until settlement, for the requested model and
+    offline estimates, and then dropped.
+    """
+    if method != "POST" or is_suppressed():
+        return None
+    try:
+        parser = _routes[path]
+    except KeyError:
+        parser = wire.route("POST", path)
+        if len(_routes) < 4096:
+            _routes[path] = parser
+    if parser is None:
+        return None
+    return Exchange(parser, host, path, request_body, scopes)
+
+
+class Exchange:
+    """The call-path state of one request (see the module docstring)."""
+
+    __slots__ = (
+        "_awaiting",
+        "_decoder",
+        "_request_body",
+        "_sse",
+        "content",
+        "end",
+        "error",
+        "host",
+        "parsed",
+        "parser",
+        "path",
+        "reservations",
+        "result",
+        "scopes",
+        "span",
+        "start",
+        "state",
+        "status",
+        "stream_parser",
+    )
+
+    def __init__(
+        self, parser: wire.Parser, host: str, path: str, request_body: Any, scopes: tuple[Tally, ...]
+    ) -> None:
+        self.parser = parser
+        self.host = host
+        self.path = path
+        self._request_body = request_body
+        self.scopes = scopes
+        self.state = State.SENDING
+        self.status: int | None = None
+        self.content: bytes | None = None
+        self.parsed: dict[str, Any] | None = None
+        self.result: wire.Result | None = None
+        self.stream_parser: wire.StreamParser | None = None
+        self.error: str | None = None
+        self.reservations: Any = None
+        self._awaiting: Any = None
+        self._decoder: Any = None
+        self._sse: Any = None
+        getter = PIPELINE.span_getter
+        self.span = None
+        if getter is not None:
+            span = getter()
+            if span.is_recording():
+                self.span = span
+        self.end = 0.0
+        self.start = time.perf_counter()
+
+    # -- the request -----------------------------------------------------------------------------
+    def request_body(self) -> bytes:
+        """The request's bytes as sent (``b""`` if unknown: a streamed upload)."""
+        body = self._request_body
+        if callable(body):
+            try:
+                body = body()
+            except Exception:
+                body = b""
+            self._request_body = body
+        return body if isinstance(body, bytes) else b""
+
+    def drop_request(self) -> None:
+        """Forget the request (its prompt) as soon as it is not needed."""
+        self._request_body = None
+
+    def check_limits(self) -> None:
+        """Refuse the request if a limit of an enclosing scope says so (raises ``BudgetExceeded``)."""
+        for tally in self.scopes:
+            if tally._limits is not None:
+                break
+        else:
+            return
+        from .._limits import BudgetExceeded, check
+
+        try:
+            check(self.scopes, self)
+        except BudgetExceeded:
+            raise
+        except Exception:
+            log.exception("llmtally: could not check the limits; the request is sent")
+
+    # -- outcomes ----------------------------------------------------------------------------------
+    def failed(self, exc: BaseException) -> None:
+        """The request raised before any response (connection error, timeout, cancellation)."""
+        self.error = f"{type(exc).__name__}: {exc}"[:300]
+        self._queue(State.FAILED)
+
+    def body(self, status: int, content: bytes, content_type: str, awaiting: Any = None) -> None:
+        """The whole response body is in memory.
+
+        ``awaiting`` is ``(table, key)`` when the adapter will pass the SDK's decoded JSON to
+        ``json()``: the exchange is filed under ``key`` until then, and removed at settlement.
+        """
+        self.status = status
+        if status >= 400:
+            # Errors cost nothing; the body is the caller's to read, untouched.
+            self.error = f"HTTP {status}"
+            self._queue(State.FAILED)
+            return
+        # A JSON body needs no header lookup: most answers are JSON objects.
+        if content[:1] != b"{" and _JSON_START.match(content) is None and _is_sse(content_type):
+            self._begin_stream()
+            self._feed_decoded(content)
+            self.finish()
+            return
+        self.content = content
+        if awaiting is not None:
+            table, key = awaiting
+            table[key] = self
+            self._awaiting = awaiting
+        self._queue(State.BODY)
+
+    def json(self, obj: dict[str, Any]) -> None:
+        """The SDK decoded the body into ``obj``; settlement reads it instead of the bytes."""
+        self.parsed = obj
+
+    def streaming(self, status: int, content_type: str, encoding: str) -> bool:
+        """The caller will read the body in chunks; ``True`` if the adapter must tap the stream."""
+        self.status = status
+        if status >= 400:
+            self.error = f"HTTP {status}"
+            self._queue(State.FAILED)
+            return False
+        encoding = encoding.lower().strip()
+        inflate = _inflater(encoding) if encoding and encoding != "identity" else None
+        if _is_sse(content_type):
+            self._begin_stream()
+            self._decoder = inflate
+        else:
+            self._decoder = _Collect(inflate)
+            self.state = State.COLLECTING
+        return True
+
+    # -- streams ---------------------------------------------------------------------------------
+    def _begin_stream(self) -> None:
+        self.stream_parser = self.parser.stream(self.request_body())
+        self._sse = wire.SSEDecoder()
+        self.state = State.STREAMING
+
+    def feed(self, chunk: bytes) -> None:
+        """One raw chunk as the caller reads it."""
+        if self.state is not State.STREAMING and self.state is not State.COLLECTING:
+            return
+        try:
+            decoder = self._decoder
+            if decoder is not None:
+                chunk = decoder.decompress(chunk)
+                if self.stream_parser is None:
+                    return
+            self._feed_decoded(chunk)
+        except Exception as exc:
+            log.warning(
+                "llmtally: could not read the stream of POST %s%s (%s: %s); counting it from what was read",
+                self.host,
+                self.path,
+                type(exc).__name__,
+                exc,
+            )
+            self._decoder = None
+            self._queue(State.STREAMED)
+
+    def _feed_decoded(self, chunk: bytes) -> None:
+        stream = self.stream_parser
+        assert stream is not None
+        for name, data in self._sse.feed(chunk):
+            stream.event(name, data)
+
+    def finish(self) -> None:
+        """The stream ended or was closed: queue the call with what it carried."""
+        state = self.state
+        if state is State.COLLECTING:
+            collected = self._decoder
+            self._decoder = None
+            self.content = collected.body()
+            self._queue(State.BODY)
+            return
+        if state is not State.STREAMING:
+            return
+        try:
+            for name, data in self._sse.close():
+                self.stream_parser.event(name, data)  # type: ignore[union-attr]
+        except Exception:
+            log.exception("llmtally: could not read the end of a stream; counting it from what was read")
+        self._queue(State.STREAMED)
+
+    def interrupted(self, exc: BaseException) -> None:
+        """The connection failed mid-stream: a failed request, but the tokens generated so far
+        were produced (and are billed), so its partial usage and cost are kept."""
+        if self.state in _OVER:
+            return
+        self.error = f"stream interrupted: {type(exc).__name__}: {exc}"[:300]
+        self.finish()
+        if self.state is State.SENDING:  # pragma: no cover - a tap exists only once streaming
+            self._queue(State.FAILED)
+
+    # -- queued ----------------------------------------------------------------------------------
+    def _queue(self, state: State) -> None:
+        """The call is over: queue it for settlement (``pipeline.flush``)."""
+        if self.state in _OVER:
+            return
+        self.state = state
+        self.end = time.perf_counter()
+        pending = PIPELINE.pending
+        pending.append(self)
+        # A span must get its attributes before the caller ends it; a reservation must be
+        # released; a sink may want the call now; and the queue must stay bounded.
+        if self.span is not None or self.reservations or PIPELINE.eager or len(pending) >= FLUSH_AT:
+            PIPELINE.flush()
+
+    def settle(self) -> None:
+        """Parse, price and deliver the call; run by ``pipeline.flush()``, never raises."""
+        from .settle import settle
+
+        settle(self)
+
+    def forget_awaiting(self) -> None:
+        awaiting, self._awaiting = self._awaiting, None
+        if awaiting is not None:
+            table, key = awaiting
+            if table.get(key) is self:
+                del table[key]
+
+
+def _is_sse(content_type: str) -> bool:
+    return content_type.startswith("text/event-stream")
+
+
+class _Collect:
+    """A streamed JSON body (``stream=True`` without SSE): kept whole, as the SDK keeps it, then parsed."""
+
+    __slots__ = ("inflate", "parts", "size")
+    LIMIT = 64 * 1024 * 1024
+
+    def __init__(self, inflate: Any) -> None:
+        self.inflate = inflate
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def decompress(self, chunk: bytes) -> bytes:
+        if self.inflate is not None:
+            chunk = self.inflate.decompress(chunk)
+        self.size += len(chunk)
+        if self.size > self.LIMIT:
+            raise ValueError(f"a JSON response body over {self.LIMIT} bytes")
+        self.parts.append(chunk)
+        return chunk
+
+    def body(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def _inflater(encoding: str) -> Any:
+    if encoding == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    raise ValueError(f"unsupported content-encoding {encoding!r} on a metered stream")

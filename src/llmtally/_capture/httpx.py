@@ -1,0 +1,232 @@
+"""The httpx / httpx2 adapter: one hook on ``Client.send`` and ``AsyncClient.send``, sync and async.
+
+The current openai and anthropic SDKs (and so LangChain's ChatOpenAI and ChatAnthropic) send every
+request through ``httpx2.Client.send`` / ``AsyncClient.send``; many other SDKs use ``httpx``. Both
+have the same API, so one adapter serves both modules.
+
+The hook never changes what the caller gets: the request goes out as it came, the response object
+is the one the client built, and a streamed body reaches the caller chunk for chunk through a tap
+(a subclass of the module's own byte-stream class, which ``Response`` checks with isinstance).
+``Response.json`` is wrapped too, so a body the SDK decodes is not decoded a second time.
+
+The adapter's hot path, for a request made with no scope open and no ledger: one ContextVar read
+and one attribute read, then the original ``send``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .._core.pipeline import PIPELINE
+from .._core.scope import _scopes
+from .exchange import Exchange, begin
+
+__all__ = ["HttpxAdapter"]
+
+log = logging.getLogger("llmtally")
+
+
+def _begin(request: Any, scopes: Any) -> Exchange | None:
+    try:
+        url = request.url
+        return begin(request.method, url.path, url.host, _content_of(request), scopes)
+    except Exception:
+        log.exception("llmtally: could not inspect a request; it is sent unmetered")
+        return None
+
+
+def _content_of(request: Any) -> Any:
+    # Reading ``content`` raises for a streamed upload; read it only if settlement needs it.
+    return lambda: request.content
+
+
+def _respond(ex: Exchange, response: Any, stream: bool, module: Any, awaiting: dict[int, Exchange]) -> None:
+    try:
+        headers = response.headers
+        if not stream:
+            content = response.content
+            content_type = "" if content[:1] == b"{" else headers.get("content-type", "")
+            ex.body(response.status_code, content, content_type, (awaiting, id(response)))
+            return
+        encoding = headers.get("content-encoding", "")
+        if ex.streaming(response.status_code, headers.get("content-type", ""), encoding):
+            response.stream = _tap(response.stream, ex, module)
+    except Exception:
+        log.exception("llmtally: could not meter a response; the caller gets it untouched")
+
+
+def _failed(ex: Exchange, exc: BaseException) -> None:
+    try:
+        ex.failed(exc)
+    except Exception:
+        log.exception("llmtally: could not record a failed request")
+
+
+def _make_sync_send(orig: Any, module: Any, awaiting: dict[int, Exchange]) -> Any:
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        scopes = _scopes.get()
+        if not scopes and not PIPELINE.sinks:
+            return orig(self, request, *args, **kwargs)
+        ex = _begin(request, scopes)
+        if ex is None:
+            return orig(self, request, *args, **kwargs)
+        ex.check_limits()  # may raise BudgetExceeded: the request is not sent
+        try:
+            response = orig(self, request, *args, **kwargs)
+        except BaseException as exc:
+            _failed(ex, exc)
+            raise
+        _respond(ex, response, kwargs.get("stream", False), module, awaiting)
+        return response
+
+    send.__llmtally_original__ = orig  # type: ignore[attr-defined]
+    send.__wrapped__ = orig  # type: ignore[attr-defined]
+    return send
+
+
+def _make_async_send(orig: Any, module: Any, awaiting: dict[int, Exchange]) -> Any:
+    async def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        scopes = _scopes.get()
+        if not scopes and not PIPELINE.sinks:
+            return await orig(self, request, *args, **kwargs)
+        ex = _begin(request, scopes)
+        if ex is None:
+            return await orig(self, request, *args, **kwargs)
+        ex.check_limits()
+        try:
+            response = await orig(self, request, *args, **kwargs)
+        except BaseException as exc:
+            _failed(ex, exc)
+            raise
+        _respond(ex, response, kwargs.get("stream", False), module, awaiting)
+        return response
+
+    send.__llmtally_original__ = orig  # type: ignore[attr-defined]
+    send.__wrapped__ = orig  # type: ignore[attr-defined]
+    return send
+
+
+def _make_json(orig: Any, awaiting: dict[int, Exchange]) -> Any:
+    def json(self: Any, **kwargs: Any) -> Any:
+        obj = orig(self, **kwargs)
+        if awaiting:
+            ex = awaiting.pop(id(self), None)
+            if ex is not None and not kwargs and type(obj) is dict:
+                # The SDK has just decoded the body: settle from its dict instead of decoding it
+                # again. It is only read, later, and the SDK builds its models without changing it.
+                ex.json(obj)
+        return obj
+
+    json.__llmtally_original__ = orig  # type: ignore[attr-defined]
+    json.__wrapped__ = orig  # type: ignore[attr-defined]
+    return json
+
+
+# -- stream taps: subclasses of each module's byte-stream bases ------------------------------------
+
+_tap_classes: dict[Any, tuple[type, type]] = {}
+
+
+def _tap_classes_for(module: Any) -> tuple[type, type]:
+    classes = _tap_classes.get(module)
+    if classes is not None:
+        return classes
+
+    class SyncTap(module.SyncByteStream):  # type: ignore[misc]
+        def __init__(self, inner: Any, ex: Exchange) -> None:
+            self._inner = inner
+            self._ex = ex
+
+        def __iter__(self) -> Any:
+            ex = self._ex
+            try:
+                for chunk in self._inner:
+                    ex.feed(chunk)
+                    yield chunk
+            except Exception as exc:
+                ex.interrupted(exc)
+                raise
+            ex.finish()
+
+        def close(self) -> None:
+            try:
+                self._inner.close()
+            finally:
+                self._ex.finish()
+
+        def __getattr__(self, name: str) -> Any:  # elapsed, and whatever else the client reads
+            return getattr(self._inner, name)
+
+    class AsyncTap(module.AsyncByteStream):  # type: ignore[misc]
+        def __init__(self, inner: Any, ex: Exchange) -> None:
+            self._inner = inner
+            self._ex = ex
+
+        async def __aiter__(self) -> Any:
+            ex = self._ex
+            try:
+                async for chunk in self._inner:
+                    ex.feed(chunk)
+                    yield chunk
+            except Exception as exc:
+                ex.interrupted(exc)
+                raise
+            ex.finish()
+
+        async def aclose(self) -> None:
+            try:
+                await self._inner.aclose()
+            finally:
+                self._ex.finish()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    classes = _tap_classes[module] = (SyncTap, AsyncTap)
+    return classes
+
+
+def _tap(stream: Any, ex: Exchange, module: Any) -> Any:
+    sync_tap, async_tap = _tap_classes_for(module)
+    if isinstance(stream, module.SyncByteStream):
+        return sync_tap(stream, ex)
+    if isinstance(stream, module.AsyncByteStream):
+        return async_tap(stream, ex)
+    raise TypeError(f"unknown response stream type {type(stream).__name__}")
+
+
+class HttpxAdapter:
+    """Patches ``Client.send``, ``AsyncClient.send`` and ``Response.json`` of httpx and httpx2."""
+
+    #: The modules this adapter patches, as soon as they are imported.
+    modules = ("httpx", "httpx2")
+
+    def __init__(self) -> None:
+        # module -> (sync send, async send, Response.json) as they were before patching
+        self._originals: dict[Any, tuple[Any, Any, Any]] = {}
+        #: id(response) -> the exchange of a metered JSON response the client has not decoded yet.
+        #: An exchange is filed here only until it settles, and the caller holds the response
+        #: meanwhile, so its id cannot be reused for another response in that time.
+        self.awaiting_json: dict[int, Exchange] = {}
+
+    def patch(self, module: Any) -> None:
+        if module in self._originals:
+            return  # httpx2.alias_httpx() makes both names one module
+        sync_send = module.Client.send
+        if hasattr(sync_send, "__llmtally_original__"):
+            return
+        async_send = module.AsyncClient.send
+        json_method = module.Response.json
+        awaiting = self.awaiting_json
+        module.Client.send = _make_sync_send(sync_send, module, awaiting)
+        module.AsyncClient.send = _make_async_send(async_send, module, awaiting)
+        module.Response.json = _make_json(json_method, awaiting)
+        self._originals[module] = (sync_send, async_send, json_method)
+
+    def unpatch(self) -> None:
+        for module, (sync_send, async_send, json_method) in self._originals.items():
+            module.Client.send = sync_send
+            module.AsyncClient.send = async_send
+            module.Response.json = json_method
+        self._originals.clear()

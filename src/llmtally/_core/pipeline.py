@@ -1,0 +1,85 @@
+"""The pending-call pipeline: calls queued on the call path, settled later, delivered to scopes and sinks.
+
+On the call path an HTTP adapter only appends what it saw to ``pending`` (an object with a
+``settle()`` method, see ``_capture.exchange``); parsing, pricing and adding up happen in
+``flush()``, which runs when a Tally is read, when ``FLUSH_AT`` calls are queued, or at once when a
+sink needs its calls now (``eager``). A metered call's latency carries almost nothing, and a batch
+of calls is settled together, with warm caches.
+
+``settle()`` ends in ``deliver()``: the call is appended to every scope it was made in and handed
+to every sink (the ledger writer, the OpenTelemetry exporter). The sinks, the eager flag and the
+span getter are written by ``_runtime`` alone; everything else only reads them.
+
+This module is loaded by ``import llmtally``: builtins only at the top.
+"""
+
+from __future__ import annotations
+
+from _collections import deque
+from _thread import RLock
+
+TYPE_CHECKING = False  # typing imports re (milliseconds); mypy reads it the same way.
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, Protocol
+
+    from .scope import Tally
+    from .usage import Call
+
+    class Pending(Protocol):
+        """What the call path queues: settled exactly once, by ``flush()``; never raises."""
+
+        def settle(self) -> None: ...
+
+    Sink = Callable[[Call], None]
+
+__all__ = ["FLUSH_AT", "PIPELINE", "Pipeline"]
+
+#: Settle in the call path once this many calls wait: bounds the memory the queue holds.
+FLUSH_AT = 64
+
+
+class Pipeline:
+    """The queue of calls not yet settled, and where settled calls go."""
+
+    def __init__(self) -> None:
+        #: Appended on the call path (deque.append is atomic), drained by ``flush()``.
+        self.pending: deque[Pending] = deque()
+        #: Receivers of every settled call, scope or no scope. A tuple, replaced whole by the
+        #: runtime, so the call path reads it without a lock.
+        self.sinks: tuple[Sink, ...] = ()
+        #: Settle each call as it ends instead of on the next read (a sink wants it now).
+        self.eager = False
+        #: ``opentelemetry.trace.get_current_span`` while OpenTelemetry export is on.
+        self.span_getter: Callable[[], Any] | None = None
+        # Re-entrant: a sink may read a Tally while flush() runs it.
+        self._lock = RLock()
+
+    def flush(self) -> None:
+        """Settle every queued call."""
+        pending = self.pending
+        if not pending:
+            return
+        with self._lock:
+            while pending:
+                try:
+                    item = pending.popleft()
+                except IndexError:
+                    return
+                item.settle()
+
+    def deliver(self, call: Call, scopes: Sequence[Tally]) -> None:
+        """A settled call: into every scope it was made in, then to every sink (each guarded)."""
+        for tally in scopes:
+            tally._calls.append(call)  # atomic; the totals catch up when the tally is read
+        for sink in self.sinks:
+            try:
+                sink(call)
+            except Exception:
+                import logging
+
+                logging.getLogger("llmtally").exception("llmtally: sink %r failed", sink)
+
+
+#: The process's pipeline.
+PIPELINE = Pipeline()

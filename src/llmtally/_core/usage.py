@@ -1,0 +1,230 @@
+"""What one call used, what many calls add up to, and the record of one call.
+
+``Usage`` declares every billable unit llmtally meters, once: each field is a *kind* with its
+label, where it is part of another kind, its genai-prices usage key and its OpenTelemetry span
+attribute. ``KINDS`` is read from it, and the Tally, ``ModelTotals``, the summary, the price plans,
+the ledger's columns and rollup, the report and the OpenTelemetry export are all derived from
+``KINDS``. Adding a billable unit is one field here (and a ledger migration, ``ledger/_schema``).
+
+Every wire format is normalised to one convention (OpenAI's), so nothing downstream needs to know
+which provider answered:
+
+- ``prompt_tokens`` is all input, *including* cache reads and cache writes;
+- ``cached_tokens`` (cache reads) and ``cache_write_tokens`` are parts of ``prompt_tokens``, and
+  ``cache_write_1h_tokens`` is the part of ``cache_write_tokens`` written with a one-hour lifetime;
+- ``completion_tokens`` is all output, *including* ``reasoning_tokens``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+__all__ = [
+    "COUNT_NAMES",
+    "KINDS",
+    "TOKEN_NAMES",
+    "TOTAL_NAMES",
+    "Call",
+    "Kind",
+    "ModelTotals",
+    "Totals",
+    "Usage",
+]
+
+
+class Kind(NamedTuple):
+    """One billable unit: a field of ``Usage``, a Tally attribute, a ledger column, a report column."""
+
+    name: str
+    #: As the summary prints it ("Cached Tokens").
+    label: str
+    #: A short column heading for reports ("Cached").
+    column: str
+    #: The kind this one is a part of (``None`` for the two wholes, prompt and completion).
+    within: str | None
+    #: The genai-prices usage key that prices it.
+    price_key: str
+    #: The OpenTelemetry span attribute that carries it (GenAI semantic conventions), if any.
+    span_attribute: str | None
+
+
+def _kind(label: str, column: str, *, price: str, within: str | None = None, span: str | None = None) -> Any:
+    # A dataclass field whose metadata describes the kind; ``KINDS`` is read back from them.
+    return field(default=0, metadata={"kind": (label, column, within, price, span)})
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens of one call, by kind (see the module docstring for what includes what)."""
+
+    prompt_tokens: int = _kind(
+        "Prompt Tokens", "Prompt", price="input_tokens", span="gen_ai.usage.input_tokens"
+    )
+    completion_tokens: int = _kind(
+        "Completion Tokens", "Completion", price="output_tokens", span="gen_ai.usage.output_tokens"
+    )
+    cached_tokens: int = _kind(
+        "Cached Tokens",
+        "Cached",
+        within="prompt_tokens",
+        price="cache_read_tokens",
+        span="gen_ai.usage.cache_read.input_tokens",
+    )
+    cache_write_tokens: int = _kind(
+        "Cache Write Tokens",
+        "Cache write",
+        within="prompt_tokens",
+        price="cache_write_tokens",
+        span="gen_ai.usage.cache_creation.input_tokens",
+    )
+    reasoning_tokens: int = _kind(
+        "Reasoning Tokens",
+        "Reasoning",
+        within="completion_tokens",
+        price="output_reasoning_tokens",
+        span="gen_ai.usage.reasoning.output_tokens",
+    )
+    #: Anthropic prices one-hour cache writes higher than five-minute ones.
+    cache_write_1h_tokens: int = _kind(
+        "1h Cache Write Tokens", "Cache write 1h", within="cache_write_tokens", price="cache_write_1h_tokens"
+    )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+#: Every kind, in ``Usage``'s field order.
+KINDS: tuple[Kind, ...] = tuple(Kind(f.name, *f.metadata["kind"]) for f in fields(Usage))
+TOKEN_NAMES: tuple[str, ...] = tuple(k.name for k in KINDS)
+#: Request counts every total keeps besides the token kinds and the cost.
+COUNT_NAMES = ("requests", "failed_requests", "unpriced_requests", "estimated_requests")
+
+
+class Call:
+    """One LLM API request as llmtally saw it on the wire.
+
+    Holds counts, model names, timing and cost; never prompt or completion text, keys or headers.
+    ``usage`` is ``None`` when it could not be read. ``cost`` is ``None`` when the price is unknown
+    (never zero by default); failed requests cost ``Decimal(0)``. ``scope_path`` names the scopes
+    open when it was sent, outermost first.
+    """
+
+    # Defaults on the class: settling a call sets only the fields it has (a plain class rather
+    # than a dataclass, whose __init__ would store all nineteen every time).
+    requested_model: str | None = None
+    usage: Usage | None = None
+    cost: Decimal | None = None
+    currency = "USD"
+    status: int | None = None
+    ok = True
+    error: str | None = None
+    stream = False
+    estimated = False
+    started_at = 0.0
+    latency = 0.0
+    request_id: str | None = None
+    url_host: str | None = None
+    price_source: str | None = None
+    scope_path: tuple[str, ...] = ()
+    tags: Mapping[str, Any] = MappingProxyType({})
+    #: The OpenTelemetry span current when the request was sent (only with ``configure(otel=...)``).
+    span: Any = None
+
+    def __init__(self, provider: str | None, endpoint: str, model: str | None, **fields: Any) -> None:
+        self.provider = provider
+        self.endpoint = endpoint
+        self.model = model
+        for name, value in fields.items():
+            if not hasattr(Call, name):
+                raise TypeError(f"Call has no field {name!r}")
+            setattr(self, name, value)
+
+    @property
+    def priced(self) -> bool:
+        return self.cost is not None
+
+    def __repr__(self) -> str:
+        u = self.usage
+        tokens = f"{u.prompt_tokens}+{u.completion_tokens}" if u else "?"
+        cost = "unknown" if self.cost is None else f"${self.cost}"
+        est = " estimated" if self.estimated else ""
+        return (
+            f"<Call {self.provider}/{self.model} {self.endpoint} status={self.status} "
+            f"tokens={tokens}{est} cost={cost} latency={self.latency * 1000:.1f}ms>"
+        )
+
+
+@dataclass(slots=True, eq=False)
+class Totals(Usage):
+    """What a set of calls used and cost: every token kind, request counts and the cost.
+
+    ``cost`` is the exact sum over the calls of known price, ``None`` until one is added;
+    ``unpriced_requests`` counts the others (their cost is unknown, never taken as zero). The
+    per-model totals of a Tally and the rows of a report are Totals.
+    """
+
+    requests: int = 0
+    failed_requests: int = 0
+    unpriced_requests: int = 0
+    estimated_requests: int = 0
+    cost: Decimal | None = None
+
+    @property
+    def successful_requests(self) -> int:
+        return self.requests - self.failed_requests
+
+    def add(self, call: Call) -> None:  # replaced below by code generated from KINDS
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        from .money import format_usd
+
+        cost = "unknown" if self.cost is None else f"${format_usd(self.cost)}"
+        return (
+            f"{type(self).__name__}(requests={self.requests}, prompt_tokens={self.prompt_tokens}, "
+            f"completion_tokens={self.completion_tokens}, cost={cost})"
+        )
+
+
+class ModelTotals(Totals):
+    """Totals of one model inside a ``Tally`` (``tally.by_model``)."""
+
+    __slots__ = ()
+
+
+#: Everything a Totals holds, in one order: the counts, the token kinds, the cost.
+TOTAL_NAMES: tuple[str, ...] = (*COUNT_NAMES, *TOKEN_NAMES, "cost")
+
+
+def _compile_add() -> Any:
+    """``Totals.add`` as straight-line code over the kinds: it runs once per call and scope, and a
+    loop of getattr/setattr over names would cost several times as much."""
+    lines = [
+        "def add(self, call):",
+        "    self.requests += 1",
+        "    if not call.ok:",
+        "        self.failed_requests += 1",
+        "    if call.estimated:",
+        "        self.estimated_requests += 1",
+        "    u = call.usage",
+        "    if u is not None:",
+        *(f"        self.{name} += u.{name}" for name in TOKEN_NAMES),
+        "    cost = call.cost",
+        "    if cost is None:",
+        "        self.unpriced_requests += 1",
+        "    else:",
+        "        self.cost = cost if self.cost is None else self.cost + cost",
+    ]
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines), "<llmtally Totals.add>", "exec"), namespace)
+    add = namespace["add"]
+    add.__doc__ = "Add one call: a request, its tokens of every kind and its cost (if known)."
+    return add
+
+
+Totals.add = _compile_add()  # type: ignore[method-assign]

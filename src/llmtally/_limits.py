@@ -1,0 +1,265 @@
+"""Limits that stop a runaway agent before it spends, enforced on the call path, and offline estimates.
+
+``track(..., max_cost=, max_tokens=, max_requests=)`` gives a scope limits. Before a request is
+sent, every enclosing scope with limits is checked against what it has spent (queued calls are
+settled first); a scope at its limit refuses the request: it is never sent and ``BudgetExceeded``
+comes out of the SDK call. With ``on_exceed="warn"`` the request goes out and a warning is logged
+instead. With ``preflight=True`` the request's worst case (its input, counted offline, plus its
+whole output allowance) is priced too, and a request that could cross the limit is refused.
+A scope bound to a shared budget (``llmtally.budget``) also reserves the request's worst case in
+the ledger database, atomically, and releases it when the call settles.
+
+Several threads or tasks in one scope check at the same time, so spend can pass a limit only by the
+calls already in flight when it was reached.
+
+**How a refusal reaches the caller.** The refusal is raised inside the HTTP client's ``send``, deep
+in the SDK. SDKs catch ``Exception`` there: the anthropic SDK (and so LangChain's ChatAnthropic)
+retries it and re-raises it as ``APIConnectionError``, LiteLLM maps it to its own error types, and
+agent frameworks feed exceptions back to the model. ``BudgetExceeded`` therefore derives from
+``BaseException``, like ``KeyboardInterrupt`` and ``asyncio.CancelledError``: it passes through
+every ``except Exception`` unretried and unwrapped, whatever SDK, framework or HTTP client is in
+between, and reaches the caller as itself. One rule for every adapter, no per-SDK shims. The price
+is that a bare ``except Exception`` in the caller's own code does not catch it either: catch
+``llmtally.BudgetExceeded`` by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from ._core.money import ZERO, format_usd, parse_amount
+from ._core.pipeline import PIPELINE
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._capture.exchange import Exchange
+    from ._core.scope import Tally
+    from ._core.usage import Call
+    from .ledger.budgets import BudgetStore
+    from .wire import Parser
+
+__all__ = [
+    "DEFAULT_OUTPUT_ALLOWANCE",
+    "BudgetExceeded",
+    "Estimate",
+    "Limits",
+    "Shared",
+    "check",
+    "estimate",
+    "release",
+]
+
+log = logging.getLogger("llmtally")
+# One check at a time: a request count or spend seen under it is not raced by another thread.
+_check_lock = threading.Lock()
+
+#: The output allowance assumed for a request that states no max_tokens (the catalogue holds no
+#: models' output limits), for preflight checks and shared-budget reservations.
+DEFAULT_OUTPUT_ALLOWANCE = 4096
+
+_WHAT = {"cost": "cost limit", "tokens": "token limit", "requests": "request limit"}
+
+
+class BudgetExceeded(BaseException):
+    """A scope's limit was reached; the request was not sent.
+
+    A ``BaseException`` (see the module docstring): it passes through the SDKs' and frameworks'
+    ``except Exception`` handlers, unretried, to the caller. Catch it by name.
+    """
+
+    def __init__(self, scope: str | None, limit: str, allowed: Any, spent: Any, extra: str = "") -> None:
+        self.scope = scope
+        self.limit = limit
+        self.allowed = allowed
+        self.spent = spent
+        fmt = (lambda v: f"${v}") if limit == "cost" else str
+        super().__init__(
+            f"llmtally: scope {scope or '(unnamed)'!r} reached its {_WHAT[limit]}: {fmt(spent)} of "
+            f"{fmt(allowed)}{extra}; the request was not sent"
+        )
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A budget kept in a ledger database, shared by every process and host that uses it."""
+
+    name: str
+    store: BudgetStore
+    period: str | None
+
+
+@dataclass
+class Limits:
+    """The limits of one scope, checked before each request made inside it."""
+
+    max_cost: Decimal | None = None
+    max_tokens: int | None = None
+    max_requests: int | None = None
+    on_exceed: str = "raise"
+    preflight: bool = False
+    shared: Shared | None = None
+
+    def __post_init__(self) -> None:
+        if self.on_exceed not in ("raise", "warn"):
+            raise ValueError(f"on_exceed must be 'raise' or 'warn', not {self.on_exceed!r}")
+        if self.max_cost is not None:
+            self.max_cost = parse_amount(self.max_cost, "max_cost")
+        for name in ("max_tokens", "max_requests"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a whole number, zero or more, not {value!r}")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a request will use at least (its input) and at most (plus its whole output allowance)."""
+
+    model: str
+    input_tokens: int
+    max_output_tokens: int
+    min_cost: Decimal | None
+    max_cost: Decimal | None
+    exact_tokenizer: bool
+
+
+def estimate(messages_or_text: str | Sequence[Any], *, model: str, max_output_tokens: int = 0) -> Estimate:
+    """Count a request's input offline with the model's tokenizer and price its best and worst case.
+
+    ``messages_or_text`` is a string or chat messages (``[{"role": ..., "content": ...}]``); chat
+    framing is included. Tokenizers: o200k / cl100k for OpenAI models, Llama 3 and Qwen their own;
+    other models are approximated with o200k (``exact_tokenizer`` is then ``False``)::
+
+        >>> llmtally.estimate("Tell me a joke", model="gpt-4", max_output_tokens=50)
+    """
+    from . import _tokens
+    from ._pricing import cost_of
+    from .wire.openai import ChatCompletions
+
+    if isinstance(messages_or_text, str):
+        tokens = _tokens.count(messages_or_text, model)
+    else:
+        messages = list(messages_or_text)
+        texts, count = ChatCompletions().request_text({"messages": messages})
+        tokens = _tokens.estimate_chat_input(texts, count, model, _tokens.names_in(messages))
+    _, exact = _tokens.encoding_name(model)
+    low = cost_of(model, input_tokens=tokens, output_tokens=0)
+    high = cost_of(model, input_tokens=tokens, output_tokens=max_output_tokens)
+    return Estimate(model, tokens, max_output_tokens, low, high, exact)
+
+
+def _worst_case(parser: Parser, body: bytes, default_allowance: int = 0) -> Decimal | None:
+    """The most a request can cost: its input counted offline plus its whole output allowance."""
+    from . import _tokens, wire
+    from ._pricing import cost_of
+
+    obj = wire.loads(body)
+    if obj is None:
+        return None
+    model = obj.get("model")
+    if not isinstance(model, str):
+        return None
+    allowance = default_allowance
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        if isinstance(obj.get(key), int):
+            allowance = obj[key]
+            break
+    texts, count = parser.request_text(obj)
+    tokens = _tokens.estimate_chat_input(texts, count, model, _tokens.names_in(obj.get("messages")))
+    return cost_of(model, input_tokens=tokens, output_tokens=allowance)
+
+
+def check(scopes: tuple[Tally, ...], ex: Exchange) -> None:
+    """Refuse (or warn about) a request that would go past a limit of an enclosing scope."""
+    limited = [t for t in scopes if t._limits is not None]
+    if not limited:
+        return
+    with _check_lock:
+        _check(limited, ex)
+    shared = [t for t in limited if t._limits.shared is not None]
+    if shared:
+        _reserve(shared, ex)
+
+
+def _refuse(tally: Tally, limits: Limits, problem: BudgetExceeded) -> None:
+    if limits.on_exceed == "raise":
+        raise problem
+    if not tally._warned:
+        tally._warned = True
+        log.warning("%s", str(problem).replace("; the request was not sent", "; sending anyway (warn mode)"))
+
+
+def _check(limited: list[Tally], ex: Exchange) -> None:
+    PIPELINE.flush()  # spend must include the calls that are queued
+    worst: Decimal | None = None
+    for tally in limited:
+        limits: Limits = tally._limits
+        problem: BudgetExceeded | None = None
+        if limits.max_requests is not None and tally._sent >= limits.max_requests:
+            problem = BudgetExceeded(tally.name, "requests", limits.max_requests, tally._sent)
+        elif limits.max_tokens is not None and tally.total_tokens >= limits.max_tokens:
+            problem = BudgetExceeded(tally.name, "tokens", limits.max_tokens, tally.total_tokens)
+        elif limits.max_cost is not None:
+            spent = tally.cost
+            if spent >= limits.max_cost:
+                problem = BudgetExceeded(tally.name, "cost", limits.max_cost, spent)
+            elif limits.preflight:
+                if worst is None:
+                    worst = _worst_case(ex.parser, ex.request_body(), DEFAULT_OUTPUT_ALLOWANCE)
+                if worst is not None and spent + worst > limits.max_cost:
+                    problem = BudgetExceeded(
+                        tally.name,
+                        "cost",
+                        limits.max_cost,
+                        spent,
+                        f" (this request could cost up to ${format_usd(worst)})",
+                    )
+        if problem is not None:
+            _refuse(tally, limits, problem)
+    for tally in limited:
+        tally._sent += 1
+
+
+def _reserve(shared: list[Tally], ex: Exchange) -> None:
+    """Reserve the request's worst case in every shared budget, all or none."""
+    worst = _worst_case(ex.parser, ex.request_body(), DEFAULT_OUTPUT_ALLOWANCE)
+    if worst is None:
+        return  # an unpriced model: nothing to reserve, its spend is unknown
+    made: list[tuple[Shared, Decimal]] = []
+    for tally in shared:
+        limits: Limits = tally._limits
+        budget = limits.shared
+        assert budget is not None
+        if budget.store.reserve(budget.name, worst, budget.period):
+            made.append((budget, worst))
+            continue
+        for done, amount in made:
+            done.store.settle(done.name, amount, ZERO)
+        made = []
+        state = budget.store.get(budget.name)
+        spent = state.spent + state.reserved if state else worst
+        allowed = state.max_cost if state else 0
+        _refuse(
+            tally,
+            limits,
+            BudgetExceeded(
+                budget.name, "cost", allowed, spent, f" (this request could cost up to ${format_usd(worst)})"
+            ),
+        )
+    if made:
+        ex.reservations = made
+
+
+def release(reservations: list[tuple[Shared, Decimal]], call: Call) -> None:
+    """Settle a call's shared-budget reservations: release them and charge the real cost (the
+    reservation itself when the cost is unknown, which cannot undercount)."""
+    for budget, reserved in reservations:
+        actual = call.cost if call.cost is not None else (reserved if call.ok else ZERO)
+        try:
+            budget.store.settle(budget.name, reserved, actual)
+        except Exception:
+            log.exception("llmtally: could not settle the shared budget %r", budget.name)

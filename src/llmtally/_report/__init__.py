@@ -1,0 +1,148 @@
+"""Reports over a ledger: what was spent, when, on which model, scope or tag.
+
+The same query serves the command line (``llmtally report``) and notebooks::
+
+    rows = llmtally.report(since="7d", by=["model"])
+    for row in rows:
+        print(row.keys, row.requests, row.cost)
+
+Costs are exact: the ledger keeps each call's cost in integer picodollars, summed in SQL and turned
+back into a Decimal. Calls whose price is unknown are counted apart (``unpriced_requests``), never
+as $0 in disguise; calls counted offline are ``estimated_requests``.
+
+A report reads any ``Ledger`` (SQLite, PostgreSQL) through its ``sums()``, opened read-only: it
+never creates or migrates anything. Which ledger is decided by the caller (``_runtime.ledger_url``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from .._core.money import from_pico
+from .._core.usage import COUNT_NAMES, TOKEN_NAMES, Totals
+from ..ledger import LedgerError, open_ledger, redact_url
+from ..ledger._records import SUMS
+
+__all__ = ["FIELDS", "ReportRow", "parse_time", "report", "spend_over_time", "totals"]
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+#: A row's numbers, in the order the CSV and JSON formats write them (the cost last).
+FIELDS: tuple[str, ...] = (
+    "requests",
+    "failed_requests",
+    *TOKEN_NAMES,
+    *(n for n in COUNT_NAMES if n not in ("requests", "failed_requests")),
+)
+
+
+@dataclass(slots=True)
+class ReportRow(Totals):
+    """One group's totals. ``keys`` holds the group's values, in the order of ``by``."""
+
+    keys: tuple[str, ...] = ()
+    cost: Decimal = field(default_factory=Decimal)
+
+    def as_dict(self, by: Sequence[str]) -> dict[str, Any]:
+        out: dict[str, Any] = dict(zip(by, self.keys, strict=False))
+        for name in FIELDS:
+            out[name] = getattr(self, name)
+        out["cost"] = str(self.cost)
+        return out
+
+
+def parse_time(text: str | float | datetime | None, *, now: float | None = None) -> float | None:
+    """An instant (epoch seconds) from ``7d`` / ``12h`` ago, a date ``2026-11-01`` (UTC midnight),
+    an ISO date-time, a datetime or a number. ``None`` stays ``None``."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else float(text)
+    if isinstance(text, datetime):
+        return (text if text.tzinfo else text.replace(tzinfo=timezone.utc)).timestamp()
+    s = text.strip()
+    m = _RELATIVE.match(s)
+    if m:
+        return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (use 7d, 12h, 2026-11-01 or 2026-11-01T09:30)") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _sums(url: str, since: Any, until: Any, groups: Sequence[str]) -> list[tuple[Any, ...]]:
+    start, end = parse_time(since), parse_time(until)
+    ledger = open_ledger(url, create=False)
+    if ledger is None:
+        raise LedgerError(
+            f"no ledger to report on ({redact_url(url)!r}); pass --ledger URL or set LLMTALLY_LEDGER"
+        )
+    try:
+        return ledger.sums(groups, start, end)
+    finally:
+        ledger.close()
+
+
+def _key(group: str, value: Any) -> str:
+    if group == "scope":
+        import json
+
+        try:
+            names = json.loads(value) if value else []
+        except ValueError:
+            return str(value)
+        return " > ".join(names) if names else "(no scope)"
+    if value is None or value == "":
+        return "(none)"
+    return str(value)
+
+
+def _row(values: Sequence[Any], groups: Sequence[str]) -> ReportRow:
+    n = len(groups)
+    keys = tuple(_key(g, v) for g, v in zip(groups, values[:n], strict=True))
+    sums = dict(zip(SUMS, (int(v or 0) for v in values[n:]), strict=True))
+    cost = from_pico(sums.pop("cost_pico"))
+    return ReportRow(keys=keys, cost=cost, **sums)
+
+
+def report(
+    url: str,
+    *,
+    since: str | float | datetime | None = None,
+    until: str | float | datetime | None = None,
+    by: Sequence[str] = ("model",),
+    top: int | None = None,
+) -> list[ReportRow]:
+    """Totals per group over the calls in ``[since, until)`` of the ledger at ``url``, most
+    expensive first; ``top`` keeps the N most expensive groups."""
+    groups = list(by)
+    rows = [_row(values, groups) for values in _sums(url, since, until, groups)]
+    rows.sort(key=lambda r: (-r.cost, -r.requests, r.keys))
+    return rows[:top] if top else rows
+
+
+def totals(rows: Sequence[ReportRow]) -> ReportRow:
+    """The sum of rows (a report's totals line)."""
+    total = ReportRow(keys=("TOTAL",))
+    for r in rows:
+        for name in FIELDS:
+            setattr(total, name, getattr(total, name) + getattr(r, name))
+        total.cost += r.cost
+    return total
+
+
+def spend_over_time(
+    url: str, *, since: Any = None, until: Any = None, stack_by: str | None = "model"
+) -> tuple[str, list[ReportRow]]:
+    """Cost per time bucket (hours for two days or less, else days), split by ``stack_by``."""
+    span = len(_sums(url, since, until, ["hour"]))
+    bucket = "hour" if span <= 48 else "day"
+    groups = [bucket] + ([stack_by] if stack_by and stack_by not in ("day", "hour") else [])
+    # In time order (then by stack), whichever database grouped them: charts come out the same.
+    return bucket, sorted((_row(v, groups) for v in _sums(url, since, until, groups)), key=lambda r: r.keys)

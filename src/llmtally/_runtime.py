@@ -1,0 +1,255 @@
+"""The one owner of llmtally's process state: started or not, the hooks, the ledger, the exporters.
+
+Everything that lives as long as the process and can change is held by ``RUNTIME`` (one
+``Runtime``), changed under its one lock, and nowhere else:
+
+- **start / stop**: the HTTP client adapters (patched now, or on import), thread propagation, the
+  catalogue warm-up (``instrument()`` / ``uninstrument()`` in the public API);
+- **configure**: the ledger and its writer thread, the OpenTelemetry exporter; the pipeline's
+  sinks, eager flag and span getter are written here and only read elsewhere;
+- **flush**, and the hooks that flush at exit, on SIGTERM, and restart the writer after a fork;
+- **which ledger**: ``ledger_url()`` decides it for every caller -- the writer, ``report()``,
+  ``budget()``, ``llmtally run`` and the command line -- in one order: the URL given, else the one
+  configured, else ``LLMTALLY_LEDGER``, else the caller's default;
+- the shared-budget stores, one per ledger URL.
+
+Caches keyed by immutable inputs (resolved prices, tokenizers, routes) stay with their modules.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ._core import scope
+from ._core.pipeline import PIPELINE
+from .ledger import ENV_LEDGER, LedgerError, open_ledger, redact_url
+
+if TYPE_CHECKING:
+    from ._core.pipeline import Sink
+    from ._otel import OTelSink
+    from .ledger._writer import Writer
+    from .ledger.budgets import BudgetStore
+
+__all__ = ["RUNTIME", "Runtime"]
+
+log = logging.getLogger("llmtally")
+
+
+class Runtime:
+    """llmtally's process state; see the module docstring. One instance: ``RUNTIME``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.started = False
+        #: ``configure(ledger=...)`` was called: the environment no longer decides.
+        self._configured = False
+        self._ledger_url: str | None = None
+        self.writer: Writer | None = None
+        self._otel: OTelSink | None = None
+        self._extra_sinks: tuple[Sink, ...] = ()
+        self.adapters: list[Any] | None = None
+        self._threads: Any = None
+        self._finder: Any = None
+        self._stores: dict[str, BudgetStore] = {}
+        self._exit_hooks = False
+
+    # -- start / stop -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Hook the HTTP clients and threads; honour ``LLMTALLY_LEDGER``. Idempotent."""
+        with self._lock:
+            if self.started:
+                return
+            import sys
+
+            from ._capture import ADAPTERS, PatchOnImport, ThreadsInstrumentor
+            from ._pricing import warm
+
+            if self.adapters is None:
+                self.adapters = [cls() for cls in ADAPTERS]
+                self._threads = ThreadsInstrumentor()
+                self._finder = PatchOnImport()
+            for adapter in self.adapters:
+                for name in adapter.modules:
+                    module = sys.modules.get(name)
+                    if module is not None:
+                        adapter.patch(module)
+                    self._finder.watch(name, adapter.patch)
+            self._finder.install()
+            self._threads.patch()
+            self.started = True
+            scope.mark_started(True)
+            warm()
+        self._configure_from_env()
+
+    def stop(self) -> None:
+        """Remove every hook ``start()`` installed; clients behave exactly as before."""
+        with self._lock:
+            if self.adapters is not None:
+                self._finder.remove()
+                for adapter in self.adapters:
+                    adapter.unpatch()
+                self._threads.unpatch()
+            self.started = False
+            scope.mark_started(False)
+
+    # -- configuration ------------------------------------------------------------------------------
+    def configure(
+        self, *, ledger: str | None = None, flush_interval: float | None = None, otel: Any = None
+    ) -> None:
+        """See ``llmtally.configure``."""
+        with self._lock:
+            if otel is not None:
+                self._configure_otel(otel)
+            if ledger is not None:
+                self._configure_ledger(ledger, flush_interval)
+        if PIPELINE.sinks:
+            self.start()  # calls must be captured to reach the sinks
+
+    def _configure_ledger(self, url: str, flush_interval: float | None) -> None:
+        from .ledger._writer import Writer
+
+        new = open_ledger(url)  # raises before anything changes
+        old, self.writer = self.writer, None
+        self._configured = True
+        self._ledger_url = None
+        if new is not None:
+            self._ledger_url = url
+            self.writer = Writer(new, interval=flush_interval or 0.5)
+            self._install_exit_hooks()
+        self._set_sinks()
+        if old is not None:
+            old.close()
+
+    def _configure_otel(self, otel: Any) -> None:
+        """``True``: the global OpenTelemetry providers; a MeterProvider: that one; ``False``: off."""
+        self._otel = None
+        PIPELINE.span_getter = None
+        if otel is not False:
+            try:
+                from opentelemetry import trace
+
+                from ._otel import OTelSink
+            except ImportError as exc:
+                raise RuntimeError('OpenTelemetry export needs: pip install "llmtally[otel]"') from exc
+            self._otel = OTelSink(None if otel is True else otel)
+            PIPELINE.span_getter = trace.get_current_span
+        self._set_sinks()
+
+    def _set_sinks(self) -> None:
+        sinks: list[Sink] = []
+        if self.writer is not None:
+            sinks.append(self.writer.sink)
+        if self._otel is not None:
+            sinks.append(self._otel)
+        sinks += self._extra_sinks
+        PIPELINE.sinks = tuple(sinks)
+        # OpenTelemetry wants its metrics as each call ends, not on the next read.
+        PIPELINE.eager = self._otel is not None
+
+    def add_sink(self, sink: Sink) -> None:
+        """Send every settled call to ``sink(call)`` as well, scope or no scope (tests, extensions)."""
+        with self._lock:
+            if sink not in self._extra_sinks:
+                self._extra_sinks += (sink,)
+            self._set_sinks()
+        self.start()
+
+    def remove_sink(self, sink: Sink) -> None:
+        with self._lock:
+            self._extra_sinks = tuple(s for s in self._extra_sinks if s != sink)
+            self._set_sinks()
+
+    def _configure_from_env(self) -> None:
+        """Honour ``LLMTALLY_LEDGER`` unless ``configure()`` chose; a bad value is logged, not raised."""
+        url = os.environ.get(ENV_LEDGER)
+        if self._configured or not url:
+            return
+        try:
+            self.configure(ledger=url)
+        except LedgerError as exc:
+            log.error("llmtally: %s=%r: %s; calls are not recorded", ENV_LEDGER, redact_url(url), exc)
+
+    # -- which ledger -------------------------------------------------------------------------------
+    def ledger_url(self, explicit: str | None = None, *, default: str | None = "sqlite://") -> str | None:
+        """The ledger to use: ``explicit``, else the configured one, else ``LLMTALLY_LEDGER``, else
+        ``default`` (the default SQLite file unless the caller says otherwise)."""
+        if explicit:
+            return explicit
+        if self._ledger_url is not None:
+            return self._ledger_url
+        return os.environ.get(ENV_LEDGER) or default
+
+    def configured_ledger(self) -> str | None:
+        """The URL of the ledger the process records to now (password included: never print it)."""
+        return self._ledger_url if self.writer is not None else None
+
+    def budget_store(self, url: str) -> BudgetStore:
+        """The shared-budget store of a ledger, opened once per URL."""
+        with self._lock:
+            store = self._stores.get(url)
+            if store is None:
+                from .ledger.budgets import BudgetStore
+
+                ledger = open_ledger(url)
+                if ledger is None:
+                    raise LedgerError(
+                        "shared budgets need a ledger (sqlite:///... or postgresql://...), not 'none'"
+                    )
+                store = self._stores[url] = BudgetStore(ledger)
+            return store
+
+    # -- flushing -----------------------------------------------------------------------------------
+    def flush(self, timeout: float | None = 30) -> bool:
+        """Settle every queued call and, with a ledger, wait until it is written. ``False`` on timeout."""
+        PIPELINE.flush()
+        writer = self.writer
+        return True if writer is None else writer.flush(timeout)
+
+    def _install_exit_hooks(self) -> None:
+        if self._exit_hooks:
+            return
+        self._exit_hooks = True
+        atexit.register(self._at_exit)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+        self._install_sigterm()
+
+    def _at_exit(self) -> None:
+        writer = self.writer
+        if writer is not None:
+            try:
+                writer.flush(timeout=10, retry=False)
+            except Exception:  # pragma: no cover
+                log.exception("llmtally: could not flush the ledger at exit")
+
+    def _after_fork(self) -> None:
+        # The child has the parent's lock state and none of its threads.
+        self._lock = threading.RLock()
+        if self.writer is not None:
+            self.writer.after_fork()
+
+    def _install_sigterm(self) -> None:
+        """Flush on SIGTERM, then die of it as the process would have; only where nobody handles it."""
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+            return
+        try:
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                return
+
+            def on_term(signum: int, frame: Any) -> None:
+                self._at_exit()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            signal.signal(signal.SIGTERM, on_term)
+        except (ValueError, OSError):  # pragma: no cover - not the main thread of the main interpreter
+            pass
+
+
+#: The process's runtime.
+RUNTIME = Runtime()

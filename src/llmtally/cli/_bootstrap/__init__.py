@@ -1,0 +1,1 @@
+"""Only a folder for ``sitecustomize.py``; see ``llmtally.cli.run``."""

@@ -1,0 +1,93 @@
+"""What every backend shares to answer a report: the groups, the sums, the SQL around them.
+
+A report asks a ledger for ``sums(groups, start, end)``: one row per group, the group's values
+followed by ``SUMS`` (request counts, every token kind, the cost in picodollars). Each backend
+supplies the SQL expression of each group in its own dialect; the sums and the statement's shape
+are built here, from ``SUMS``, so every backend sums the same things in the same order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from ._records import SUMS
+
+__all__ = ["GROUPS", "check_group", "grouped", "merge", "sums_of_calls", "sums_of_rollup"]
+
+GROUPS = ("model", "provider", "endpoint", "day", "hour", "scope", "tag:KEY")
+_TAG_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def check_group(key: str) -> str | None:
+    """Raise ``ValueError`` for a group a report cannot use; the tag name for ``tag:KEY``."""
+    if key.startswith("tag:"):
+        name = key[4:]
+        if not _TAG_KEY.match(name):
+            raise ValueError(f"bad tag name in --by {key!r} (letters, digits, _ . - only)")
+        return name
+    if key not in GROUPS:
+        raise ValueError(f"cannot group by {key!r}; choose from {', '.join(GROUPS)}")
+    return None
+
+
+def sums_of_calls(columns: Collection[str]) -> str:
+    """The SUMS over the ``calls`` table; a kind whose column the ledger lacks (an older schema,
+    read without migrating it) sums to 0."""
+    out = []
+    for name in SUMS:
+        if name == "requests":
+            out.append("COUNT(*)")
+        elif name == "failed_requests":
+            out.append("SUM(1 - ok)")
+        elif name == "unpriced_requests":
+            out.append("SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END)")
+        elif name == "estimated_requests":
+            out.append("SUM(estimated)")
+        elif name in columns:
+            out.append(f"SUM(COALESCE({name}, 0))")
+        else:
+            out.append("0")
+    return ", ".join(out)
+
+
+def sums_of_rollup(columns: Collection[str]) -> str:
+    """The SUMS over an hourly rollup table whose columns are named after them."""
+    return ", ".join(f"SUM({name})" if name in columns else "0" for name in SUMS)
+
+
+def grouped(
+    exprs: Sequence[str], sums: str, table: str, column: str, start: Any, end: Any, mark: str = "?"
+) -> tuple[str, list[Any]]:
+    """SELECT groups and sums FROM table WHERE start <= column < end GROUP BY the groups."""
+    where, params = [], []
+    if start is not None:
+        where.append(f"{column} >= {mark}")
+        params.append(start)
+    if end is not None:
+        where.append(f"{column} < {mark}")
+        params.append(end)
+    sql = f"SELECT {', '.join([*exprs, sums])} FROM {table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    if exprs:
+        sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(exprs)))
+    return sql, params
+
+
+def merge(parts: Sequence[Sequence[Any]], n: int) -> list[tuple[Any, ...]]:
+    """Rows of the same groups (the first ``n`` values) from several queries, summed."""
+    merged: dict[tuple[Any, ...], list[int]] = {}
+    for values in parts:
+        key = tuple(values[:n])
+        sums = [int(v or 0) for v in values[n:]]
+        if not any(sums):
+            continue  # an empty aggregate row (no calls in that part)
+        acc = merged.get(key)
+        if acc is None:
+            merged[key] = sums
+        else:
+            for i, v in enumerate(sums):
+                acc[i] += v
+    return [(*k, *v) for k, v in merged.items()]
