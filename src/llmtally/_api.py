@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from decimal import Decimal
     from typing import Any, Literal, ParamSpec, TypeVar, overload
 
+    from ._core.scope import Tracked
     from ._limits import Estimate
     from ._report import ReportRow
 
@@ -77,7 +78,7 @@ def track(  # noqa: F811 - overloads (typing.overload, under another name at run
     max_requests: int | None = None,
     on_exceed: Literal["raise", "warn"] = "raise",
     preflight: bool = False,
-) -> Callable[P, R]: ...
+) -> Tracked[P, R]: ...
 
 
 def track(  # noqa: F811
@@ -89,7 +90,7 @@ def track(  # noqa: F811
     max_requests: int | None = None,
     on_exceed: Literal["raise", "warn"] = "raise",
     preflight: bool = False,
-) -> Tally | Callable[P, R]:
+) -> Tally | Tracked[P, R]:
     """A new scope: count every LLM call made while it is open.
 
     Use it as a context manager (``with`` or ``async with``) or a decorator::

@@ -19,7 +19,6 @@ the adapter: a failure here is logged and the caller gets exactly what the serve
 
 from __future__ import annotations
 
-import enum
 import logging
 import re
 import time
@@ -29,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from .. import wire
 from .._core.pipeline import FLUSH_AT, PIPELINE
 from .._core.scope import is_suppressed
+from .settle import settle
+from .state import State
 
 if TYPE_CHECKING:
     from .._core.scope import Tally
@@ -40,25 +41,6 @@ log = logging.getLogger("llmtally")
 _JSON_START = re.compile(rb"\s*[{\[]")
 #: path -> its wire parser (None: not an LLM endpoint), for the last few thousand paths seen.
 _routes: dict[str, wire.Parser | None] = {}
-
-
-class State(enum.Enum):
-    """Where one exchange is; only the call path moves it, and only forward."""
-
-    #: The request is out, or about to be; no response yet.
-    SENDING = "sending"
-    #: An SSE body the caller is reading; its events are parsed as they pass.
-    STREAMING = "streaming"
-    #: A JSON body the caller is reading in chunks; kept whole until its end, then parsed.
-    COLLECTING = "collecting"
-    #: The whole body is in memory (or in the SDK's decoded dict); queued, parsed at settlement.
-    BODY = "body"
-    #: The stream ended, was closed or broke; its parser holds what it learned; queued.
-    STREAMED = "streamed"
-    #: No usable answer: a connection error, a timeout, an HTTP error status; queued.
-    FAILED = "failed"
-    #: Settled: parsed, priced, delivered to its scopes and sinks (or found not to be a model call).
-    SETTLED = "settled"
 
 
 #: The states in which the call is over and queued.
@@ -300,8 +282,6 @@ class Exchange:
 
     def settle(self) -> None:
         """Parse, price and deliver the call; run by ``pipeline.flush()``, never raises."""
-        from .settle import settle
-
         settle(self)
 
     def forget_awaiting(self) -> None:

@@ -27,7 +27,7 @@ from .._core.money import ZERO
 from .._core.pipeline import PIPELINE
 from .._core.usage import Call, Usage
 from .._pricing import price_usage
-from .exchange import State
+from .state import State
 
 if TYPE_CHECKING:
     from .exchange import Exchange

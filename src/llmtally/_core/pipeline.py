@@ -15,11 +15,11 @@ This module is loaded by ``import llmtally``: builtins only at the top.
 
 from __future__ import annotations
 
-from _collections import deque
 from _thread import RLock
 
 TYPE_CHECKING = False  # typing imports re (milliseconds); mypy reads it the same way.
 if TYPE_CHECKING:
+    from collections import deque
     from collections.abc import Callable, Sequence
     from typing import Any, Protocol
 
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
         def settle(self) -> None: ...
 
     Sink = Callable[[Call], None]
+else:
+    from _collections import deque  # collections' own C type, without importing collections
 
 __all__ = ["FLUSH_AT", "PIPELINE", "Pipeline"]
 

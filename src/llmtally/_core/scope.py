@@ -30,12 +30,20 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
     from decimal import Decimal
     from types import TracebackType
-    from typing import Any, ParamSpec, TypeVar
+    from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
     from .usage import Call, Totals
 
     P = ParamSpec("P")
     R = TypeVar("R")
+    R_co = TypeVar("R_co", covariant=True)
+
+    class Tracked(Protocol, Generic[P, R_co]):
+        """A function decorated with ``track``: the same signature, and its scope as ``.tally``."""
+
+        tally: Tally
+
+        def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
     # For type checkers a Tally has every field of Totals (their names come from usage.KINDS);
     # at run time they are served by Tally.__getattr__.
@@ -198,7 +206,7 @@ class Tally(_TallyFields):
     ) -> None:
         self.__exit__(et, ev, tb)
 
-    def decorate(self, func: Callable[P, R]) -> Callable[P, R]:
+    def decorate(self, func: Callable[P, R]) -> Tracked[P, R]:
         """``func`` wrapped so that each invocation runs inside this scope; ``.tally`` is this Tally."""
         import functools
         import inspect
@@ -223,9 +231,9 @@ class Tally(_TallyFields):
                 return func(*args, **kwargs)
 
         wrapper.tally = self  # type: ignore[attr-defined]
-        return wrapper
+        return wrapper  # type: ignore[return-value]
 
-    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+    def __call__(self, func: Callable[P, R]) -> Tracked[P, R]:
         """Decorate ``func``: each invocation runs inside this scope and adds to its totals."""
         return self.decorate(func)
 
