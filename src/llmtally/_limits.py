@@ -72,6 +72,13 @@ class BudgetExceeded(BaseException):
     ``except Exception`` handlers, unretried, to the caller. Catch it by name.
     """
 
+    # langchain-core's BaseChatModel.agenerate (behind ainvoke / abatch) gathers its runs with
+    # return_exceptions=True, sorts them with isinstance(res, Exception), and so reads
+    # ``.generations`` and ``.llm_output`` of any other BaseException as if it were a result
+    # (langchain-ai/langchain#38469, open). Empty ones let it go on to raise the refusal itself.
+    generations: tuple[()] = ()
+    llm_output = None
+
     def __init__(self, scope: str | None, limit: str, allowed: Any, spent: Any, extra: str = "") -> None:
         self.scope = scope
         self.limit = limit
