@@ -156,6 +156,35 @@ class TestRecords:
         assert len(got) == 3 and len({r["pid"] for r in got}) == 2
 
 
+class TestMigration:
+    """A PostgreSQL ledger of schema 1 is migrated in place: rows kept, the new kinds' columns added."""
+
+    def test_v1_to_current(self, db: str, client: httpx2.Client) -> None:
+        from llmtally.ledger.postgres import _MIGRATIONS
+
+        with psycopg.connect(db, autocommit=True) as conn:
+            for statement in _MIGRATIONS[1]:  # the ledger as schema version 1 made it
+                conn.execute(statement)
+            conn.execute("CREATE TABLE llmtally_schema (version INTEGER NOT NULL, applied_at FLOAT)")
+            conn.execute("INSERT INTO llmtally_schema VALUES (1, 0)")
+            conn.execute(
+                "INSERT INTO calls (id, started_at, ended_at, latency_ms, endpoint, ok, stream, "
+                "prompt_tokens, completion_tokens, currency, estimated, scope_path, host, pid, cost, "
+                "cost_pico) VALUES ('old-1', 1, 2, 1000, 'chat.completions', 1, 0, 11, 13, 'USD', 0, '[]', "
+                "'h', 1, '0.00111', 1110000000)"
+            )
+        (before,) = llmtally.report(ledger=db)  # read without migrating: the new kinds sum to 0
+        assert before.requests == 1 and before.cache_write_1h_tokens == 0
+        llmtally.configure(ledger=db)
+        call(client)
+        llmtally.flush()
+        got = rows(db)
+        assert got[0]["id"] == "old-1" and len(got) == 2
+        assert "cache_write_1h_tokens" in got[0] and got[0]["cache_write_1h_tokens"] is None
+        with psycopg.connect(db) as conn:
+            assert conn.execute("SELECT version FROM llmtally_schema ORDER BY 1").fetchall() == [(1,), (2,)]
+
+
 class TestProcesses:
     """Several processes creating and writing one new ledger at once."""
 

@@ -285,3 +285,126 @@ class TestByModel:
         assert mini.cost == llmtally.cost_of("gpt-4o-mini", input_tokens=100, output_tokens=10)
         assert t.cost == gpt4.cost + mini.cost
         assert sum(m.total_tokens for m in t.by_model.values()) == t.total_tokens
+
+
+class TestSuppress:
+    """Calls inside ``with llmtally.suppress():`` are not metered: not counted, limited or recorded."""
+
+    def test_not_counted_in_any_scope(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        got: list[llmtally.Call] = []
+        from llmtally._runtime import RUNTIME
+
+        RUNTIME.add_sink(got.append)
+        try:
+            with llmtally.track() as outer:
+                post(client)
+                with llmtally.suppress():
+                    post(client)
+                    with llmtally.track() as inner:  # a scope opened inside stays unmetered
+                        post(client)
+                post(client)
+            llmtally.flush()
+        finally:
+            RUNTIME.remove_sink(got.append)
+        assert len(fake.requests) == 4
+        assert outer.successful_requests == 2 and inner.successful_requests == 0
+        assert len(got) == 2  # the sinks (the ledger) see only the metered calls
+
+    def test_no_limit_applies(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        with llmtally.track(max_requests=1) as t:
+            post(client)
+            with llmtally.suppress():
+                post(client)  # not refused: suppressed calls are not checked either
+            with pytest.raises(llmtally.BudgetExceeded):
+                post(client)
+        assert t.successful_requests == 1 and len(fake.requests) == 2
+
+    def test_carried_into_threads_and_tasks(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        client = httpx2.Client(transport=fake.httpx2_transport())
+
+        async def in_task() -> None:
+            await asyncio.to_thread(post, client)
+
+        with llmtally.track() as t:
+            with llmtally.suppress():
+                thread = threading.Thread(target=post, args=(client,))
+                thread.start()
+                thread.join()
+                with ThreadPoolExecutor(2) as pool:
+                    list(pool.map(lambda _: post(client), range(3)))
+                asyncio.run(in_task())
+            post(client)
+        assert len(fake.requests) == 6 and t.successful_requests == 1
+
+    async def test_async_with(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        client = httpx2.AsyncClient(transport=fake.httpx2_transport())
+        async with llmtally.track() as t:
+            async with llmtally.suppress():
+                await client.post("http://fake/v1/chat/completions", json=CHAT)
+            await client.post("http://fake/v1/chat/completions", json=CHAT)
+        assert t.successful_requests == 1
+
+
+class TestOneScopeManyContexts:
+    """One Tally entered at once by many tasks or threads: each context restores its own state."""
+
+    async def test_decorated_coroutine_under_gather(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        client = httpx2.AsyncClient(transport=fake.httpx2_transport())
+
+        @llmtally.track("api")
+        async def handle(i: int) -> int:
+            await asyncio.sleep(0.001 * (i % 3))  # interleave the tasks' enters and exits
+            await client.post("http://fake/v1/chat/completions", json=CHAT)
+            return i
+
+        assert await asyncio.gather(*(handle(i) for i in range(40))) == list(range(40))
+        assert handle.tally.successful_requests == 40
+        assert llmtally.current_scopes() == ()
+
+    def test_shared_scope_object_in_a_pool(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        api = llmtally.track("api")
+
+        def handle(_: int) -> None:
+            with api:
+                post(client)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(handle, range(80)))
+            # Later, unrelated work on the same workers is not counted in "api".
+            with llmtally.track("later") as later:
+                list(pool.map(lambda _: post(client), range(20)))
+            leaked = list(pool.map(lambda _: llmtally.current_scopes(), range(20)))
+        assert api.successful_requests == 80 and later.successful_requests == 20
+        assert leaked == [()] * 20
+
+
+class TestLimitArguments:
+    """A limit that cannot be enforced is refused when the scope is made, naming the problem."""
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"max_tokens": "100"}, "max_tokens must be a whole number"),
+            ({"max_requests": -1}, "max_requests must be a whole number"),
+            ({"max_cost": "-0.5"}, "max_cost must be a finite amount"),
+            ({"max_cost": "abc"}, "max_cost must be an amount in USD"),
+            ({"max_cost": "NaN"}, "max_cost must be a finite amount"),
+            ({"max_cost": 1, "on_exceed": "ignore"}, "on_exceed must be 'raise' or 'warn'"),
+        ],
+    )
+    def test_bad_limits(self, kwargs: dict[str, object], message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            llmtally.track(**kwargs)  # type: ignore[call-overload]
+
+    def test_float_cost_is_its_decimal(self) -> None:
+        t = llmtally.track(max_cost=0.1)
+        assert t._limits.max_cost == Decimal("0.1")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import wire
 from .._core.pipeline import FLUSH_AT, PIPELINE
-from .._core.scope import is_suppressed
+from .._core.scope import _suppressed
 from .settle import settle
 from .state import State
 
@@ -47,14 +47,15 @@ _routes: dict[str, wire.Parser | None] = {}
 _OVER = frozenset((State.BODY, State.STREAMED, State.FAILED, State.SETTLED))
 
 
-def begin(method: str, path: str, host: str, request_body: Any, scopes: tuple[Tally, ...]) -> Exchange | None:
+def begin(
+    method: str, path: str, host: str, request_body: bytes | None, scopes: tuple[Tally, ...]
+) -> Exchange | None:
     """An exchange for a request about to be sent, or ``None`` if it is not a metered LLM call.
 
-    ``request_body`` is the request's bytes (or a callable that returns them, for clients where
-    reading them costs something); it is kept until settlement, for the requested model and
-    offline estimates, and then dropped.
+    ``request_body`` is the request's bytes (``None`` if the client streams it); it is kept until
+    settlement, for the requested model and offline estimates, and then dropped.
     """
-    if method != "POST" or is_suppressed():
+    if method != "POST" or _suppressed.get():
         return None
     try:
         parser = _routes[path]
@@ -124,17 +125,7 @@ class Exchange:
     def request_body(self) -> bytes:
         """The request's bytes as sent (``b""`` if unknown: a streamed upload)."""
         body = self._request_body
-        if callable(body):
-            try:
-                body = body()
-            except Exception:
-                body = b""
-            self._request_body = body
-        return body if isinstance(body, bytes) else b""
-
-    def drop_request(self) -> None:
-        """Forget the request (its prompt) as soon as it is not needed."""
-        self._request_body = None
+        return body if type(body) is bytes else b""
 
     def check_limits(self) -> None:
         """Refuse the request if a limit of an enclosing scope says so (raises ``BudgetExceeded``)."""
@@ -186,6 +177,7 @@ class Exchange:
     def json(self, obj: dict[str, Any]) -> None:
         """The SDK decoded the body into ``obj``; settlement reads it instead of the bytes."""
         self.parsed = obj
+        self._awaiting = None  # the adapter has taken it off its table
 
     def streaming(self, status: int, content_type: str, encoding: str) -> bool:
         """The caller will read the body in chunks; ``True`` if the adapter must tap the stream."""
@@ -280,9 +272,8 @@ class Exchange:
         if self.span is not None or self.reservations or PIPELINE.eager or len(pending) >= FLUSH_AT:
             PIPELINE.flush()
 
-    def settle(self) -> None:
-        """Parse, price and deliver the call; run by ``pipeline.flush()``, never raises."""
-        settle(self)
+    #: Parse, price and deliver the call; run by ``pipeline.flush()``, never raises.
+    settle = settle
 
     def forget_awaiting(self) -> None:
         awaiting, self._awaiting = self._awaiting, None

@@ -30,15 +30,14 @@ log = logging.getLogger("llmtally")
 def _begin(request: Any, scopes: Any) -> Exchange | None:
     try:
         url = request.url
-        return begin(request.method, url.path, url.host, _content_of(request), scopes)
+        try:
+            body = request.content
+        except Exception:  # a streamed upload (httpx raises RequestNotRead): nothing to learn from it
+            body = None
+        return begin(request.method, url.path, url.host, body, scopes)
     except Exception:
         log.exception("llmtally: could not inspect a request; it is sent unmetered")
         return None
-
-
-def _content_of(request: Any) -> Any:
-    # Reading ``content`` raises for a streamed upload; read it only if settlement needs it.
-    return lambda: request.content
 
 
 def _respond(ex: Exchange, response: Any, stream: bool, module: Any, awaiting: dict[int, Exchange]) -> None:

@@ -2,13 +2,13 @@
 
 ``settle()`` is a pipeline of small steps, each guarded on its own:
 
-1. ``_record``   the call's identity: provider, endpoint, requested model, timing, scopes, tags;
-2. ``_read``     the wire format reads the response: served model, usage, request id;
-3. ``_count``    a response without usage is counted offline with the model's tokenizer
-                 (``estimated``), and a stream cut before its final count is topped up;
-4. ``_price``    the usage is priced at the time of the call, by host, wire provider or model;
-5. ``_release``  shared-budget reservations made before the request are settled;
-6. delivery     the call goes into every scope it was made in and to every sink.
+1. ``_record``    the call's identity: provider, endpoint, requested model, timing, scopes, tags;
+2. ``_read``      the wire format reads the response: served model, usage, request id;
+3. ``_count``     a response without usage is counted offline with the model's tokenizer
+                  (``estimated``), and a stream cut before its final count is topped up;
+4. price         the usage is priced at the time of the call, by host, wire provider or model;
+5. ``_finish``    shared-budget reservations made before the request are settled, bodies dropped;
+6. delivery      the call goes into every scope it was made in and to every sink.
 
 A step that fails is logged and leaves its fields unknown (usage ``None``, cost ``None``): the call
 is still counted and recorded, never lost. Only a response that another API sent on the same path
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .. import wire
 from .._core.money import ZERO
 from .._core.pipeline import PIPELINE
-from .._core.usage import Call, Usage
+from .._core.usage import NO_TAGS, Call, Usage
 from .._pricing import price_usage
 from .state import State
 
@@ -39,77 +39,113 @@ log = logging.getLogger("llmtally")
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
 #: host -> (provider id if well known, URL for the catalogue's API patterns).
 _hosts: dict[str, tuple[str | None, str]] = {}
-#: scope names of a stack of scopes, by the identity of the innermost scope's frame.
+#: What ``_read`` returns for another API's answer on a model endpoint's path.
 _NOT_A_CALL = wire.Result()
 
 
 def settle(ex: Exchange) -> None:
-    """Parse, price and deliver one exchange; never raises, never loses the call."""
+    """Parse, price and deliver one exchange; never raises, never loses the call.
+
+    The steps are guarded one by one, inline rather than through a wrapper: this runs cold, right
+    after the SDK's own work, where every extra function touched costs more than its instructions.
+    """
     if ex.state is State.SETTLED:
         return
+    parser = ex.parser
+    provider, api_url = _host(ex.host)
     try:
-        call = _record(ex)
+        call = _record(ex, provider or parser.provider)
     except Exception:
-        log.exception("llmtally: could not record a call; counting it with what is known")
-        call = Call(ex.parser.provider, ex.parser.endpoint, None)
-    try:
-        if ex.state is State.FAILED:
-            call.ok = False
-            call.error = ex.error
-            call.cost = ZERO
-        else:
-            result = _step(_read, ex, call, "read the response of")
-            if result is _NOT_A_CALL:
-                ex.state = State.SETTLED
-                _step(_release, ex, call, "release the budget reservations of")
-                return
-            if result is not None:
-                _step(_count, ex, call, "count the tokens of", result)
-                if call.usage is not None:
-                    _step(_price, ex, call, "price")
-        _step(_release, ex, call, "release the budget reservations of")
-    finally:
-        ex.state = State.SETTLED
-        ex.drop_request()
-        ex.content = ex.parsed = ex.result = ex.stream_parser = None
-        ex.forget_awaiting()
+        _failed_step(ex, "record")
+        call = Call(provider or parser.provider, parser.endpoint, None)
+    if ex.state is State.FAILED:
+        call.ok = False
+        call.error = ex.error
+        call.cost = ZERO
+    else:
+        try:
+            result = _read(ex, call)
+        except Exception:
+            _failed_step(ex, "read the response of")
+            result = None
+        if result is _NOT_A_CALL:
+            ex.state = State.SETTLED
+            call.cost = ZERO  # not a model call: it releases its reservations unspent
+            _finish(ex, call)
+            return
+        if result is not None:
+            try:
+                _count(ex, call, result)
+            except Exception:
+                _failed_step(ex, "count the tokens of")
+            if call.usage is not None:
+                try:
+                    cost, source = price_usage(
+                        call.usage, call.model, provider, api_url, parser.provider, call.started_at
+                    )
+                    if source is not None:
+                        call.cost, call.price_source, call.provider = cost, source.source, source.provider_id
+                except Exception:
+                    _failed_step(ex, "price")
+    _finish(ex, call)
     PIPELINE.deliver(call, ex.scopes)
 
 
-def _step(fn: Any, ex: Exchange, call: Call, doing: str, *args: Any) -> Any:
-    try:
-        return fn(ex, call, *args)
-    except Exception:
-        log.exception(
-            "llmtally: could not %s POST %s%s; the call is counted, this part of it unknown",
-            doing,
-            ex.host,
-            ex.path,
-        )
-        return None
+def _finish(ex: Exchange, call: Call) -> None:
+    """Release what the exchange held: budget reservations (settled at the call's cost), the
+    request and response bodies, its place among the responses awaiting their JSON."""
+    ex.state = State.SETTLED
+    ex._request_body = ex.content = ex.parsed = ex.result = ex.stream_parser = None
+    if ex._awaiting is not None:
+        ex.forget_awaiting()
+    if ex.reservations:
+        try:
+            from .._limits import release
+
+            reservations, ex.reservations = ex.reservations, None
+            release(reservations, call)
+        except Exception:
+            _failed_step(ex, "release the budget reservations of")
 
 
-def _record(ex: Exchange) -> Call:
-    hint, _ = _host(ex.host)
-    parser = ex.parser
-    call = Call(hint or parser.provider, parser.endpoint, None)
-    call.requested_model = call.model = _requested_model(ex.request_body())
-    call.status = ex.status
-    call.latency = ex.end - ex.start
-    call.started_at = time.time() - (time.perf_counter() - ex.start)
-    call.url_host = ex.host
-    if ex.span is not None:
-        call.span, ex.span = ex.span, None
+def _failed_step(ex: Exchange, doing: str) -> None:
+    log.exception(
+        "llmtally: could not %s POST %s%s; the call is counted, this part of it unknown",
+        doing,
+        ex.host,
+        ex.path,
+    )
+
+
+def _record(ex: Exchange, provider: str) -> Call:
+    """The call's identity: provider, endpoint, requested model, timing, scopes, tags."""
     scopes = ex.scopes
+    scope_path: tuple[str, ...] = ()
+    tags: Any = NO_TAGS
     if scopes:
-        call.scope_path = tuple([t.name or "" for t in scopes])
+        scope_path = tuple([t.name or "" for t in scopes])
         for tally in scopes:
             if tally.tags:  # inner scopes' tags win
-                call.tags = {**call.tags, **tally.tags}
-    if ex.error is not None:
-        call.ok = False
-        call.error = ex.error
-    return call
+                tags = {**tags, **tally.tags}
+    start = ex.start
+    requested = _requested_model(ex.request_body())
+    span, ex.span = ex.span, None
+    error = ex.error
+    return Call(
+        provider,
+        ex.parser.endpoint,
+        requested,
+        requested_model=requested,
+        status=ex.status,
+        ok=error is None,
+        error=error,
+        started_at=time.time() - (time.perf_counter() - start),
+        latency=ex.end - start,
+        url_host=ex.host,
+        scope_path=scope_path,
+        tags=tags,
+        span=span,
+    )
 
 
 def _read(ex: Exchange, call: Call) -> wire.Result | None:
@@ -170,22 +206,6 @@ def _count(ex: Exchange, call: Call, result: wire.Result) -> None:
             usage.completion_tokens = seen
             call.estimated = True
     call.usage = usage
-
-
-def _price(ex: Exchange, call: Call) -> None:
-    hint, api_url = _host(ex.host)
-    assert call.usage is not None
-    cost, source = price_usage(call.usage, call.model, hint, api_url, ex.parser.provider, call.started_at)
-    if source is not None:
-        call.cost, call.price_source, call.provider = cost, source.source, source.provider_id
-
-
-def _release(ex: Exchange, call: Call) -> None:
-    if ex.reservations:
-        from .._limits import release
-
-        reservations, ex.reservations = ex.reservations, None
-        release(reservations, call)
 
 
 def _host(host: str) -> tuple[str | None, str]:

@@ -130,17 +130,24 @@ class Suppressed:
         self.__exit__()
 
 
-_names: dict[str, frozenset[str]] = {}
+class _Usage:
+    """What the Tally needs of ``usage`` (dataclasses, decimal: too heavy for ``import llmtally``),
+    loaded on the first read instead of by an import statement on every read."""
+
+    fields: frozenset[str] = frozenset()
+    new_totals: type[Totals]
+    empty: Totals
+
+    def load(self) -> None:
+        from .usage import TOTAL_NAMES, Totals
+
+        self.new_totals = Totals
+        #: The totals of a Tally without calls (never added to: a Tally with calls has its own).
+        self.empty = Totals()
+        self.fields = frozenset((*TOTAL_NAMES, "successful_requests", "calls"))
 
 
-def _total_fields() -> frozenset[str]:
-    """The names a Tally reads from its totals (usage.TOTAL_NAMES), loaded on the first read."""
-    names = _names.get("fields")
-    if names is None:
-        from .usage import TOTAL_NAMES
-
-        names = _names["fields"] = frozenset((*TOTAL_NAMES, "successful_requests", "calls"))
-    return names
+_usage = _Usage()
 
 
 class Tally(_TallyFields):
@@ -240,7 +247,11 @@ class Tally(_TallyFields):
     # -- reading -------------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
         # Only for names not found on the instance or class: the counters of Totals.
-        if name[:1] == "_" or name not in _total_fields():
+        if name[:1] == "_":
+            raise AttributeError(f"'Tally' object has no attribute {name!r}")
+        if not _usage.fields:
+            _usage.load()
+        if name not in _usage.fields:
             raise AttributeError(f"'Tally' object has no attribute {name!r}")
         totals = self._settled()
         if name == "calls":
@@ -256,20 +267,25 @@ class Tally(_TallyFields):
         """Settle the queued calls and add the new ones to the totals; the totals."""
         if PIPELINE.pending:
             PIPELINE.flush()
-        totals = self._totals
-        if totals is None or self._seen != len(self._calls):
-            with self._lock:
-                totals = self._totals
-                if totals is None:
-                    from .usage import Totals
-
-                    totals = self._totals = Totals()
-                calls = self._calls
-                end = len(calls)
-                add = totals.add
-                for i in range(self._seen, end):
-                    add(calls[i])
-                self._seen = end
+        calls = self._calls
+        if self._seen == len(calls):
+            totals = self._totals
+            if totals is not None:
+                return totals
+            if not _usage.fields:
+                _usage.load()
+            return _usage.empty
+        with self._lock:
+            totals = self._totals
+            if totals is None:
+                if not _usage.fields:
+                    _usage.load()
+                totals = self._totals = _usage.new_totals()
+            end = len(calls)
+            add = totals.add
+            for i in range(self._seen, end):
+                add(calls[i])
+            self._seen = end
         return totals
 
     # -- LangChain compatibility -------------------------------------------------------------

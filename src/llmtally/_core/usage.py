@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "COUNT_NAMES",
     "KINDS",
+    "NO_TAGS",
     "TOKEN_NAMES",
     "TOTAL_NAMES",
     "Call",
@@ -101,6 +102,9 @@ class Usage:
 #: Every kind, in ``Usage``'s field order.
 KINDS: tuple[Kind, ...] = tuple(Kind(f.name, *f.metadata["kind"]) for f in fields(Usage))
 TOKEN_NAMES: tuple[str, ...] = tuple(k.name for k in KINDS)
+#: The tags of a call made in no tagged scope (read-only, shared).
+NO_TAGS: Mapping[str, Any] = MappingProxyType({})
+
 #: Request counts every total keeps besides the token kinds and the cost.
 COUNT_NAMES = ("requests", "failed_requests", "unpriced_requests", "estimated_requests")
 
@@ -114,35 +118,76 @@ class Call:
     open when it was sent, outermost first.
     """
 
-    # Defaults on the class: settling a call sets only the fields it has (a plain class rather
-    # than a dataclass, whose __init__ would store all nineteen every time).
-    requested_model: str | None = None
-    usage: Usage | None = None
-    cost: Decimal | None = None
-    currency = "USD"
-    status: int | None = None
-    ok = True
-    error: str | None = None
-    stream = False
-    estimated = False
-    started_at = 0.0
-    latency = 0.0
-    request_id: str | None = None
-    url_host: str | None = None
-    price_source: str | None = None
-    scope_path: tuple[str, ...] = ()
-    tags: Mapping[str, Any] = MappingProxyType({})
-    #: The OpenTelemetry span current when the request was sent (only with ``configure(otel=...)``).
-    span: Any = None
+    # Slots, and one constructor that sets them all: settling a call builds one of these per
+    # request, cold, right after the SDK's own work (no instance dict to grow attribute by attribute).
+    __slots__ = (
+        "cost",
+        "currency",
+        "endpoint",
+        "error",
+        "estimated",
+        "latency",
+        "model",
+        "ok",
+        "price_source",
+        "provider",
+        "request_id",
+        "requested_model",
+        "scope_path",
+        "span",
+        "started_at",
+        "status",
+        "stream",
+        "tags",
+        "url_host",
+        "usage",
+    )
 
-    def __init__(self, provider: str | None, endpoint: str, model: str | None, **fields: Any) -> None:
+    def __init__(
+        self,
+        provider: str | None,
+        endpoint: str,
+        model: str | None,
+        *,
+        requested_model: str | None = None,
+        usage: Usage | None = None,
+        cost: Decimal | None = None,
+        currency: str = "USD",
+        status: int | None = None,
+        ok: bool = True,
+        error: str | None = None,
+        stream: bool = False,
+        estimated: bool = False,
+        started_at: float = 0.0,
+        latency: float = 0.0,
+        request_id: str | None = None,
+        url_host: str | None = None,
+        price_source: str | None = None,
+        scope_path: tuple[str, ...] = (),
+        tags: Mapping[str, Any] = NO_TAGS,
+        span: Any = None,
+    ) -> None:
         self.provider = provider
         self.endpoint = endpoint
         self.model = model
-        for name, value in fields.items():
-            if not hasattr(Call, name):
-                raise TypeError(f"Call has no field {name!r}")
-            setattr(self, name, value)
+        self.requested_model = requested_model
+        self.usage = usage
+        self.cost = cost
+        self.currency = currency
+        self.status = status
+        self.ok = ok
+        self.error = error
+        self.stream = stream
+        self.estimated = estimated
+        self.started_at = started_at
+        self.latency = latency
+        self.request_id = request_id
+        self.url_host = url_host
+        self.price_source = price_source
+        self.scope_path = scope_path
+        self.tags = tags
+        #: The OpenTelemetry span current when the request was sent (only with ``configure(otel=...)``).
+        self.span = span
 
     @property
     def priced(self) -> bool:

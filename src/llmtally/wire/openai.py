@@ -41,8 +41,13 @@ def chat_usage(u: Any) -> Usage | None:
     """Usage of Chat Completions, legacy Completions and Embeddings, in llmtally's convention."""
     if type(u) is not dict:
         return None
-    prompt = as_int(u.get("prompt_tokens"))
-    completion = as_int(u.get("completion_tokens"))
+    # as_int inline: this runs for nearly every call.
+    prompt = u.get("prompt_tokens")
+    if type(prompt) is not int or prompt < 0:
+        prompt = 0
+    completion = u.get("completion_tokens")
+    if type(completion) is not int or completion < 0:
+        completion = 0
     details = u.get("prompt_tokens_details")
     cached = as_int(details.get("cached_tokens")) if type(details) is dict else 0
     if not cached:
@@ -50,7 +55,13 @@ def chat_usage(u: Any) -> Usage | None:
         cached = as_int(u.get("prompt_cache_hit_tokens"))
     details = u.get("completion_tokens_details")
     reasoning = as_int(details.get("reasoning_tokens")) if type(details) is dict else 0
-    return Usage(prompt, completion, min(cached, prompt), 0, min(reasoning, completion))
+    return Usage(
+        prompt,
+        completion,
+        cached if cached <= prompt else prompt,
+        0,
+        reasoning if reasoning <= completion else completion,
+    )
 
 
 def responses_usage(u: Any) -> Usage | None:
