@@ -43,8 +43,9 @@ _JSON_START = re.compile(rb"\s*[{\[]")
 _routes: dict[str, wire.Parser | None] = {}
 
 
-#: The states in which the call is over and queued.
-_OVER = frozenset((State.BODY, State.STREAMED, State.FAILED, State.SETTLED))
+#: The states in which the call is over and queued (a tuple: ``in`` compares by identity first,
+#: where a set would call Enum's Python-level __hash__).
+_OVER = (State.BODY, State.STREAMED, State.FAILED, State.SETTLED)
 
 
 def begin(

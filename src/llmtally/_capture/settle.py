@@ -119,14 +119,7 @@ def _failed_step(ex: Exchange, doing: str) -> None:
 
 def _record(ex: Exchange, provider: str) -> Call:
     """The call's identity: provider, endpoint, requested model, timing, scopes, tags."""
-    scopes = ex.scopes
-    scope_path: tuple[str, ...] = ()
-    tags: Any = NO_TAGS
-    if scopes:
-        scope_path = tuple([t.name or "" for t in scopes])
-        for tally in scopes:
-            if tally.tags:  # inner scopes' tags win
-                tags = {**tags, **tally.tags}
+    scope_path, tags = _names_and_tags(ex.scopes)
     start = ex.start
     requested = _requested_model(ex.request_body())
     span, ex.span = ex.span, None
@@ -146,6 +139,30 @@ def _record(ex: Exchange, provider: str) -> Call:
         tags=tags,
         span=span,
     )
+
+
+def _names_and_tags(scopes: Any) -> tuple[tuple[str, ...], Any]:
+    """The scopes' names, outermost first, and their tags merged (inner scopes' tags win).
+
+    Kept on the frame of open scopes (``_core.scope._Frame``), which every call made in it
+    shares: worked out once per scope entered, not once per call. A scope renamed or retagged
+    while open is seen on its next entry.
+    """
+    if not scopes:
+        return (), NO_TAGS
+    cached = getattr(scopes, "names_and_tags", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    tags: Any = NO_TAGS
+    for tally in scopes:
+        if tally.tags:
+            tags = {**tags, **tally.tags}
+    cached = (tuple([t.name or "" for t in scopes]), tags)
+    try:
+        scopes.names_and_tags = cached
+    except AttributeError:  # a plain tuple (current_scopes() handed over by hand)
+        pass
+    return cached
 
 
 def _read(ex: Exchange, call: Call) -> wire.Result | None:

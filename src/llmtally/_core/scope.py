@@ -63,9 +63,14 @@ __all__ = [
 
 
 class _Frame(tuple):  # type: ignore[type-arg]
-    """The open scopes, outermost first, and the token that restores the ones before them."""
+    """The open scopes, outermost first, and the token that restores the ones before them.
+
+    Settlement also keeps the scopes' names and merged tags here (``names_and_tags``): every call
+    made while these scopes are open shares them.
+    """
 
     token: Any
+    names_and_tags: tuple[tuple[str, ...], Mapping[str, Any]]
 
 
 _EMPTY = _Frame()

@@ -41,20 +41,28 @@ def chat_usage(u: Any) -> Usage | None:
     """Usage of Chat Completions, legacy Completions and Embeddings, in llmtally's convention."""
     if type(u) is not dict:
         return None
-    # as_int inline: this runs for nearly every call.
+    # as_int written out: this runs for nearly every call, cold.
     prompt = u.get("prompt_tokens")
     if type(prompt) is not int or prompt < 0:
         prompt = 0
     completion = u.get("completion_tokens")
     if type(completion) is not int or completion < 0:
         completion = 0
+    cached: Any = 0
+    reasoning: Any = 0
     details = u.get("prompt_tokens_details")
-    cached = as_int(details.get("cached_tokens")) if type(details) is dict else 0
-    if not cached:
+    if type(details) is dict:
+        cached = details.get("cached_tokens")
+        if type(cached) is not int or cached < 0:
+            cached = 0
+    if not cached and "prompt_cache_hit_tokens" in u:
         # DeepSeek reports cache hits at the top level.
-        cached = as_int(u.get("prompt_cache_hit_tokens"))
+        cached = as_int(u["prompt_cache_hit_tokens"])
     details = u.get("completion_tokens_details")
-    reasoning = as_int(details.get("reasoning_tokens")) if type(details) is dict else 0
+    if type(details) is dict:
+        reasoning = details.get("reasoning_tokens")
+        if type(reasoning) is not int or reasoning < 0:
+            reasoning = 0
     return Usage(
         prompt,
         completion,
