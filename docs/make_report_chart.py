@@ -9,7 +9,7 @@ import os
 import random
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import llmtally
 from llmtally._core.usage import Call, Usage
@@ -22,7 +22,7 @@ MODELS = {"gpt-4o": 40, "gpt-4o-mini": 300, "claude-sonnet-4-5": 25, "o3": 8}
 
 def main() -> int:
     rng = random.Random(7)
-    start = datetime(2026, 11, 14, tzinfo=timezone.utc).timestamp()
+    start = datetime(2026, 11, 14, tzinfo=UTC).timestamp()
     rows = []
     for day in range(14):
         for model, per_day in MODELS.items():

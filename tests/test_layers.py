@@ -103,6 +103,18 @@ class TestLayers:
         g.add_import(importer="c", imported="d")
         assert cycles(g) == [["a", "b", "c"]]
 
+    def test_no_global_statements(self) -> None:
+        """Process state has one owner (``_runtime.RUNTIME``): no module rebinds its globals."""
+        import ast
+
+        found = [
+            f"{path.relative_to(ROOT)}:{node.lineno}"
+            for path in sorted((ROOT / "src" / "llmtally").rglob("*.py"))
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Global)
+        ]
+        assert found == []
+
     def test_only_the_command_line_imports_the_facade(self) -> None:
         importers = graph().find_modules_that_directly_import("llmtally")
         assert {m for m in importers if not m.startswith("llmtally.cli")} == set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -129,7 +129,7 @@ class TestSameAsCatalogue:
             start = getattr(cond.constraint, "start_date", None)
             if start is None:
                 continue
-            at = datetime(start.year, start.month, start.day, 12, tzinfo=timezone.utc)
+            at = datetime(start.year, start.month, start.day, 12, tzinfo=UTC)
             ours = llmtally.cost_of(model, input_tokens=100_000, output_tokens=10_000, at=at)
             theirs = calc_price(
                 GUsage(input_tokens=100_000, output_tokens=10_000), model, genai_request_timestamp=at

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from llmtally.ledger import to_row
 from llmtally.ledger.sqlite import SQLiteLedger
 
 DAY = 86400
-T0 = datetime(2026, 11, 1, 12, tzinfo=timezone.utc).timestamp()
+T0 = datetime(2026, 11, 1, 12, tzinfo=UTC).timestamp()
 
 
 def make_call(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -241,11 +241,11 @@ def _model_price(info: Any, at: float | datetime | None) -> Any:
     if not isinstance(prices, list):
         return prices
     if at is None:
-        ts = datetime.now(tz=timezone.utc)
+        ts = datetime.now(tz=UTC)
     elif isinstance(at, datetime):
         ts = at
     else:
-        ts = datetime.fromtimestamp(at, tz=timezone.utc)
+        ts = datetime.fromtimestamp(at, tz=UTC)
     return info.get_prices(ts)
 
 

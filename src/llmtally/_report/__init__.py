@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -64,7 +64,7 @@ def parse_time(text: str | float | datetime | None, *, now: float | None = None)
     if text is None or isinstance(text, (int, float)):
         return None if text is None else float(text)
     if isinstance(text, datetime):
-        return (text if text.tzinfo else text.replace(tzinfo=timezone.utc)).timestamp()
+        return (text if text.tzinfo else text.replace(tzinfo=UTC)).timestamp()
     s = text.strip()
     m = _RELATIVE.match(s)
     if m:
@@ -73,7 +73,7 @@ def parse_time(text: str | float | datetime | None, *, now: float | None = None)
         dt = datetime.fromisoformat(s)
     except ValueError:
         raise ValueError(f"not a time: {text!r} (use 7d, 12h, 2026-11-01 or 2026-11-01T09:30)") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def _sums(url: str, since: Any, until: Any, groups: Sequence[str]) -> list[tuple[Any, ...]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 __all__ = ["cli_logic", "main"]
@@ -147,7 +148,7 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
 
 
 def _budget(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from .._core.money import format_usd as _money
     from .._runtime import RUNTIME
@@ -161,7 +162,7 @@ def _budget(args: argparse.Namespace) -> int:
         store = RUNTIME.budget_store(url)
         if args.action == "list":
             for b in store.list():
-                since = datetime.fromtimestamp(b.window_start, tz=timezone.utc).strftime("%Y-%m-%d")
+                since = datetime.fromtimestamp(b.window_start, tz=UTC).strftime("%Y-%m-%d")
                 window = f"per {b.period} since {since}" if b.period else "no period"
                 print(
                     f"{b.name}: spent ${_money(b.spent)} of ${_money(b.max_cost)} ({window}); "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +51,7 @@ def window_start(period: str | None, now: float | None = None) -> float:
     """The start of the current budget window: UTC midnight, the 1st of the month, or 0 (never)."""
     if period is None:
         return 0.0
-    dt = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
+    dt = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
     if period == "day":
         return dt.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     if period == "month":
