@@ -178,8 +178,8 @@ class TestTypes:
     @pytest.mark.parametrize("broken", [False, True])
     def test_user_file_is_strict_clean(self, tmp_path: Path, broken: bool) -> None:
         text = textwrap.dedent(USER_FILE)
-        if broken:  # the check can fail: a wrong argument to a decorated function is caught
-            text += '\nsummarise(3, words="many")\n'
+        if broken:  # the check can fail: wrong arguments to a decorated function, a misspelt field
+            text += '\nsummarise(3, words="many")\nprint(llmtally.track().prompt_tokenz)\n'
         (tmp_path / "user.py").write_text(text)
         proc = subprocess.run(
             [
@@ -199,5 +199,6 @@ class TestTypes:
             assert proc.returncode == 1
             assert 'has incompatible type "int"; expected "str"' in proc.stdout
             assert 'has incompatible type "str"; expected "int"' in proc.stdout
+            assert '"Tally" has no attribute "prompt_tokenz"' in proc.stdout
         else:
             assert proc.returncode == 0, proc.stdout

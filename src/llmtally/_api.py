@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from datetime import datetime
     from decimal import Decimal
-    from typing import Any, Literal, ParamSpec, TypeVar, overload
+    from typing import Literal, ParamSpec, TypeVar, overload
+
+    from opentelemetry.metrics import MeterProvider
 
     from ._core.scope import Tracked
     from ._limits import Estimate
@@ -59,7 +61,7 @@ set_starter(_start)
 def track(
     name: str | None = None,
     *,
-    tags: Mapping[str, Any] | None = None,
+    tags: Mapping[str, object] | None = None,
     max_cost: Amount | None = None,
     max_tokens: int | None = None,
     max_requests: int | None = None,
@@ -72,7 +74,7 @@ def track(
 def track(  # noqa: F811 - overloads (typing.overload, under another name at run time)
     name: Callable[P, R],
     *,
-    tags: Mapping[str, Any] | None = None,
+    tags: Mapping[str, object] | None = None,
     max_cost: Amount | None = None,
     max_tokens: int | None = None,
     max_requests: int | None = None,
@@ -84,7 +86,7 @@ def track(  # noqa: F811 - overloads (typing.overload, under another name at run
 def track(  # noqa: F811
     name: str | Callable[P, R] | None = None,
     *,
-    tags: Mapping[str, Any] | None = None,
+    tags: Mapping[str, object] | None = None,
     max_cost: Amount | None = None,
     max_tokens: int | None = None,
     max_requests: int | None = None,
@@ -180,7 +182,9 @@ def budget(
     return Tally(name, None, Limits(on_exceed=on_exceed, shared=Shared(name, store, state.period)))
 
 
-def estimate(messages_or_text: str | Sequence[Any], *, model: str, max_output_tokens: int = 0) -> Estimate:
+def estimate(
+    messages_or_text: str | Sequence[Mapping[str, object]], *, model: str, max_output_tokens: int = 0
+) -> Estimate:
     """Count a request's input offline with the model's tokenizer and price its best and worst case.
 
     ``messages_or_text`` is a string or chat messages (``[{"role": ..., "content": ...}]``); chat
@@ -216,7 +220,12 @@ def report(
     return _report(url, since=since, until=until, by=by, top=top)
 
 
-def configure(*, ledger: str | None = None, flush_interval: float | None = None, otel: Any = None) -> None:
+def configure(
+    *,
+    ledger: str | None = None,
+    flush_interval: float | None = None,
+    otel: bool | MeterProvider | None = None,
+) -> None:
     """Set where llmtally records calls.
 
     ``ledger`` is a URL: ``sqlite:///path.db`` (``sqlite://`` for the default file in the user's

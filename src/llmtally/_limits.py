@@ -29,13 +29,13 @@ import logging
 import threading
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._core.money import ZERO, format_usd, parse_amount
 from ._core.pipeline import PIPELINE
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from ._capture.exchange import Exchange
     from ._core.scope import Tally
@@ -79,7 +79,9 @@ class BudgetExceeded(BaseException):
     generations: tuple[()] = ()
     llm_output = None
 
-    def __init__(self, scope: str | None, limit: str, allowed: Any, spent: Any, extra: str = "") -> None:
+    def __init__(
+        self, scope: str | None, limit: str, allowed: Decimal | int, spent: Decimal | int, extra: str = ""
+    ) -> None:
         self.scope = scope
         self.limit = limit
         self.allowed = allowed
@@ -134,7 +136,9 @@ class Estimate:
     exact_tokenizer: bool
 
 
-def estimate(messages_or_text: str | Sequence[Any], *, model: str, max_output_tokens: int = 0) -> Estimate:
+def estimate(
+    messages_or_text: str | Sequence[Mapping[str, object]], *, model: str, max_output_tokens: int = 0
+) -> Estimate:
     """Count a request's input offline with the model's tokenizer and price its best and worst case.
 
     ``messages_or_text`` is a string or chat messages (``[{"role": ..., "content": ...}]``); chat
@@ -182,12 +186,12 @@ def _worst_case(parser: Parser, body: bytes, default_allowance: int = 0) -> Deci
 
 def check(scopes: tuple[Tally, ...], ex: Exchange) -> None:
     """Refuse (or warn about) a request that would go past a limit of an enclosing scope."""
-    limited = [t for t in scopes if t._limits is not None]
+    limited = [(t, t._limits) for t in scopes if t._limits is not None]
     if not limited:
         return
     with _check_lock:
         _check(limited, ex)
-    shared = [t for t in limited if t._limits.shared is not None]
+    shared = [(t, limits) for t, limits in limited if limits.shared is not None]
     if shared:
         _reserve(shared, ex)
 
@@ -200,11 +204,10 @@ def _refuse(tally: Tally, limits: Limits, problem: BudgetExceeded) -> None:
         log.warning("%s", str(problem).replace("; the request was not sent", "; sending anyway (warn mode)"))
 
 
-def _check(limited: list[Tally], ex: Exchange) -> None:
+def _check(limited: list[tuple[Tally, Limits]], ex: Exchange) -> None:
     PIPELINE.flush()  # spend must include the calls that are queued
     worst: Decimal | None = None
-    for tally in limited:
-        limits: Limits = tally._limits
+    for tally, limits in limited:
         problem: BudgetExceeded | None = None
         if limits.max_requests is not None and tally._sent >= limits.max_requests:
             problem = BudgetExceeded(tally.name, "requests", limits.max_requests, tally._sent)
@@ -227,18 +230,17 @@ def _check(limited: list[Tally], ex: Exchange) -> None:
                     )
         if problem is not None:
             _refuse(tally, limits, problem)
-    for tally in limited:
+    for tally, _ in limited:
         tally._sent += 1
 
 
-def _reserve(shared: list[Tally], ex: Exchange) -> None:
+def _reserve(shared: list[tuple[Tally, Limits]], ex: Exchange) -> None:
     """Reserve the request's worst case in every shared budget, all or none."""
     worst = _worst_case(ex.parser, ex.request_body(), DEFAULT_OUTPUT_ALLOWANCE)
     if worst is None:
         return  # an unpriced model: nothing to reserve, its spend is unknown
     made: list[tuple[Shared, Decimal]] = []
-    for tally in shared:
-        limits: Limits = tally._limits
+    for tally, limits in shared:
         budget = limits.shared
         assert budget is not None
         if budget.store.reserve(budget.name, worst, budget.period):

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
+    from .._limits import Limits
     from .usage import Call, Totals
 
     P = ParamSpec("P")
@@ -70,7 +71,7 @@ class _Frame(tuple):  # type: ignore[type-arg]
     """
 
     token: Any
-    names_and_tags: tuple[tuple[str, ...], Mapping[str, Any]]
+    names_and_tags: tuple[tuple[str, ...], Mapping[str, object]]
 
 
 _EMPTY = _Frame()
@@ -142,10 +143,13 @@ class _Usage:
     fields: frozenset[str] = frozenset()
     new_totals: type[Totals]
     empty: Totals
+    zero: Decimal
 
     def load(self) -> None:
+        from .money import ZERO
         from .usage import TOTAL_NAMES, Totals
 
+        self.zero = ZERO
         self.new_totals = Totals
         #: The totals of a Tally without calls (never added to: a Tally with calls has its own).
         self.empty = Totals()
@@ -174,7 +178,7 @@ class Tally(_TallyFields):
 
     # Class-level defaults: a scope costs no more to open than it must.
     #: Limits (see ``_limits``): None for a scope without any, which is what the call path checks.
-    _limits: Any = None
+    _limits: Limits | None = None
     _sent = 0
     _warned = False
     _totals: Totals | None = None
@@ -183,10 +187,10 @@ class Tally(_TallyFields):
     _seen = 0  # calls already added into _totals
 
     def __init__(
-        self, name: str | None = None, tags: Mapping[str, Any] | None = None, limits: Any = None
+        self, name: str | None = None, tags: Mapping[str, object] | None = None, limits: Limits | None = None
     ) -> None:
         self.name = name
-        self.tags: dict[str, Any] = dict(tags) if tags else {}
+        self.tags: dict[str, object] = dict(tags) if tags else {}
         if limits is not None:
             self._limits = limits
         #: Every settled call, appended by ``pipeline.deliver`` (list.append is atomic).
@@ -250,23 +254,23 @@ class Tally(_TallyFields):
         return self.decorate(func)
 
     # -- reading -------------------------------------------------------------------------------
-    def __getattr__(self, name: str) -> Any:
-        # Only for names not found on the instance or class: the counters of Totals.
-        if name[:1] == "_":
-            raise AttributeError(f"'Tally' object has no attribute {name!r}")
-        if not _usage.fields:
-            _usage.load()
-        if name not in _usage.fields:
-            raise AttributeError(f"'Tally' object has no attribute {name!r}")
-        totals = self._settled()
-        if name == "calls":
-            return self._calls
-        value = getattr(totals, name)
-        if name == "cost" and value is None:
-            from .money import ZERO
+    if not TYPE_CHECKING:  # type checkers see the fields of Totals instead (see _TallyFields)
 
-            return ZERO
-        return value
+        def __getattr__(self, name: str) -> Any:
+            # Only for names not found on the instance or class: the counters of Totals.
+            if name[:1] == "_":
+                raise AttributeError(f"'Tally' object has no attribute {name!r}")
+            if not _usage.fields:
+                _usage.load()
+            if name not in _usage.fields:
+                raise AttributeError(f"'Tally' object has no attribute {name!r}")
+            totals = self._settled()
+            if name == "calls":
+                return self._calls
+            value = getattr(totals, name)
+            if name == "cost" and value is None:
+                return _usage.zero
+            return value
 
     def _settled(self) -> Totals:
         """Settle the queued calls and add the new ones to the totals; the totals."""

@@ -103,7 +103,7 @@ class Usage:
 KINDS: tuple[Kind, ...] = tuple(Kind(f.name, *f.metadata["kind"]) for f in fields(Usage))
 TOKEN_NAMES: tuple[str, ...] = tuple(k.name for k in KINDS)
 #: The tags of a call made in no tagged scope (read-only, shared).
-NO_TAGS: Mapping[str, Any] = MappingProxyType({})
+NO_TAGS: Mapping[str, object] = MappingProxyType({})
 
 #: Request counts every total keeps besides the token kinds and the cost.
 COUNT_NAMES = ("requests", "failed_requests", "unpriced_requests", "estimated_requests")
@@ -164,8 +164,8 @@ class Call:
         url_host: str | None = None,
         price_source: str | None = None,
         scope_path: tuple[str, ...] = (),
-        tags: Mapping[str, Any] = NO_TAGS,
-        span: Any = None,
+        tags: Mapping[str, object] = NO_TAGS,
+        span: object = None,
     ) -> None:
         self.provider = provider
         self.endpoint = endpoint

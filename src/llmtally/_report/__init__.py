@@ -50,8 +50,8 @@ class ReportRow(Totals):
     keys: tuple[str, ...] = ()
     cost: Decimal = field(default_factory=Decimal)
 
-    def as_dict(self, by: Sequence[str]) -> dict[str, Any]:
-        out: dict[str, Any] = dict(zip(by, self.keys, strict=False))
+    def as_dict(self, by: Sequence[str]) -> dict[str, object]:
+        out: dict[str, object] = dict(zip(by, self.keys, strict=False))
         for name in FIELDS:
             out[name] = getattr(self, name)
         out["cost"] = str(self.cost)
