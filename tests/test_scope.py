@@ -408,3 +408,19 @@ class TestLimitArguments:
     def test_float_cost_is_its_decimal(self) -> None:
         t = llmtally.track(max_cost=0.1)
         assert t._limits.max_cost == Decimal("0.1")
+
+
+def test_one_suppress_object_in_many_threads(fake: FakeProvider) -> None:
+    """A module-level ``quiet = llmtally.suppress()`` entered by a pool's threads at once."""
+    fake.handler = lambda req: joke()
+    client = httpx2.Client(transport=fake.httpx2_transport())
+    quiet = llmtally.suppress()
+
+    def handle(_: int) -> None:
+        with quiet:
+            post(client)
+
+    with llmtally.track() as t, ThreadPoolExecutor(8) as pool:
+        list(pool.map(handle, range(60)))
+        post(client)
+    assert t.successful_requests == 1 and len(fake.requests) == 61

@@ -56,7 +56,7 @@ def begin(
     ``request_body`` is the request's bytes (``None`` if the client streams it); it is kept until
     settlement, for the requested model and offline estimates, and then dropped.
     """
-    if method != "POST" or _suppressed.get():
+    if method != "POST" or _suppressed.get() is not None:
         return None
     try:
         parser = _routes[path]

@@ -51,6 +51,17 @@ def settle(ex: Exchange) -> None:
     """
     if ex.state is State.SETTLED:
         return
+    try:
+        call = _settle(ex)
+    except Exception:  # pragma: no cover - every step below is guarded; this guards the guards
+        log.exception("llmtally: could not settle a call; counting it with what is known")
+        ex.state = State.SETTLED
+        call = Call(ex.parser.provider, ex.parser.endpoint, None)
+    if call is not None:
+        PIPELINE.deliver(call, ex.scopes)
+
+
+def _settle(ex: Exchange) -> Call | None:
     parser = ex.parser
     provider, api_url = _host(ex.host)
     try:
@@ -69,10 +80,9 @@ def settle(ex: Exchange) -> None:
             _failed_step(ex, "read the response of")
             result = None
         if result is _NOT_A_CALL:
-            ex.state = State.SETTLED
             call.cost = ZERO  # not a model call: it releases its reservations unspent
             _finish(ex, call)
-            return
+            return None
         if result is not None:
             try:
                 _count(ex, call, result)
@@ -88,7 +98,7 @@ def settle(ex: Exchange) -> None:
                 except Exception:
                     _failed_step(ex, "price")
     _finish(ex, call)
-    PIPELINE.deliver(call, ex.scopes)
+    return call
 
 
 def _finish(ex: Exchange, call: Call) -> None:

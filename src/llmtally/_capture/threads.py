@@ -23,9 +23,9 @@ from .._core.scope import _scopes, _suppressed
 __all__ = ["ThreadsInstrumentor"]
 
 
-def _run_in(scopes: Any, suppressed: bool, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+def _run_in(scopes: Any, suppressed: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
     token = _scopes.set(scopes)
-    quiet = _suppressed.set(True) if suppressed else None
+    quiet = _suppressed.set(suppressed) if suppressed is not None else None
     try:
         return fn(*args, **kwargs)
     finally:
@@ -50,8 +50,11 @@ class ThreadsInstrumentor:
         def start(thread: threading.Thread) -> None:
             scopes = _scopes.get()
             suppressed = _suppressed.get()
-            target = getattr(thread, "_target", None)
-            if (scopes or suppressed) and getattr(target, "__module__", None) != "concurrent.futures.thread":
+            # A pool's worker thread outlives the scope that made it: its tasks carry their own.
+            worker = (
+                getattr(getattr(thread, "_target", None), "__module__", None) == "concurrent.futures.thread"
+            )
+            if (scopes or suppressed is not None) and not worker:
                 run = thread.run
 
                 def run_in_scopes() -> None:
@@ -63,7 +66,7 @@ class ThreadsInstrumentor:
         def submit(executor: ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
             scopes = _scopes.get()
             suppressed = _suppressed.get()
-            if scopes or suppressed:
+            if scopes or suppressed is not None:
                 return orig_submit(executor, _run_in, scopes, suppressed, fn, *args, **kwargs)
             return orig_submit(executor, fn, *args, **kwargs)
 

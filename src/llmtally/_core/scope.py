@@ -77,7 +77,7 @@ class _Frame(tuple):  # type: ignore[type-arg]
 _EMPTY = _Frame()
 _scopes: ContextVar[_Frame] = ContextVar("llmtally_scopes", default=_EMPTY)
 #: Set inside ``with llmtally.suppress():``: nothing in it is metered.
-_suppressed: ContextVar[bool] = ContextVar("llmtally_suppressed", default=False)
+_suppressed: ContextVar[_Quiet | None] = ContextVar("llmtally_suppressed", default=None)
 
 
 class _State:
@@ -112,22 +112,35 @@ def current_scopes() -> tuple[Tally, ...]:
 
 
 def is_suppressed() -> bool:
-    return _suppressed.get()
+    return _suppressed.get() is not None
+
+
+class _Quiet:
+    """The value of the suppress switch while on: it keeps the token that turns it back off."""
+
+    __slots__ = ("token",)
+
+    def __init__(self) -> None:
+        self.token: Any = None
 
 
 class Suppressed:
-    """``with llmtally.suppress():`` -- calls made inside are not metered, counted or recorded."""
+    """``with llmtally.suppress():`` -- calls made inside are not metered, counted or recorded.
 
-    __slots__ = ("_tokens",)
+    Like a Tally, it keeps no per-entry state of its own: one object can be entered at once by
+    many threads or tasks.
+    """
 
-    def __init__(self) -> None:
-        self._tokens: list[Any] = []
+    __slots__ = ()
 
     def __enter__(self) -> None:
-        self._tokens.append(_suppressed.set(True))
+        quiet = _Quiet()
+        quiet.token = _suppressed.set(quiet)
 
     def __exit__(self, *exc: object) -> None:
-        _suppressed.reset(self._tokens.pop())
+        quiet = _suppressed.get()
+        if quiet is not None and quiet.token is not None:
+            _suppressed.reset(quiet.token)
 
     async def __aenter__(self) -> None:
         self.__enter__()
