@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
@@ -183,6 +184,56 @@ class TestStreams:
                     got = [c async for c in r.aiter_raw()]
         assert b"".join(got) == b"".join(STREAM)
         assert (t.prompt_tokens, t.completion_tokens) == (11, 13)
+
+    async def test_cancelled_mid_stream_is_counted(self) -> None:
+        """A task cancelled while reading a stream it never closes (what an SDK's stream does):
+        a failed request that keeps the tokens streamed so far, not a lost one."""
+
+        async def slow():
+            for c in STREAM[:2]:
+                yield c
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(60)
+            yield STREAM[2]
+
+        def handler(req):
+            return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=slow())
+
+        client = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+        got: list[bytes] = []
+
+        async def read() -> None:
+            request = client.build_request("POST", "http://fake/v1/chat/completions", json=CHAT)
+            response = await client.send(request, stream=True)
+            async for c in response.aiter_raw():
+                got.append(c)
+
+        with llmtally.track() as t:
+            task = asyncio.create_task(read())
+            while len(got) < 2:
+                await asyncio.sleep(0.005)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert len(t.calls) == 1 and not t.calls[0].ok and "CancelledError" in (t.calls[0].error or "")
+        assert t.calls[0].estimated and t.completion_tokens == 1  # "Hel" + "lo": "Hello", counted offline
+
+    @pytest.mark.parametrize("module", HTTPX_MODULES)
+    def test_stream_requested_of_a_body_already_read(self, module) -> None:
+        """A transport that answers with bytes (a mock, a cache): the response is read at once,
+        and the caller's reads never touch the stream."""
+        client = client_for(
+            module,
+            lambda req: module.Response(
+                200, headers={"content-type": "text/event-stream"}, content=b"".join(STREAM)
+            ),
+        )
+        with llmtally.track() as t:
+            with client.stream("POST", "http://fake/v1/chat/completions", json=CHAT) as r:
+                assert b"".join(r.iter_bytes()) == b"".join(STREAM)
+            with client.stream("POST", "http://fake/v1/chat/completions", json=CHAT) as r:
+                pass  # not even read
+        assert t.successful_requests == 2 and (t.prompt_tokens, t.completion_tokens) == (22, 26)
 
 
 class TestFailures:

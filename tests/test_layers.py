@@ -139,6 +139,16 @@ async def embed(texts: list[str]) -> int:
     return len(texts)
 
 
+class Agent:
+    @llmtally.track("agent")
+    def run(self, question: str) -> str:
+        return question
+
+    @llmtally.track
+    async def arun(self, question: str) -> str:
+        return question
+
+
 async def main() -> Decimal:
     async with llmtally.track("async-job", tags={"team": "search"}) as t:
         n: int = await embed(["a", "b"])
@@ -167,8 +177,9 @@ def run() -> None:
     price: Decimal | None = llmtally.cost_of("gpt-4o", input_tokens=10, output_tokens=5)
     estimate = llmtally.estimate("hello", model="gpt-4o", max_output_tokens=10)
     rows = llmtally.report(since="7d", by=["model"])
-    whole: llmtally.Tally = summarise.tally
-    print(price, estimate.max_cost, [r.cost for r in rows], whole.cost, embed.tally.name)
+    answer: str = Agent().run("why?")
+    whole: llmtally.Tally = summarise.tally  # type: ignore[attr-defined]
+    print(price, estimate.max_cost, [r.cost for r in rows], whole.cost, answer, Agent().arun("x"))
 """
 
 
@@ -179,7 +190,7 @@ class TestTypes:
     def test_user_file_is_strict_clean(self, tmp_path: Path, broken: bool) -> None:
         text = textwrap.dedent(USER_FILE)
         if broken:  # the check can fail: wrong arguments to a decorated function, a misspelt field
-            text += '\nsummarise(3, words="many")\nprint(llmtally.track().prompt_tokenz)\n'
+            text += '\nsummarise(3, words="many")\nprint(llmtally.track().prompt_tokenz)\nAgent().run(3)\n'
         (tmp_path / "user.py").write_text(text)
         proc = subprocess.run(
             [
@@ -200,5 +211,6 @@ class TestTypes:
             assert 'has incompatible type "int"; expected "str"' in proc.stdout
             assert 'has incompatible type "str"; expected "int"' in proc.stdout
             assert '"Tally" has no attribute "prompt_tokenz"' in proc.stdout
+            assert 'Argument 1 to "run" of "Agent" has incompatible type "int"' in proc.stdout
         else:
             assert proc.returncode == 0, proc.stdout

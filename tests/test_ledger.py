@@ -263,3 +263,74 @@ class TestProcesses:
         assert out.returncode == 0, out.stderr
         (row,) = rows(path)
         assert json.loads(row["scope_path"]) == ["from-env"] and row["prompt_tokens"] == 5
+
+
+FORK_AFTER_CALLS = textwrap.dedent(
+    """
+    import os, sys, httpx2, llmtally
+    from llmtally.testing import FakeProvider, Reply
+    llmtally.configure(ledger=sys.argv[1], flush_interval=30)  # nothing written until flushed
+    reply = Reply(text="x", prompt_tokens=11, completion_tokens=13, model="gpt-4")
+    fake = FakeProvider(handler=lambda req: reply)
+    client = httpx2.Client(transport=fake.httpx2_transport())
+    with llmtally.track("parent"):
+        for _ in range(5):
+            client.post("http://fake/v1/chat/completions", json={"model": "gpt-4", "messages": []})
+    children = []
+    for i in range(3):
+        pid = os.fork()
+        if pid == 0:  # a child: one call of its own, then flush and leave
+            with llmtally.track(f"child-{i}"):
+                client.post("http://fake/v1/chat/completions", json={"model": "gpt-4", "messages": []})
+            llmtally.flush()
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        assert os.waitpid(pid, 0)[1] == 0
+    llmtally.flush()
+    print("ok")
+    """
+)
+
+FORK_RIGHT_AFTER_START = textwrap.dedent(
+    """
+    import os, sys, httpx2, llmtally
+    from llmtally.testing import FakeProvider, Reply
+    reply = Reply(text="x", prompt_tokens=11, completion_tokens=13, model="gpt-4")
+    fake = FakeProvider(handler=lambda req: reply)
+    client = httpx2.Client(transport=fake.httpx2_transport())
+    llmtally.instrument()  # starts loading the price catalogue in a thread...
+    pid = os.fork()        # ...and forks at once, while it may be importing
+    if pid == 0:
+        with llmtally.track() as t:
+            client.post("http://fake/v1/chat/completions", json={"model": "gpt-4", "messages": []})
+        print(t.cost, flush=True)
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    """
+)
+
+
+class TestFork:
+    """A forked child starts clean: it records its own calls, never the parent's, and never hangs."""
+
+    def test_children_do_not_record_the_parents_queued_calls(self, tmp_path: Path) -> None:
+        path = tmp_path / "fork.db"
+        out = subprocess.run(
+            [sys.executable, "-c", FORK_AFTER_CALLS, f"sqlite:///{path}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+        got = rows(path)
+        scopes = sorted(json.loads(r["scope_path"])[0] for r in got)
+        assert scopes == ["child-0", "child-1", "child-2"] + ["parent"] * 5
+        assert len({r["id"] for r in got}) == 8
+
+    def test_fork_while_the_catalogue_loads(self) -> None:
+        out = subprocess.run(
+            [sys.executable, "-c", FORK_RIGHT_AFTER_START], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "0.00111"  # priced: the child's catalogue is whole

@@ -424,3 +424,92 @@ def test_one_suppress_object_in_many_threads(fake: FakeProvider) -> None:
         list(pool.map(handle, range(60)))
         post(client)
     assert t.successful_requests == 1 and len(fake.requests) == 61
+
+
+class TestGenerators:
+    """Scopes held across ``yield``, and decorated generator functions."""
+
+    def test_generator_closed_inside_another_scope(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        client = httpx2.Client(transport=fake.httpx2_transport())
+
+        def gen():  # type: ignore[no-untyped-def]
+            with llmtally.track("g") as g:
+                yield g
+                post(client)
+                yield g
+
+        it = gen()
+        g = next(it)
+        with llmtally.track("outer") as outer:
+            next(it)  # a call inside the generator: counted in g (and in outer, open around it)
+            it.close()  # g leaves while outer, entered after it, is still open
+            assert llmtally.current_scopes() == (outer,)
+            post(client)  # counted in outer only
+        assert llmtally.current_scopes() == ()
+        assert (g.successful_requests, outer.successful_requests) == (1, 2)
+
+    async def test_async_generator_finished_in_another_task(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        client = httpx2.AsyncClient(transport=fake.httpx2_transport())
+
+        async def agen():  # type: ignore[no-untyped-def]
+            async with llmtally.track("g") as g:
+                yield g
+                await client.post("http://fake/v1/chat/completions", json=CHAT)
+                yield g
+
+        ag = agen()
+        g = await ag.__anext__()
+
+        async def consume() -> None:
+            async for _ in ag:
+                pass
+
+        await asyncio.create_task(consume())  # no ValueError from a token of another context
+        assert g.successful_requests == 1
+
+    def test_decorated_generator(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        client = httpx2.Client(transport=fake.httpx2_transport())
+
+        @llmtally.track("gen")
+        def gen(n: int):  # type: ignore[no-untyped-def]
+            for i in range(n):
+                post(client)
+                got = yield i
+                assert got in (None, "hello")
+            return "done"
+
+        it = gen(3)
+        assert next(it) == 0
+        post(client)  # the caller's own call between steps: not the generator's
+        assert it.send("hello") == 1
+        assert list(it) == [2]
+        assert gen.tally.successful_requests == 3  # type: ignore[attr-defined]
+        with pytest.raises(KeyError):
+            g2 = gen(5)
+            next(g2)
+            g2.throw(KeyError("boom"))  # thrown in, not caught by the generator: raised out
+        it3 = gen(5)
+        next(it3)
+        it3.close()
+        assert gen.tally.successful_requests == 5  # type: ignore[attr-defined]
+        assert llmtally.current_scopes() == ()
+
+    async def test_decorated_async_generator(self, fake: FakeProvider) -> None:
+        fake.handler = lambda req: joke()
+        client = httpx2.AsyncClient(transport=fake.httpx2_transport())
+
+        @llmtally.track("agen")
+        async def agen(n: int):  # type: ignore[no-untyped-def]
+            for i in range(n):
+                await client.post("http://fake/v1/chat/completions", json=CHAT)
+                yield i
+
+        assert [i async for i in agen(3)] == [0, 1, 2]
+        assert agen.tally.successful_requests == 3  # type: ignore[attr-defined]
+        it = agen(5)
+        assert await it.__anext__() == 0
+        await it.aclose()
+        assert agen.tally.successful_requests == 4  # type: ignore[attr-defined]

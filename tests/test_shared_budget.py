@@ -60,6 +60,50 @@ class TestSQLite:
         with llmtally.budget("team", ledger=url):
             ask(c)  # room again
 
+    def test_a_failing_budget_database_releases_what_was_reserved(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        org = llmtally.budget("org", max_cost="1", ledger=f"sqlite:///{tmp_path / 'a.db'}")
+        team = llmtally.budget("team", max_cost="1", ledger=f"sqlite:///{tmp_path / 'b.db'}")
+
+        def down(*args: object) -> bool:
+            raise llmtally.LedgerError("server down")
+
+        assert team._limits is not None and team._limits.shared is not None
+        monkeypatch.setattr(team._limits.shared.store, "reserve", down)
+        c = client()
+        for _ in range(5):
+            with org, team:
+                ask(c)  # sent: a budget that cannot be checked does not stop the work (logged)
+        assert org._limits is not None and org._limits.shared is not None
+        state = org._limits.shared.store.get("org")
+        assert state is not None and state.reserved == 0 and state.spent == CALL * 5
+
+    def test_warn_mode_charges_what_was_spent(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'w.db'}"
+        b = llmtally.budget("team", max_cost="0.001", ledger=url, on_exceed="warn")
+        c = client()
+        for _ in range(3):
+            with b:
+                ask(c)  # each over the budget's room: warned, sent, and charged
+        assert b._limits is not None and b._limits.shared is not None
+        state = b._limits.shared.store.get("team")
+        assert state is not None and state.spent == CALL * 3 and state.reserved == 0
+
+    def test_a_refused_request_is_not_counted_as_sent(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'r.db'}"
+        llmtally.budget("tiny", max_cost="0.0001", ledger=url)
+        c = client()
+        with llmtally.track("run", max_requests=2) as run:
+            for _ in range(2):
+                with pytest.raises(llmtally.BudgetExceeded), llmtally.budget("tiny", ledger=url):
+                    ask(c)
+            ask(c)  # the two refused requests were never sent: the run has room for two
+            ask(c)
+            with pytest.raises(llmtally.BudgetExceeded, match="request limit: 2 of 2"):
+                ask(c)
+        assert run.successful_requests == 2
+
     def test_unknown_budget(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="no budget named 'nope'"):
             llmtally.budget("nope", ledger=f"sqlite:///{tmp_path / 'l.db'}")

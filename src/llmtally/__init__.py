@@ -34,7 +34,8 @@ from ._api import (
     track,
     uninstrument,
 )
-from ._core.scope import Tally, current_scopes
+from ._core.scope import current_scopes
+from ._core.tally import Tally
 from ._version import __version__
 
 # typing imports re (milliseconds); mypy reads TYPE_CHECKING = False the same way.

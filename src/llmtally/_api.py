@@ -9,23 +9,22 @@ runtime starts on the first scope entered.
 
 from __future__ import annotations
 
-from ._core.scope import Suppressed, Tally, set_starter
+from ._core.scope import Suppressed, set_starter
+from ._core.tally import Tally
 
 TYPE_CHECKING = False  # typing imports re (milliseconds); mypy reads it the same way.
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from datetime import datetime
     from decimal import Decimal
-    from typing import Literal, ParamSpec, TypeVar, overload
+    from typing import Any, Literal, TypeVar, overload
 
     from opentelemetry.metrics import MeterProvider
 
-    from ._core.scope import Tracked
     from ._limits import Estimate
     from ._report import ReportRow
 
-    P = ParamSpec("P")
-    R = TypeVar("R")
+    F = TypeVar("F", bound=Callable[..., Any])
     Amount = Decimal | str | int | float
 else:
 
@@ -72,7 +71,7 @@ def track(
 
 @overload
 def track(  # noqa: F811 - overloads (typing.overload, under another name at run time)
-    name: Callable[P, R],
+    name: F,
     *,
     tags: Mapping[str, object] | None = None,
     max_cost: Amount | None = None,
@@ -80,11 +79,11 @@ def track(  # noqa: F811 - overloads (typing.overload, under another name at run
     max_requests: int | None = None,
     on_exceed: Literal["raise", "warn"] = "raise",
     preflight: bool = False,
-) -> Tracked[P, R]: ...
+) -> F: ...
 
 
 def track(  # noqa: F811
-    name: str | Callable[P, R] | None = None,
+    name: str | F | None = None,
     *,
     tags: Mapping[str, object] | None = None,
     max_cost: Amount | None = None,
@@ -92,7 +91,7 @@ def track(  # noqa: F811
     max_requests: int | None = None,
     on_exceed: Literal["raise", "warn"] = "raise",
     preflight: bool = False,
-) -> Tally | Tracked[P, R]:
+) -> Tally | F:
     """A new scope: count every LLM call made while it is open.
 
     Use it as a context manager (``with`` or ``async with``) or a decorator::

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from ._capture.exchange import Exchange
-    from ._core.scope import Tally
+    from ._core.tally import Tally
     from ._core.usage import Call
     from .ledger.budgets import BudgetStore
     from .wire import Parser
@@ -191,9 +191,17 @@ def check(scopes: tuple[Tally, ...], ex: Exchange) -> None:
         return
     with _check_lock:
         _check(limited, ex)
+        for tally, _ in limited:
+            tally._sent += 1
     shared = [(t, limits) for t, limits in limited if limits.shared is not None]
     if shared:
-        _reserve(shared, ex)
+        try:
+            _reserve(shared, ex)
+        except BudgetExceeded:
+            with _check_lock:  # refused: not sent, so not one of the scopes' requests
+                for tally, _ in limited:
+                    tally._sent -= 1
+            raise
 
 
 def _refuse(tally: Tally, limits: Limits, problem: BudgetExceeded) -> None:
@@ -230,37 +238,49 @@ def _check(limited: list[tuple[Tally, Limits]], ex: Exchange) -> None:
                     )
         if problem is not None:
             _refuse(tally, limits, problem)
-    for tally, _ in limited:
-        tally._sent += 1
 
 
 def _reserve(shared: list[tuple[Tally, Limits]], ex: Exchange) -> None:
-    """Reserve the request's worst case in every shared budget, all or none."""
+    """Reserve the request's worst case in every shared budget, all or none.
+
+    In warn mode a budget without room reserves nothing but is still charged the call's real cost.
+    If a budget's database fails, what was reserved so far stays on the exchange, so settlement
+    releases it (the request is then sent; see ``Exchange.check_limits``).
+    """
     worst = _worst_case(ex.parser, ex.request_body(), DEFAULT_OUTPUT_ALLOWANCE)
     if worst is None:
         return  # an unpriced model: nothing to reserve, its spend is unknown
     made: list[tuple[Shared, Decimal]] = []
-    for tally, limits in shared:
-        budget = limits.shared
-        assert budget is not None
-        if budget.store.reserve(budget.name, worst, budget.period):
-            made.append((budget, worst))
-            continue
-        for done, amount in made:
-            done.store.settle(done.name, amount, ZERO)
-        made = []
-        state = budget.store.get(budget.name)
-        spent = state.spent + state.reserved if state else worst
-        allowed = state.max_cost if state else 0
-        _refuse(
-            tally,
-            limits,
-            BudgetExceeded(
+    try:
+        for tally, limits in shared:
+            budget = limits.shared
+            assert budget is not None
+            if budget.store.reserve(budget.name, worst, budget.period):
+                made.append((budget, worst))
+                continue
+            state = budget.store.get(budget.name)
+            spent = state.spent + state.reserved if state else worst
+            allowed = state.max_cost if state else 0
+            problem = BudgetExceeded(
                 budget.name, "cost", allowed, spent, f" (this request could cost up to ${format_usd(worst)})"
-            ),
-        )
-    if made:
-        ex.reservations = made
+            )
+            if limits.on_exceed == "raise":
+                _unreserve(made)
+                made = []
+                raise problem
+            _refuse(tally, limits, problem)  # warns
+            made.append((budget, ZERO))
+    finally:
+        if made:
+            ex.reservations = made
+
+
+def _unreserve(made: list[tuple[Shared, Decimal]]) -> None:
+    for budget, amount in made:
+        try:
+            budget.store.settle(budget.name, amount, ZERO)
+        except Exception:
+            log.exception("llmtally: could not release a reservation in the shared budget %r", budget.name)
 
 
 def release(reservations: list[tuple[Shared, Decimal]], call: Call) -> None:

@@ -85,7 +85,7 @@ def _snapshot() -> Any:
     return data_snapshot.get_snapshot()
 
 
-def warm() -> None:
+def warm() -> threading.Thread:
     """Load the catalogue in a background thread, so the first priced call does not wait for it."""
 
     def load() -> None:
@@ -94,7 +94,9 @@ def warm() -> None:
         except Exception:  # pragma: no cover - logged, pricing retries on demand
             log.exception("llmtally: could not load the genai-prices catalogue")
 
-    threading.Thread(target=load, name="llmtally-warm-prices", daemon=True).start()
+    thread = threading.Thread(target=load, name="llmtally-warm-prices", daemon=True)
+    thread.start()
+    return thread
 
 
 def resolve(

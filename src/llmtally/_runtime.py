@@ -57,6 +57,8 @@ class Runtime:
         self._finder: Any = None
         self._stores: dict[str, BudgetStore] = {}
         self._exit_hooks = False
+        self._fork_hooks = False
+        self._warming: threading.Thread | None = None
 
     # -- start / stop -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -83,7 +85,9 @@ class Runtime:
             self._threads.patch()
             self.started = True
             scope.mark_started(True)
-            warm()
+            if self._warming is None:
+                self._warming = warm()
+            self._install_fork_hooks()
         self._configure_from_env()
 
     def stop(self) -> None:
@@ -215,8 +219,6 @@ class Runtime:
             return
         self._exit_hooks = True
         atexit.register(self._at_exit)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
         self._install_sigterm()
 
     def _at_exit(self) -> None:
@@ -227,9 +229,23 @@ class Runtime:
             except Exception:  # pragma: no cover
                 log.exception("llmtally: could not flush the ledger at exit")
 
+    def _install_fork_hooks(self) -> None:
+        if self._fork_hooks or not hasattr(os, "register_at_fork"):
+            return
+        self._fork_hooks = True
+        os.register_at_fork(before=self._before_fork, after_in_child=self._after_fork)
+
+    def _before_fork(self) -> None:
+        # A fork while the warm-up thread imports the catalogue would leave its import lock held
+        # in the child, and the child's first priced call would wait for ever: let it finish.
+        warming = self._warming
+        if warming is not None and warming.is_alive() and warming is not threading.current_thread():
+            warming.join(30)
+
     def _after_fork(self) -> None:
-        # The child has the parent's lock state and none of its threads.
+        """A fork starts clean: the parent's queued calls are the parent's to settle and record."""
         self._lock = threading.RLock()
+        PIPELINE.after_fork()
         if self.writer is not None:
             self.writer.after_fork()
 

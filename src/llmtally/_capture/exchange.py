@@ -32,7 +32,7 @@ from .settle import settle
 from .state import State
 
 if TYPE_CHECKING:
-    from .._core.scope import Tally
+    from .._core.tally import Tally
 
 __all__ = ["Exchange", "State", "begin"]
 

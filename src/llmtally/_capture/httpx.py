@@ -43,8 +43,11 @@ def _begin(request: Any, scopes: Any) -> Exchange | None:
 def _respond(ex: Exchange, response: Any, stream: bool, module: Any, awaiting: dict[int, Exchange]) -> None:
     try:
         headers = response.headers
-        if not stream:
-            content = response.content
+        # A body already in memory, asked for as a stream or not: a transport that answered with
+        # bytes (a mock, a test double, a cache) has had the response read at construction, and
+        # the caller's reads never touch the stream. (``_content`` is where httpx keeps it.)
+        content = response.content if not stream else getattr(response, "_content", None)
+        if content is not None:
             content_type = "" if content[:1] == b"{" else headers.get("content-type", "")
             ex.body(response.status_code, content, content_type, (awaiting, id(response)))
             return
@@ -143,7 +146,10 @@ def _tap_classes_for(module: Any) -> tuple[type, type]:
                 for chunk in self._inner:
                     ex.feed(chunk)
                     yield chunk
-            except Exception as exc:
+            except GeneratorExit:  # the reader stopped early: a call closed early, not a failure
+                ex.finish()
+                raise
+            except BaseException as exc:  # a broken connection, a KeyboardInterrupt mid-stream
                 ex.interrupted(exc)
                 raise
             ex.finish()
@@ -168,7 +174,10 @@ def _tap_classes_for(module: Any) -> tuple[type, type]:
                 async for chunk in self._inner:
                     ex.feed(chunk)
                     yield chunk
-            except Exception as exc:
+            except GeneratorExit:  # the reader stopped early: a call closed early, not a failure
+                ex.finish()
+                raise
+            except BaseException as exc:  # a broken connection, a cancelled task mid-stream
                 ex.interrupted(exc)
                 raise
             ex.finish()

@@ -7,8 +7,8 @@
 3. ``_count``     a response without usage is counted offline with the model's tokenizer
                   (``estimated``), and a stream cut before its final count is topped up;
 4. price         the usage is priced at the time of the call, by host, wire provider or model;
-5. ``_finish``    shared-budget reservations made before the request are settled, bodies dropped;
-6. delivery      the call goes into every scope it was made in and to every sink.
+5. finish        the bodies are dropped, shared-budget reservations settled (``_release``);
+6. deliver       the call goes into every scope it was made in and to every sink.
 
 A step that fails is logged and leaves its fields unknown (usage ``None``, cost ``None``): the call
 is still counted and recorded, never lost. Only a response that another API sent on the same path
@@ -51,71 +51,97 @@ def settle(ex: Exchange) -> None:
     """
     if ex.state is State.SETTLED:
         return
+    call: Call | None = None
+    result: wire.Result | None = None
     try:
-        call = _settle(ex)
-    except Exception:  # pragma: no cover - every step below is guarded; this guards the guards
+        parser = ex.parser
+        provider, api_url = _hosts.get(ex.host) or _host(ex.host)
+        try:  # 1. record
+            call = _record(ex, provider or parser.provider)
+        except Exception:
+            _failed_step(ex, "record")
+            call = _plain_call(ex, provider or parser.provider)
+        if ex.state is State.FAILED:
+            call.ok = False
+            call.error = ex.error
+            call.cost = ZERO
+        else:
+            try:  # 2. read
+                result = _read(ex, call)
+            except Exception:
+                _failed_step(ex, "read the response of")
+                result = None
+            if result is _NOT_A_CALL:
+                call.cost = ZERO  # not a model call: it releases its reservations unspent
+            elif result is not None:
+                try:  # 3. count
+                    _count(ex, call, result)
+                except Exception:
+                    _failed_step(ex, "count the tokens of")
+                if call.usage is not None:
+                    try:  # 4. price
+                        cost, source = price_usage(
+                            call.usage, call.model, provider, api_url, parser.provider, call.started_at
+                        )
+                        if source is not None:
+                            call.cost, call.price_source, call.provider = (
+                                cost,
+                                source.source,
+                                source.provider_id,
+                            )
+                    except Exception:
+                        _failed_step(ex, "price")
+        # 5. finish: drop the bodies, settle budget reservations at the call's cost.
+        ex.state = State.SETTLED
+        ex._request_body = ex.content = ex.parsed = ex.result = ex.stream_parser = None
+        if ex._awaiting is not None:
+            ex.forget_awaiting()
+        if ex.reservations:
+            _release(ex, call)
+        if result is _NOT_A_CALL:
+            return
+    except Exception:  # pragma: no cover - every step is guarded; this guards the guards
         log.exception("llmtally: could not settle a call; counting it with what is known")
         ex.state = State.SETTLED
-        call = Call(ex.parser.provider, ex.parser.endpoint, None)
-    if call is not None:
-        PIPELINE.deliver(call, ex.scopes)
+        if call is None:
+            call = _plain_call(ex, ex.parser.provider)
+        if ex.reservations:
+            _release(ex, call)
+    # 6. deliver: into every scope the call was made in, and to every sink.
+    PIPELINE.deliver(call, ex.scopes)
 
 
-def _settle(ex: Exchange) -> Call | None:
-    parser = ex.parser
-    provider, api_url = _host(ex.host)
-    try:
-        call = _record(ex, provider or parser.provider)
-    except Exception:
-        _failed_step(ex, "record")
-        call = Call(provider or parser.provider, parser.endpoint, None)
-    if ex.state is State.FAILED:
-        call.ok = False
-        call.error = ex.error
-        call.cost = ZERO
-    else:
+def _plain_call(ex: Exchange, provider: str) -> Call:
+    """The call with only what needs no parsing, when recording it properly failed: still dated,
+    timed, attributed to its host and scopes, so its record is not lost in the ledger either."""
+    call = Call(provider, ex.parser.endpoint, None, status=ex.status, url_host=ex.host)
+    for step in (_plain_timing, _plain_scopes):
         try:
-            result = _read(ex, call)
+            step(ex, call)
         except Exception:
-            _failed_step(ex, "read the response of")
-            result = None
-        if result is _NOT_A_CALL:
-            call.cost = ZERO  # not a model call: it releases its reservations unspent
-            _finish(ex, call)
-            return None
-        if result is not None:
-            try:
-                _count(ex, call, result)
-            except Exception:
-                _failed_step(ex, "count the tokens of")
-            if call.usage is not None:
-                try:
-                    cost, source = price_usage(
-                        call.usage, call.model, provider, api_url, parser.provider, call.started_at
-                    )
-                    if source is not None:
-                        call.cost, call.price_source, call.provider = cost, source.source, source.provider_id
-                except Exception:
-                    _failed_step(ex, "price")
-    _finish(ex, call)
+            log.exception("llmtally: could not record part of a call")
+    if ex.error is not None:
+        call.ok, call.error = False, ex.error
     return call
 
 
-def _finish(ex: Exchange, call: Call) -> None:
-    """Release what the exchange held: budget reservations (settled at the call's cost), the
-    request and response bodies, its place among the responses awaiting their JSON."""
-    ex.state = State.SETTLED
-    ex._request_body = ex.content = ex.parsed = ex.result = ex.stream_parser = None
-    if ex._awaiting is not None:
-        ex.forget_awaiting()
-    if ex.reservations:
-        try:
-            from .._limits import release
+def _plain_timing(ex: Exchange, call: Call) -> None:
+    call.latency = max(ex.end - ex.start, 0.0)
+    call.started_at = time.time() - (time.perf_counter() - ex.start)
 
-            reservations, ex.reservations = ex.reservations, None
-            release(reservations, call)
-        except Exception:
-            _failed_step(ex, "release the budget reservations of")
+
+def _plain_scopes(ex: Exchange, call: Call) -> None:
+    call.scope_path = tuple(t.name or "" for t in ex.scopes)
+
+
+def _release(ex: Exchange, call: Call) -> None:
+    try:
+        from .._limits import release
+
+        reservations, ex.reservations = ex.reservations, None
+        release(reservations, call)
+    except Exception:
+        _failed_step(ex, "release the budget reservations of")
 
 
 def _failed_step(ex: Exchange, doing: str) -> None:
@@ -163,11 +189,13 @@ def _names_and_tags(scopes: Any) -> tuple[tuple[str, ...], Any]:
     cached = getattr(scopes, "names_and_tags", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
+    names = []
     tags: Any = NO_TAGS
     for tally in scopes:
+        names.append(tally.name or "")
         if tally.tags:
             tags = {**tags, **tally.tags}
-    cached = (tuple([t.name or "" for t in scopes]), tags)
+    cached = (tuple(names), tags)
     try:
         scopes.names_and_tags = cached
     except AttributeError:  # a plain tuple (current_scopes() handed over by hand)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any, Protocol
 
-    from .scope import Tally
+    from .tally import Tally
     from .usage import Call
 
     class Pending(Protocol):
@@ -69,6 +69,12 @@ class Pipeline:
                 except IndexError:
                     return
                 item.settle()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's queued calls are the parent's to settle; the lock may
+        have been held by a thread that does not exist here."""
+        self.pending.clear()
+        self._lock = RLock()
 
     def deliver(self, call: Call, scopes: Sequence[Tally]) -> None:
         """A settled call: into every scope it was made in, then to every sink (each guarded)."""
