@@ -46,7 +46,8 @@ class Runtime:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self.started = False
-        #: ``configure(ledger=...)`` was called: the environment no longer decides.
+        #: ``configure(ledger=...)`` was called: the environment no longer decides what is recorded
+        #: (after ``configure(ledger="none")`` reports still read ``LLMTALLY_LEDGER``; see ledger_url).
         self._configured = False
         self._ledger_url: str | None = None
         self.writer: Writer | None = None
