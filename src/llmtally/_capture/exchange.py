@@ -32,7 +32,10 @@ from .settle import settle
 from .state import State
 
 if TYPE_CHECKING:
+    from decimal import Decimal
+
     from .._core.tally import Tally
+    from .._limits import Shared
 
 __all__ = ["Exchange", "State", "begin"]
 
@@ -85,7 +88,6 @@ class Exchange:
         "parser",
         "path",
         "reservations",
-        "result",
         "scopes",
         "span",
         "start",
@@ -106,10 +108,10 @@ class Exchange:
         self.status: int | None = None
         self.content: bytes | None = None
         self.parsed: dict[str, Any] | None = None
-        self.result: wire.Result | None = None
         self.stream_parser: wire.StreamParser | None = None
         self.error: str | None = None
-        self.reservations: Any = None
+        #: Shared-budget reservations made for this request (``_limits``), settled with the call.
+        self.reservations: list[tuple[Shared, Decimal]] | None = None
         self._awaiting: Any = None
         self._decoder: Any = None
         self._sse: Any = None

@@ -93,7 +93,7 @@ def settle(ex: Exchange) -> None:
                         _failed_step(ex, "price")
         # 5. finish: drop the bodies, settle budget reservations at the call's cost.
         ex.state = State.SETTLED
-        ex._request_body = ex.content = ex.parsed = ex.result = ex.stream_parser = None
+        ex._request_body = ex.content = ex.parsed = ex.stream_parser = None
         if ex._awaiting is not None:
             ex.forget_awaiting()
         if ex.reservations:
@@ -139,7 +139,8 @@ def _release(ex: Exchange, call: Call) -> None:
         from .._limits import release
 
         reservations, ex.reservations = ex.reservations, None
-        release(reservations, call)
+        if reservations:
+            release(reservations, call)
     except Exception:
         _failed_step(ex, "release the budget reservations of")
 
