@@ -125,8 +125,11 @@ class TestPreflight:
 
     def test_worst_case(self, fake: FakeProvider, client: openai.OpenAI) -> None:
         with llmtally.track("careful", max_cost="0.01", preflight=True) as t:
-            with pytest.raises(llmtally.BudgetExceeded, match="could cost up to"):
+            with pytest.raises(llmtally.BudgetExceeded, match="could cost up to") as info:
                 ask(client, max_tokens=1000)  # up to 1000 output tokens at $60/M = $0.06
+            # Nothing was spent yet: it says "could pass", not "reached".
+            assert "'careful' could pass its cost limit ($0 spent of $0.01)" in str(info.value)
+            assert info.value.worst is not None and info.value.worst > Decimal("0.06")
             ask(client, max_tokens=10)  # worst case well under $0.01
             with pytest.raises(llmtally.BudgetExceeded):
                 ask(client)  # no max_tokens: 4,096 output tokens assumed, $0.25 at worst

@@ -399,6 +399,9 @@ class TestLimitArguments:
             ({"max_cost": "abc"}, "max_cost must be an amount in USD"),
             ({"max_cost": "NaN"}, "max_cost must be a finite amount"),
             ({"max_cost": 1, "on_exceed": "ignore"}, "on_exceed must be 'raise' or 'warn'"),
+            ({"on_exceed": "bogus"}, "on_exceed must be 'raise' or 'warn'"),
+            ({"preflight": True}, "preflight=True prices each request against max_cost"),
+            ({"preflight": True, "max_requests": 3}, "preflight=True prices each request against max_cost"),
         ],
     )
     def test_bad_limits(self, kwargs: dict[str, object], message: str) -> None:

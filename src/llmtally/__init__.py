@@ -8,7 +8,7 @@
     # Tokens Used: 1929
     #     Prompt Tokens: 1799
     #     Completion Tokens: 130
-    # Successful Requests: 3
+    # Successful Requests: 4
     # Total Cost (USD): $0.06177
 
 Importing llmtally loads no SDK, HTTP client, price catalogue or database driver: only the public

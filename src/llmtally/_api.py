@@ -120,6 +120,12 @@ def track(  # noqa: F811
         from ._limits import Limits
 
         limits = Limits(max_cost, max_tokens, max_requests, on_exceed, preflight)  # type: ignore[arg-type]
+    elif on_exceed != "raise" or preflight:
+        from ._limits import check_on_exceed
+
+        check_on_exceed(on_exceed)
+        if preflight:
+            raise ValueError("preflight=True prices each request against max_cost: give max_cost too")
     if callable(name):  # bare @track
         return Tally(None, tags, limits).decorate(name)
     return Tally(name, tags, limits)

@@ -80,17 +80,31 @@ class BudgetExceeded(BaseException):
     llm_output = None
 
     def __init__(
-        self, scope: str | None, limit: str, allowed: Decimal | int, spent: Decimal | int, extra: str = ""
+        self,
+        scope: str | None,
+        limit: str,
+        allowed: Decimal | int,
+        spent: Decimal | int,
+        extra: str = "",
+        *,
+        worst: Decimal | None = None,
     ) -> None:
         self.scope = scope
         self.limit = limit
         self.allowed = allowed
         self.spent = spent
+        #: The request's worst case, when it was refused because it *could* go past the limit.
+        self.worst = worst
         fmt = (lambda v: f"${v}") if limit == "cost" else str
-        super().__init__(
-            f"llmtally: scope {scope or '(unnamed)'!r} reached its {_WHAT[limit]}: {fmt(spent)} of "
-            f"{fmt(allowed)}{extra}; the request was not sent"
-        )
+        name = scope or "(unnamed)"
+        if worst is None:
+            text = f"scope {name!r} reached its {_WHAT[limit]}: {fmt(spent)} of {fmt(allowed)}"
+        else:
+            text = (
+                f"scope {name!r} could pass its {_WHAT[limit]} ({fmt(spent)} spent of {fmt(allowed)}): "
+                f"this request could cost up to ${format_usd(worst)}"
+            )
+        super().__init__(f"llmtally: {text}{extra}; the request was not sent")
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,11 @@ class Shared:
     name: str
     store: BudgetStore
     period: str | None
+
+
+def check_on_exceed(on_exceed: object) -> None:
+    if on_exceed not in ("raise", "warn"):
+        raise ValueError(f"on_exceed must be 'raise' or 'warn', not {on_exceed!r}")
 
 
 @dataclass
@@ -114,8 +133,9 @@ class Limits:
     shared: Shared | None = None
 
     def __post_init__(self) -> None:
-        if self.on_exceed not in ("raise", "warn"):
-            raise ValueError(f"on_exceed must be 'raise' or 'warn', not {self.on_exceed!r}")
+        check_on_exceed(self.on_exceed)
+        if self.preflight and self.max_cost is None:
+            raise ValueError("preflight=True prices each request against max_cost: give max_cost too")
         if self.max_cost is not None:
             self.max_cost = parse_amount(self.max_cost, "max_cost")
         for name in ("max_tokens", "max_requests"):
@@ -229,13 +249,7 @@ def _check(limited: list[tuple[Tally, Limits]], ex: Exchange) -> None:
                 if worst is None:
                     worst = _worst_case(ex.parser, ex.request_body(), DEFAULT_OUTPUT_ALLOWANCE)
                 if worst is not None and spent + worst > limits.max_cost:
-                    problem = BudgetExceeded(
-                        tally.name,
-                        "cost",
-                        limits.max_cost,
-                        spent,
-                        f" (this request could cost up to ${format_usd(worst)})",
-                    )
+                    problem = BudgetExceeded(tally.name, "cost", limits.max_cost, spent, worst=worst)
         if problem is not None:
             _refuse(tally, limits, problem)
 
@@ -261,9 +275,7 @@ def _reserve(shared: list[tuple[Tally, Limits]], ex: Exchange) -> None:
             state = budget.store.get(budget.name)
             spent = state.spent + state.reserved if state else worst
             allowed = state.max_cost if state else 0
-            problem = BudgetExceeded(
-                budget.name, "cost", allowed, spent, f" (this request could cost up to ${format_usd(worst)})"
-            )
+            problem = BudgetExceeded(budget.name, "cost", allowed, spent, worst=worst)
             if limits.on_exceed == "raise":
                 _unreserve(made)
                 made = []

@@ -30,6 +30,7 @@ from ._core.pipeline import PIPELINE
 from .ledger import ENV_LEDGER, LedgerError, open_ledger, redact_url
 
 if TYPE_CHECKING:
+    from ._capture import Adapter
     from ._core.pipeline import Sink
     from ._otel import OTelSink
     from .ledger._writer import Writer
@@ -53,7 +54,7 @@ class Runtime:
         self.writer: Writer | None = None
         self._otel: OTelSink | None = None
         self._extra_sinks: tuple[Sink, ...] = ()
-        self.adapters: list[Any] | None = None
+        self.adapters: list[Adapter] | None = None
         self._threads: Any = None
         self._finder: Any = None
         self._stores: dict[str, BudgetStore] = {}

@@ -9,12 +9,28 @@ is one adapter module and one entry there (see docs/architecture.md).
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import ClassVar, Protocol
+
 from .httpx import HttpxAdapter
 from .imports import PatchOnImport
 from .threads import ThreadsInstrumentor
 
-__all__ = ["ADAPTERS", "PatchOnImport", "ThreadsInstrumentor"]
+__all__ = ["ADAPTERS", "Adapter", "PatchOnImport", "ThreadsInstrumentor"]
 
-#: The HTTP client adapters. Each has ``modules`` (the names it patches once imported),
-#: ``patch(module)`` and ``unpatch()``; the runtime owns one instance of each.
-ADAPTERS: tuple[type[HttpxAdapter], ...] = (HttpxAdapter,)
+
+class Adapter(Protocol):
+    """What the runtime needs of an HTTP client adapter (see docs/architecture.md)."""
+
+    #: The modules it patches: now if they are imported, else as soon as they are.
+    modules: ClassVar[tuple[str, ...]]
+
+    def patch(self, module: ModuleType) -> None:
+        """Hook the client classes of ``module``; a second call for the same module does nothing."""
+
+    def unpatch(self) -> None:
+        """Restore every class it patched, exactly as it was."""
+
+
+#: The HTTP client adapters; the runtime owns one instance of each.
+ADAPTERS: tuple[type[Adapter], ...] = (HttpxAdapter,)

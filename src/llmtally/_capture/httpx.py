@@ -16,7 +16,8 @@ and one attribute read, then the original ``send``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from types import ModuleType
+from typing import Any, ClassVar
 
 from .._core.pipeline import PIPELINE
 from .._core.scope import _scopes
@@ -208,7 +209,7 @@ class HttpxAdapter:
     """Patches ``Client.send``, ``AsyncClient.send`` and ``Response.json`` of httpx and httpx2."""
 
     #: The modules this adapter patches, as soon as they are imported.
-    modules = ("httpx", "httpx2")
+    modules: ClassVar[tuple[str, ...]] = ("httpx", "httpx2")
 
     def __init__(self) -> None:
         # module -> (sync send, async send, Response.json) as they were before patching
@@ -218,7 +219,7 @@ class HttpxAdapter:
         #: meanwhile, so its id cannot be reused for another response in that time.
         self.awaiting_json: dict[int, Exchange] = {}
 
-    def patch(self, module: Any) -> None:
+    def patch(self, module: ModuleType) -> None:
         if module in self._originals:
             return  # httpx2.alias_httpx() makes both names one module
         sync_send = module.Client.send

@@ -196,7 +196,9 @@ class Call:
     def __repr__(self) -> str:
         u = self.usage
         tokens = f"{u.prompt_tokens}+{u.completion_tokens}" if u else "?"
-        cost = "unknown" if self.cost is None else f"${self.cost}"
+        from .money import format_usd
+
+        cost = "unknown" if self.cost is None else f"${format_usd(self.cost)}"
         est = " estimated" if self.estimated else ""
         return (
             f"<Call {self.provider}/{self.model} {self.endpoint} status={self.status} "
