@@ -323,12 +323,13 @@ def cost_of(
         >>> llmtally.cost_of("gpt-4", input_tokens=11, output_tokens=13)
         Decimal('0.00111')
     """
+    # Positional, in Usage's field order: cheaper than keywords, in cost_of's one hot line.
     usage = Usage(
-        prompt_tokens=input_tokens,
-        completion_tokens=output_tokens,
-        cached_tokens=cached_tokens,
-        cache_write_tokens=cache_write_tokens,
-        reasoning_tokens=reasoning_tokens,
-        cache_write_1h_tokens=cache_write_1h_tokens,
+        input_tokens,
+        output_tokens,
+        cached_tokens,
+        cache_write_tokens,
+        reasoning_tokens,
+        cache_write_1h_tokens,
     )
     return price_usage(usage, model, provider=provider, at=at)[0]

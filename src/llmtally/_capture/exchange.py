@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .. import wire
 from .._core.pipeline import FLUSH_AT, PIPELINE
 from .._core.scope import _suppressed
+from .._limits import BudgetExceeded, check
 from .settle import settle
 from .state import State
 
@@ -137,8 +138,6 @@ class Exchange:
                 break
         else:
             return
-        from .._limits import BudgetExceeded, check
-
         try:
             check(self.scopes, self)
         except BudgetExceeded:

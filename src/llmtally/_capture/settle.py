@@ -26,6 +26,7 @@ from .. import wire
 from .._core.money import ZERO
 from .._core.pipeline import PIPELINE
 from .._core.usage import NO_TAGS, Call, Usage
+from .._limits import release
 from .._pricing import price_usage
 from .state import State
 
@@ -136,8 +137,6 @@ def _plain_scopes(ex: Exchange, call: Call) -> None:
 
 def _release(ex: Exchange, call: Call) -> None:
     try:
-        from .._limits import release
-
         reservations, ex.reservations = ex.reservations, None
         if reservations:
             release(reservations, call)
