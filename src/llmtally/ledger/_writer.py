@@ -83,20 +83,23 @@ class Writer:
             self._drain(self.interval)
 
     def _drain(self, wait: float) -> None:
+        """Collect calls for ``wait`` seconds (or until a batch is full, or a flush asks), then
+        write them in one transaction: the writer wakes once an interval, not once a call, so it
+        takes the GIL from the callers' threads as little as it can."""
         calls: list[Any] = []
         markers: list[threading.Event] = []
-        try:
-            item = self._queue.get(timeout=wait)
-            while True:
-                if isinstance(item, threading.Event):
-                    markers.append(item)
-                    break  # write what came before the marker, then release its waiter
-                calls.append(item)
-                if len(calls) >= self.batch:
-                    break
-                item = self._queue.get_nowait()
-        except Empty:
-            pass
+        deadline = time.monotonic() + wait
+        get = self._queue.get
+        while len(calls) < self.batch:
+            timeout = deadline - time.monotonic()
+            try:
+                item = get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except Empty:
+                break
+            if isinstance(item, threading.Event):
+                markers.append(item)
+                break  # write what came before the marker, then release its waiter
+            calls.append(item)
         try:
             self._write(calls, force=any(not isinstance(m, _NoRetry) for m in markers))
         except Exception:  # pragma: no cover - _write handles ledger and spool failures itself
