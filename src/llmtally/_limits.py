@@ -52,6 +52,7 @@ __all__ = [
     "check",
     "estimate",
     "release",
+    "unreserve",
 ]
 
 log = logging.getLogger("llmtally")
@@ -277,7 +278,7 @@ def _reserve(shared: list[tuple[Tally, Limits]], ex: Exchange) -> None:
             allowed = state.max_cost if state else 0
             problem = BudgetExceeded(budget.name, "cost", allowed, spent, worst=worst)
             if limits.on_exceed == "raise":
-                _unreserve(made)
+                unreserve(made)
                 made = []
                 raise problem
             _refuse(tally, limits, problem)  # warns
@@ -287,7 +288,8 @@ def _reserve(shared: list[tuple[Tally, Limits]], ex: Exchange) -> None:
             ex.reservations = made
 
 
-def _unreserve(made: list[tuple[Shared, Decimal]]) -> None:
+def unreserve(made: list[tuple[Shared, Decimal]]) -> None:
+    """Give reservations back unspent (the request was refused, or not answered)."""
     for budget, amount in made:
         try:
             budget.store.settle(budget.name, amount, ZERO)

@@ -1,10 +1,11 @@
 """Capture at the HTTP clients: adapters, the exchange, settlement, thread propagation.
 
-One path for every call: an adapter (one small module per HTTP client, ``httpx.py``) turns its
-client's request, response and byte stream into an ``exchange.Exchange``; the exchange keeps the
-call-path state and queues itself when the call is over; ``settle.py`` parses, prices and delivers
-it off the call path. ``ADAPTERS`` lists the adapters the runtime installs; adding an HTTP client
-is one adapter module and one entry there (see docs/architecture.md).
+One path for every call: an adapter (one small module per HTTP client: ``httpx.py``,
+``requests.py``) turns its client's request, response and byte stream into an
+``exchange.Exchange``; the exchange keeps the call-path state and queues itself when the call is
+over; ``settle.py`` parses, prices and delivers it off the call path. ``ADAPTERS`` lists the
+adapters the runtime installs; adding an HTTP client is one adapter module and one entry there
+(see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import ClassVar, Protocol
 
 from .httpx import HttpxAdapter
 from .imports import PatchOnImport
+from .requests import RequestsAdapter
 from .threads import ThreadsInstrumentor
 
 __all__ = ["ADAPTERS", "Adapter", "PatchOnImport", "ThreadsInstrumentor"]
@@ -33,4 +35,4 @@ class Adapter(Protocol):
 
 
 #: The HTTP client adapters; the runtime owns one instance of each.
-ADAPTERS: tuple[type[Adapter], ...] = (HttpxAdapter,)
+ADAPTERS: tuple[type[Adapter], ...] = (HttpxAdapter, RequestsAdapter)

@@ -23,12 +23,13 @@ import logging
 import re
 import time
 import zlib
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .. import wire
 from .._core.pipeline import FLUSH_AT, PIPELINE
 from .._core.scope import _suppressed
-from .._limits import BudgetExceeded, check
+from .._limits import BudgetExceeded, check, unreserve
 from .settle import settle
 from .state import State
 
@@ -43,6 +44,10 @@ __all__ = ["Exchange", "State", "begin"]
 log = logging.getLogger("llmtally")
 
 _JSON_START = re.compile(rb"\s*[{\[]")
+#: Set while an adapter sends a request it meters: clients stack (requests and botocore run on
+#: urllib3, an httpx transport may run on aiohttp), and a call is counted once, at the outermost
+#: seam, so the seams below it pass the request through.
+outer: ContextVar[bool] = ContextVar("llmtally_outer_seam", default=False)
 #: path -> its wire parser (None: not an LLM endpoint), for the last few thousand paths seen.
 _routes: dict[str, wire.Parser | None] = {}
 
@@ -60,7 +65,7 @@ def begin(
     ``request_body`` is the request's bytes (``None`` if the client streams it); it is kept until
     settlement, for the requested model and offline estimates, and then dropped.
     """
-    if method != "POST" or _suppressed.get() is not None:
+    if method != "POST" or _suppressed.get() is not None or outer.get():
         return None
     try:
         parser = _routes[path]
@@ -158,10 +163,8 @@ class Exchange:
         ``json()``: the exchange is filed under ``key`` until then, and removed at settlement.
         """
         self.status = status
-        if status >= 400:
-            # Errors cost nothing; the body is the caller's to read, untouched.
-            self.error = f"HTTP {status}"
-            self._queue(State.FAILED)
+        if status >= 300:
+            self._unanswered(status)
             return
         # A JSON body needs no header lookup: most answers are JSON objects.
         if content[:1] != b"{" and _JSON_START.match(content) is None and _is_sse(content_type):
@@ -184,9 +187,8 @@ class Exchange:
     def streaming(self, status: int, content_type: str, encoding: str) -> bool:
         """The caller will read the body in chunks; ``True`` if the adapter must tap the stream."""
         self.status = status
-        if status >= 400:
-            self.error = f"HTTP {status}"
-            self._queue(State.FAILED)
+        if status >= 300:
+            self._unanswered(status)
             return False
         encoding = encoding.lower().strip()
         inflate = _inflater(encoding) if encoding and encoding != "identity" else None
@@ -197,6 +199,19 @@ class Exchange:
             self._decoder = _Collect(inflate)
             self.state = State.COLLECTING
         return True
+
+    def _unanswered(self, status: int) -> None:
+        if status < 400:
+            # A redirect: the model has not answered yet (the client follows it, or the caller
+            # does, with a request of its own). Nothing to count; reservations go back.
+            self.state = State.SETTLED
+            if self.reservations:
+                reservations, self.reservations = self.reservations, None
+                unreserve(reservations)
+            return
+        # Errors cost nothing; the body is the caller's to read, untouched.
+        self.error = f"HTTP {status}"
+        self._queue(State.FAILED)
 
     # -- streams ---------------------------------------------------------------------------------
     def _begin_stream(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from .._core.pipeline import PIPELINE
 from .._core.scope import _scopes
-from .exchange import Exchange, begin
+from .exchange import Exchange, begin, outer
 
 __all__ = ["HttpxAdapter"]
 
@@ -75,11 +75,14 @@ def _make_sync_send(orig: Any, module: Any, awaiting: dict[int, Exchange]) -> An
         if ex is None:
             return orig(self, request, *args, **kwargs)
         ex.check_limits()  # may raise BudgetExceeded: the request is not sent
+        seam = outer.set(True)  # the clients below (an aiohttp transport, say) pass it through
         try:
             response = orig(self, request, *args, **kwargs)
         except BaseException as exc:
             _failed(ex, exc)
             raise
+        finally:
+            outer.reset(seam)
         _respond(ex, response, kwargs.get("stream", False), module, awaiting)
         return response
 
@@ -97,11 +100,14 @@ def _make_async_send(orig: Any, module: Any, awaiting: dict[int, Exchange]) -> A
         if ex is None:
             return await orig(self, request, *args, **kwargs)
         ex.check_limits()
+        seam = outer.set(True)  # the clients below (an aiohttp transport, say) pass it through
         try:
             response = await orig(self, request, *args, **kwargs)
         except BaseException as exc:
             _failed(ex, exc)
             raise
+        finally:
+            outer.reset(seam)
         _respond(ex, response, kwargs.get("stream", False), module, awaiting)
         return response
 

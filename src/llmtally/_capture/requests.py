@@ -1,0 +1,157 @@
+"""The requests adapter: one hook on ``requests.Session.send``.
+
+``requests.post(...)``, ``Session.post(...)`` and every SDK built on requests end in
+``Session.send(prepared_request, stream=...)``. Without ``stream=True`` the body is read before
+``send`` returns; with it, the caller reads ``response.raw`` (urllib3's response) through
+``iter_content`` / ``iter_lines``, so the adapter puts a tap in its place that feeds each chunk to
+the exchange as it is read, decoded (requests asks urllib3 to decode gzip and deflate).
+
+``Session.send`` calls itself for each redirect; the ``outer`` seam flag makes those inner calls,
+and urllib3 below, pass through: a call is counted once, for the final response.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from .._core.pipeline import PIPELINE
+from .._core.scope import _scopes
+from .exchange import Exchange, begin, outer
+
+__all__ = ["RequestsAdapter"]
+
+log = logging.getLogger("llmtally")
+
+
+def _begin(request: Any, scopes: Any) -> Exchange | None:
+    try:
+        url = urlsplit(request.url)
+        body = request.body
+        if isinstance(body, str):
+            body = body.encode("utf-8", "surrogatepass")
+        elif not isinstance(body, bytes):
+            body = None  # a file or a generator: streamed, nothing to learn from it
+        return begin(request.method or "", url.path, url.hostname or "", body, scopes)
+    except Exception:
+        log.exception("llmtally: could not inspect a request; it is sent unmetered")
+        return None
+
+
+def _respond(ex: Exchange, response: Any, stream: bool) -> None:
+    try:
+        headers = response.headers
+        content = getattr(response, "_content", False)
+        if not stream or isinstance(content, bytes):
+            ex.body(response.status_code, response.content, headers.get("content-type", ""))
+            return
+        # urllib3 decodes the body for requests' readers (decode_content=True): identity here.
+        if ex.streaming(response.status_code, headers.get("content-type", ""), ""):
+            response.raw = _RawTap(response.raw, ex)
+    except Exception:
+        log.exception("llmtally: could not meter a response; the caller gets it untouched")
+
+
+def _make_send(orig: Any) -> Any:
+    def send(self: Any, request: Any, **kwargs: Any) -> Any:
+        scopes = _scopes.get()
+        if not scopes and not PIPELINE.sinks:
+            return orig(self, request, **kwargs)
+        ex = _begin(request, scopes)
+        if ex is None:
+            return orig(self, request, **kwargs)
+        ex.check_limits()  # may raise BudgetExceeded: the request is not sent
+        seam = outer.set(True)  # redirects (Session.send again) and urllib3 pass it through
+        try:
+            response = orig(self, request, **kwargs)
+        except BaseException as exc:
+            try:
+                ex.failed(exc)
+            except Exception:
+                log.exception("llmtally: could not record a failed request")
+            raise
+        finally:
+            outer.reset(seam)
+        _respond(ex, response, bool(kwargs.get("stream", self.stream)))
+        return response
+
+    send.__llmtally_original__ = orig  # type: ignore[attr-defined]
+    send.__wrapped__ = orig  # type: ignore[attr-defined]
+    return send
+
+
+class _RawTap:
+    """urllib3's response as requests' readers use it, each chunk also fed to the exchange."""
+
+    def __init__(self, raw: Any, ex: Exchange) -> None:
+        self._raw = raw
+        self._ex = ex
+
+    def stream(self, amt: int | None = 2**16, decode_content: bool | None = None) -> Any:
+        ex = self._ex
+        try:
+            for chunk in self._raw.stream(amt, decode_content=decode_content):
+                if decode_content is not False:
+                    ex.feed(chunk)
+                yield chunk
+        except GeneratorExit:  # the reader stopped early
+            ex.finish()
+            raise
+        except BaseException as exc:
+            ex.interrupted(exc)
+            raise
+        ex.finish()
+
+    def read(self, amt: int | None = None, decode_content: bool | None = None, **kwargs: Any) -> Any:
+        try:
+            data = self._raw.read(amt, decode_content=decode_content, **kwargs)
+        except BaseException as exc:
+            self._ex.interrupted(exc)
+            raise
+        if data and decode_content is not False:
+            self._ex.feed(data)
+        if not data or amt is None:  # the end of the body, or all of it at once
+            self._ex.finish()
+        return data
+
+    def __iter__(self) -> Any:
+        return self.stream()
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            self._ex.finish()
+
+    def release_conn(self) -> None:
+        try:
+            self._raw.release_conn()
+        finally:
+            self._ex.finish()
+
+    def __getattr__(self, name: str) -> Any:  # headers, status, isclosed, ... as urllib3 has them
+        return getattr(self._raw, name)
+
+
+class RequestsAdapter:
+    """Patches ``requests.Session.send``."""
+
+    modules: ClassVar[tuple[str, ...]] = ("requests",)
+
+    def __init__(self) -> None:
+        self._original: tuple[ModuleType, Any] | None = None
+
+    def patch(self, module: ModuleType) -> None:
+        send = module.Session.send
+        if self._original is not None or hasattr(send, "__llmtally_original__"):
+            return
+        module.Session.send = _make_send(send)
+        self._original = (module, send)
+
+    def unpatch(self) -> None:
+        if self._original is not None:
+            module, send = self._original
+            module.Session.send = send
+            self._original = None
