@@ -361,3 +361,31 @@ class TestInternalFailure:
             client.get("http://fake/v1/models")
             client.post("http://fake/v1/files", content=b"x")
         assert t.calls == []
+
+
+class TestNothingSilentlyMissed:
+    """A POST that looks like an LLM call but that no wire format reads is said once, never dropped
+    in silence; its query string (where Gemini puts the API key) is never in the message."""
+
+    def test_said_once_per_path(self, caplog: pytest.LogCaptureFixture) -> None:
+        client = client_for(httpx2, lambda req: httpx2.Response(200, content=b'{"usageMetadata": {}}'))
+        caplog.set_level(logging.WARNING, "llmtally")
+        path = "/v1beta/models/gemini-9-unknown:generateContent"
+        with llmtally.track() as t:
+            for _ in range(3):
+                client.post(f"https://generativelanguage.googleapis.com{path}?key=AIza-secret", json={})
+            client.post("https://api.example.com/v1/uploads", content=b"x")  # an ordinary POST
+        said = [r.getMessage() for r in caplog.records if "no wire format" in r.getMessage()]
+        assert len(said) == 1 and path in said[0] and "generativelanguage.googleapis.com" in said[0]
+        assert not any("AIza-secret" in r.getMessage() for r in caplog.records)
+        assert t.calls == []
+
+    def test_known_hosts_and_paths(self) -> None:
+        from llmtally.wire import looks_like_llm
+
+        assert looks_like_llm("bedrock-runtime.us-east-1.amazonaws.com", "/model/x/invoke")
+        assert looks_like_llm("bedrock-runtime.eu-west-3.amazonaws.com", "/anything")
+        assert not looks_like_llm("s3.amazonaws.com", "/bucket/key")
+        assert looks_like_llm("localhost", "/api/chat")  # Ollama's native API
+        assert looks_like_llm("myco.openai.azure.com", "/openai/deployments/d/audio/speech")
+        assert not looks_like_llm("example.com", "/api/upload")

@@ -73,9 +73,25 @@ def begin(
         parser = wire.route("POST", path)
         if len(_routes) < 4096:
             _routes[path] = parser
+        if parser is None:
+            _not_understood(host, path)
     if parser is None:
         return None
     return Exchange(parser, host, path, request_body, scopes)
+
+
+def _not_understood(host: str, path: str) -> None:
+    """Say once (per path) that a POST that looks like an LLM call is not counted: never silently."""
+    try:
+        if wire.looks_like_llm(host, path):
+            log.warning(
+                "llmtally: POST %s%s looks like an LLM API call, but no wire format llmtally knows "
+                "reads it: it is not counted (this is said once for this path)",
+                host,
+                path,
+            )
+    except Exception:  # pragma: no cover - a message must never break the call
+        log.exception("llmtally: could not inspect a request's path")
 
 
 class Exchange:

@@ -11,7 +11,16 @@ from ._sse import SSEDecoder
 from .anthropic import Messages
 from .openai import ChatCompletions, Completions, Embeddings, Responses
 
-__all__ = ["Parser", "Result", "SSEDecoder", "StreamParser", "loads", "provider_for_host", "route"]
+__all__ = [
+    "Parser",
+    "Result",
+    "SSEDecoder",
+    "StreamParser",
+    "loads",
+    "looks_like_llm",
+    "provider_for_host",
+    "route",
+]
 
 _CHAT = ChatCompletions()
 _COMPLETIONS = Completions()
@@ -53,3 +62,59 @@ def provider_for_host(host: str) -> str | None:
     ):
         provider = "azure"
     return provider
+
+
+#: Hosts that serve LLM APIs (exact, or a suffix when it starts with a dot).
+_LLM_HOSTS = (
+    "api.openai.com",
+    "api.anthropic.com",
+    "generativelanguage.googleapis.com",
+    "aiplatform.googleapis.com",
+    ".aiplatform.googleapis.com",
+    ".amazonaws.com",  # bedrock-runtime.<region>.amazonaws.com (checked with "bedrock" below)
+    "api.cohere.com",
+    "api.cohere.ai",
+    "api.groq.com",
+    "openrouter.ai",
+    "api.mistral.ai",
+    "api.deepseek.com",
+    "api.together.xyz",
+    "api.fireworks.ai",
+    "api.x.ai",
+    ".openai.azure.com",
+    ".cognitiveservices.azure.com",
+    ".services.ai.azure.com",
+)
+#: Path endings of LLM APIs that no parser here reads yet (Gemini, Vertex, Bedrock, Ollama, Cohere).
+_LLM_PATHS = (
+    ":generatecontent",
+    ":streamgeneratecontent",
+    ":embedcontent",
+    ":batchembedcontents",
+    ":rawpredict",
+    ":streamrawpredict",
+    ":predict",
+    "/converse",
+    "/converse-stream",
+    "/invoke",
+    "/invoke-with-response-stream",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+    "/v2/chat",
+    "/v2/embed",
+    "/v1/chat",
+)
+
+
+def looks_like_llm(host: str, path: str) -> bool:
+    """Whether a POST no parser reads is still, by its host or its path, an LLM API call."""
+    host = host.lower()
+    path = path.rstrip("/").lower()
+    if path.endswith(_LLM_PATHS):
+        return True
+    for known in _LLM_HOSTS:
+        if host == known or (known[0] == "." and host.endswith(known)):
+            return known != ".amazonaws.com" or host.startswith("bedrock-runtime")
+    return False
