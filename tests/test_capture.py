@@ -370,7 +370,7 @@ class TestNothingSilentlyMissed:
     def test_said_once_per_path(self, caplog: pytest.LogCaptureFixture) -> None:
         client = client_for(httpx2, lambda req: httpx2.Response(200, content=b'{"usageMetadata": {}}'))
         caplog.set_level(logging.WARNING, "llmtally")
-        path = "/v1beta/models/gemini-9-unknown:generateContent"
+        path = "/v1beta/models/text-embedding-9:embedContent"
         with llmtally.track() as t:
             for _ in range(3):
                 client.post(f"https://generativelanguage.googleapis.com{path}?key=AIza-secret", json={})

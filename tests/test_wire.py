@@ -8,6 +8,7 @@ from typing import ClassVar
 from llmtally._core.usage import Usage
 from llmtally.wire import SSEDecoder, provider_for_host, route
 from llmtally.wire.anthropic import Messages
+from llmtally.wire.gemini import GenerateContent
 from llmtally.wire.openai import ChatCompletions, Completions, Embeddings, Responses
 
 
@@ -363,3 +364,96 @@ class TestAnthropic:
             event_names=True,
         )
         assert run_stream(Messages(), raw).usage == Usage(17, 40, 5, 0)
+
+
+GEMINI_BODY = {
+    "candidates": [{"content": {"role": "model", "parts": [{"text": "Paris."}]}, "finishReason": "STOP"}],
+    "usageMetadata": {
+        "promptTokenCount": 1200,
+        "cachedContentTokenCount": 1000,
+        "candidatesTokenCount": 80,
+        "thoughtsTokenCount": 300,
+        "toolUsePromptTokenCount": 40,
+        "totalTokenCount": 1620,
+    },
+    "modelVersion": "gemini-2.5-flash",
+    "responseId": "resp-1",
+}
+
+
+class TestGemini:
+    """Gemini API and Vertex AI generateContent: usage normalised, model from the URL."""
+
+    def test_routes_and_model_in_path(self) -> None:
+        from llmtally.wire.gemini import model_in_path
+
+        assert isinstance(route("POST", "/v1beta/models/gemini-2.5-flash:generateContent"), GenerateContent)
+        assert isinstance(
+            route("POST", "/v1beta/models/gemini-2.5-flash:streamGenerateContent"), GenerateContent
+        )
+        assert model_in_path("/v1beta/models/gemini-2.5-flash:generateContent") == "gemini-2.5-flash"
+        vertex = (
+            "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent"
+        )
+        assert model_in_path(vertex) == "gemini-2.5-pro"
+        assert provider_for_host("generativelanguage.googleapis.com") == "google"
+        assert provider_for_host("us-central1-aiplatform.googleapis.com") == "google"
+
+    def test_body_in_our_convention(self) -> None:
+        r = GenerateContent().body(GEMINI_BODY)
+        assert r is not None and r.model == "gemini-2.5-flash" and r.request_id == "resp-1"
+        # prompt includes tool-use prompt tokens; completion includes thoughts.
+        assert r.usage == Usage(1240, 380, 1000, 0, 300)
+
+    def test_same_as_genai_prices_extractor(self) -> None:
+        import genai_prices
+
+        from llmtally import cost_of
+
+        extracted = genai_prices.extract_usage(GEMINI_BODY, provider_id="google")
+        u = extracted.usage
+        r = GenerateContent().body(GEMINI_BODY)
+        assert r is not None and r.usage is not None
+        assert (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.output_reasoning_tokens) == (
+            r.usage.prompt_tokens,
+            r.usage.completion_tokens,
+            r.usage.cached_tokens,
+            r.usage.reasoning_tokens,
+        )
+        theirs = genai_prices.calc_price(u, "gemini-2.5-flash", provider_id="google").total_price
+        ours = cost_of(
+            "gemini-2.5-flash",
+            provider="google",
+            input_tokens=r.usage.prompt_tokens,
+            output_tokens=r.usage.completion_tokens,
+            cached_tokens=r.usage.cached_tokens,
+            reasoning_tokens=r.usage.reasoning_tokens,
+        )
+        assert ours == theirs
+
+    def test_streams_sse_and_json_array(self) -> None:
+        chunks = [
+            {"candidates": [{"content": {"parts": [{"text": "Par"}]}}], "modelVersion": "gemini-2.5-flash",
+             "usageMetadata": {"promptTokenCount": 12, "totalTokenCount": 12}},
+            {"candidates": [{"content": {"parts": [{"text": "is."}]}}], "modelVersion": "gemini-2.5-flash",
+             "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 3, "thoughtsTokenCount": 5}},
+        ]  # fmt: skip
+        r = run_stream(GenerateContent(), sse(*chunks))
+        assert r.model == "gemini-2.5-flash" and r.usage == Usage(12, 8, 0, 0, 5)
+        whole = GenerateContent().body(chunks)  # a stream without ?alt=sse: one JSON array
+        assert whole is not None and whole.usage == Usage(12, 8, 0, 0, 5)
+
+    def test_request_text(self) -> None:
+        texts, count = GenerateContent().request_text(
+            {
+                "systemInstruction": {"parts": [{"text": "Be brief."}]},
+                "contents": [{"role": "user", "parts": [{"text": "Capital of France?"}, {"inlineData": {}}]}],
+            }
+        )
+        assert texts == ["Be brief.", "Capital of France?"] and count == 2
+
+    def test_garbage(self) -> None:
+        p = GenerateContent()
+        for obj in ({}, {"usageMetadata": None}, {"usageMetadata": {"promptTokenCount": "x"}}, [1, None]):
+            r = p.body(obj)  # type: ignore[arg-type]
+            assert r is not None

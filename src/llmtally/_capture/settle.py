@@ -157,7 +157,7 @@ def _record(ex: Exchange, provider: str) -> Call:
     """The call's identity: provider, endpoint, requested model, timing, scopes, tags."""
     scope_path, tags = _names_and_tags(ex.scopes)
     start = ex.start
-    requested = _requested_model(ex.request_body())
+    requested = _requested_model(ex.request_body()) or ex.parser.model_in_path(ex.path)
     span, ex.span = ex.span, None
     error = ex.error
     return Call(
@@ -232,8 +232,8 @@ def _parse_body(ex: Exchange) -> wire.Result | None:
     fast = parser.fast_body(content)
     if fast is not None:
         return fast
-    obj = wire.loads(content)
-    if obj is None:
+    obj = wire.loads_body(content)
+    if obj is None or (type(obj) is list and not parser.arrays):
         log.warning(
             "llmtally: the response of POST %s%s is not %s JSON; counted without usage",
             ex.host,

@@ -6,9 +6,10 @@ provider's own host, Azure deployments, proxies and OpenAI-compatible servers.
 
 from __future__ import annotations
 
-from ._base import Parser, Result, StreamParser, loads
+from ._base import Parser, Result, StreamParser, loads, loads_body
 from ._sse import SSEDecoder
 from .anthropic import Messages
+from .gemini import GenerateContent
 from .openai import ChatCompletions, Completions, Embeddings, Responses
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "SSEDecoder",
     "StreamParser",
     "loads",
+    "loads_body",
     "looks_like_llm",
     "provider_for_host",
     "route",
@@ -27,6 +29,7 @@ _COMPLETIONS = Completions()
 _EMBEDDINGS = Embeddings()
 _RESPONSES = Responses()
 _MESSAGES = Messages()
+_GEMINI = GenerateContent()
 
 # Longest suffix first: "/chat/completions" must win over "/completions".
 _SUFFIXES: tuple[tuple[str, Parser], ...] = (
@@ -35,11 +38,15 @@ _SUFFIXES: tuple[tuple[str, Parser], ...] = (
     ("/embeddings", _EMBEDDINGS),
     ("/responses", _RESPONSES),
     ("/messages", _MESSAGES),
+    (":generateContent", _GEMINI),
+    (":streamGenerateContent", _GEMINI),
 )
 
 _HOSTS = {
     "api.openai.com": "openai",
     "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "google",
+    "aiplatform.googleapis.com": "google",
 }
 
 
@@ -57,10 +64,11 @@ def route(method: str, path: str) -> Parser | None:
 def provider_for_host(host: str) -> str | None:
     """The catalogue's provider id for a well-known API host, else ``None`` (price by URL, then model)."""
     provider = _HOSTS.get(host)
-    if provider is None and (
-        host.endswith(".openai.azure.com") or host.endswith(".cognitiveservices.azure.com")
-    ):
-        provider = "azure"
+    if provider is None:
+        if host.endswith(".openai.azure.com") or host.endswith(".cognitiveservices.azure.com"):
+            provider = "azure"
+        elif host.endswith("-aiplatform.googleapis.com"):  # Vertex AI's regional hosts
+            provider = "google"
     return provider
 
 
@@ -85,10 +93,9 @@ _LLM_HOSTS = (
     ".cognitiveservices.azure.com",
     ".services.ai.azure.com",
 )
-#: Path endings of LLM APIs that no parser here reads yet (Gemini, Vertex, Bedrock, Ollama, Cohere).
+#: Path endings of LLM APIs that no parser here reads yet (Gemini embeddings, Vertex partner models,
+#: Bedrock, Ollama, Cohere).
 _LLM_PATHS = (
-    ":generatecontent",
-    ":streamgeneratecontent",
     ":embedcontent",
     ":batchembedcontents",
     ":rawpredict",

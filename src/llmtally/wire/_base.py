@@ -9,7 +9,17 @@ from typing import Any
 
 from .._core.usage import Usage
 
-__all__ = ["Parser", "Result", "StreamParser", "as_int", "as_str", "key_string", "loads", "object_after"]
+__all__ = [
+    "Parser",
+    "Result",
+    "StreamParser",
+    "as_int",
+    "as_str",
+    "key_string",
+    "loads",
+    "loads_body",
+    "object_after",
+]
 
 _DECODER = json.JSONDecoder()
 _STRING_VALUE = re.compile(rb'\s*:\s*"([^"\\]{0,256})"')
@@ -34,6 +44,16 @@ def loads(data: bytes) -> Any:
     except (ValueError, UnicodeDecodeError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def loads_body(data: bytes) -> Any:
+    """A whole response body: a JSON object, or a JSON array (a stream sent as one array of chunks,
+    as Gemini does without ``?alt=sse``); ``None`` for anything else."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, (dict, list)) else None
 
 
 def key_string(content: bytes, key: bytes, last: bool = False) -> str | None:
@@ -105,6 +125,9 @@ class Parser:
     endpoint = ""
     #: Provider whose format this is, the pricing fallback when the host is not recognised.
     provider = ""
+    #: Whether a whole body may be a JSON array of chunks (a stream sent without SSE); ``body`` is
+    #: then given the list.
+    arrays = False
 
     def body(self, obj: dict[str, Any]) -> Result | None:  # pragma: no cover - interface
         """What a JSON response says, or ``None`` if it is another API's answer on the same path."""
@@ -125,3 +148,7 @@ class Parser:
     def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
         """Input texts of a request and the count of chat messages, for offline estimates."""
         return [], 0
+
+    def model_in_path(self, path: str) -> str | None:
+        """The requested model, for APIs that name it in the URL rather than the body (Gemini)."""
+        return None

@@ -1,0 +1,106 @@
+"""Google's Gemini API and Vertex AI: ``generateContent`` and ``streamGenerateContent``.
+
+The model is named in the URL, not the body::
+
+    POST /v1beta/models/gemini-2.5-flash:generateContent                        (Gemini API)
+    POST /v1/projects/P/locations/L/publishers/google/models/gemini-2.5-pro:streamGenerateContent
+
+Usage is ``usageMetadata``::
+
+    {"promptTokenCount": 1200, "cachedContentTokenCount": 1000, "candidatesTokenCount": 80,
+     "thoughtsTokenCount": 300, "toolUsePromptTokenCount": 40, "totalTokenCount": 1620}
+
+``promptTokenCount`` includes the cached tokens; thoughts are reported *beside* the candidates, and
+tool-use prompt tokens beside the prompt. So, in llmtally's convention (as genai-prices' own
+extractor reads it): prompt = prompt + tool-use prompt, completion = candidates + thoughts,
+reasoning = thoughts, cached = cached content. Streams (``?alt=sse``, or a JSON array without it)
+repeat ``usageMetadata`` in their chunks, cumulative: the last one wins.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .._core.usage import Usage
+from ._base import Parser, Result, StreamParser, as_int, as_str, loads
+
+__all__ = ["GenerateContent", "gemini_usage", "model_in_path"]
+
+_MODEL_IN_PATH = re.compile(r"/models/([^/:]{1,256}):")
+
+
+def model_in_path(path: str) -> str | None:
+    m = _MODEL_IN_PATH.search(path)
+    return m.group(1) if m else None
+
+
+def gemini_usage(u: Any) -> Usage | None:
+    if not isinstance(u, dict):
+        return None
+    prompt = as_int(u.get("promptTokenCount")) + as_int(u.get("toolUsePromptTokenCount"))
+    thoughts = as_int(u.get("thoughtsTokenCount"))
+    completion = as_int(u.get("candidatesTokenCount")) + thoughts
+    cached = as_int(u.get("cachedContentTokenCount"))
+    return Usage(prompt, completion, min(cached, prompt), 0, thoughts)
+
+
+def _read(obj: dict[str, Any], r: Result) -> None:
+    """One response (or one stream chunk) into ``r``: model, id, usage, and the answer's text."""
+    r.model = as_str(obj.get("modelVersion")) or r.model
+    r.request_id = as_str(obj.get("responseId")) or r.request_id
+    usage = gemini_usage(obj.get("usageMetadata"))
+    if usage is not None:
+        r.usage = usage
+    for candidate in obj.get("candidates") or ():
+        content = candidate.get("content") if isinstance(candidate, dict) else None
+        parts = content.get("parts") if isinstance(content, dict) else None
+        for part in parts if isinstance(parts, list) else ():
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                r.text.append(part["text"])
+
+
+class _GeminiStream(StreamParser):
+    """Each SSE event is a whole response chunk; its usage is cumulative, so the last one wins."""
+
+    __slots__ = ()
+
+    def event(self, name: str, data: bytes) -> None:
+        obj = loads(data)
+        if obj is not None:
+            _read(obj, self.result)
+
+
+class GenerateContent(Parser):
+    endpoint = "generate_content"
+    provider = "google"
+    arrays = True
+
+    def body(self, obj: Any) -> Result | None:
+        r = Result()
+        # A stream without ?alt=sse is one JSON array of chunks, read whole.
+        for chunk in obj if isinstance(obj, list) else (obj,):
+            if isinstance(chunk, dict):
+                _read(chunk, r)
+        if r.usage is not None:
+            r.text = []
+        return r
+
+    def stream(self, request: bytes = b"") -> StreamParser:
+        return _GeminiStream()
+
+    def model_in_path(self, path: str) -> str | None:
+        return model_in_path(path)
+
+    def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
+        texts: list[str] = []
+        count = 0
+        system = obj.get("systemInstruction") or obj.get("system_instruction")
+        for content in [system, *(obj.get("contents") or ())]:
+            if not isinstance(content, dict):
+                continue
+            count += 1
+            for part in content.get("parts") or ():
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+        return texts, count
