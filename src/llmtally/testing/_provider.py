@@ -12,7 +12,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from . import _anthropic, _openai
+from . import _anthropic, _gemini, _openai
 from ._script import FakeRequest, Reply
 from ._wire import Answer
 
@@ -31,6 +31,8 @@ _ROUTES: list[tuple[str, Route, Callable[[Reply, str], Answer]]] = [
     ("/embeddings", _openai.embeddings, _openai.error),
     ("/responses", _openai.responses, _openai.error),
     ("/messages", _anthropic.messages, _anthropic.error),
+    (":generateContent", _gemini.generate_content, _gemini.error),
+    (":streamGenerateContent", _gemini.generate_content, _gemini.error),
 ]
 _AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
 
@@ -51,8 +53,9 @@ class FakeProvider:
 
     Routes are matched on the path's suffix, so ``/v1/chat/completions`` and Azure's
     ``/openai/deployments/{name}/chat/completions`` both work: ``/chat/completions``,
-    ``/completions``, ``/embeddings``, ``/responses`` (OpenAI) and ``/messages``,
-    ``/messages/count_tokens`` (Anthropic). Anything else is a 404, which takes no reply.
+    ``/completions``, ``/embeddings``, ``/responses`` (OpenAI), ``/messages``,
+    ``/messages/count_tokens`` (Anthropic) and ``:generateContent``, ``:streamGenerateContent``
+    (Gemini API and Vertex AI; ``base_url`` as it is). Anything else is a 404, which takes no reply.
     """
 
     def __init__(
@@ -124,6 +127,8 @@ class FakeProvider:
         if route is None or request.method != "POST":
             # Only Anthropic clients send anthropic-version; everyone else gets OpenAI's shape.
             shape = _anthropic.error if "anthropic-version" in request.headers else _openai.error
+            if ":" in path.rsplit("/", 1)[-1]:  # a Google-style "resource:verb" path
+                shape = _gemini.error
             return shape(Reply(status=404), f"Unknown route: {method} {path}")
         _, build, error, reply = (*route, self._next_reply(request))
         if reply.status >= 400:
@@ -185,7 +190,7 @@ def _served_model(request: FakeRequest, reply: Reply) -> str:
     azure = _AZURE_DEPLOYMENT.search(request.path)
     if azure:
         return azure.group(1)
-    return request.model or "fake-model"
+    return request.model or _gemini.model_in_path(request.path) or "fake-model"
 
 
 def _phrase(status: int) -> str:

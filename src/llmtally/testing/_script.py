@@ -148,7 +148,7 @@ def _words(value: Any) -> int:
     if isinstance(value, list):
         return sum(_words(v) for v in value)
     if isinstance(value, dict):
-        return sum(_words(value[k]) for k in ("content", "text", "input", "arguments") if k in value)
+        return sum(_words(value[k]) for k in ("content", "text", "input", "arguments", "parts") if k in value)
     return 0
 
 
@@ -156,7 +156,7 @@ def count_prompt_tokens(body: Any) -> int:
     """The default prompt token count for a request body (see the module docstring)."""
     if not isinstance(body, dict):
         return 1
-    keys = ("messages", "input", "prompt", "system", "instructions")
+    keys = ("messages", "input", "prompt", "system", "instructions", "contents", "systemInstruction")
     return max(1, sum(_words(body.get(k)) for k in keys))
 
 

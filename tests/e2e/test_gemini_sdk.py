@@ -1,0 +1,93 @@
+"""The google-genai SDK (Gemini API), for real, over loopback HTTP against the fake provider."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+
+import genai_prices
+import pytest
+from google import genai
+from google.genai import types
+
+import llmtally
+from llmtally.testing import FakeProvider, Reply
+
+MODEL = "gemini-2.5-flash"
+
+
+def thinking_reply(req: object) -> Reply:
+    """1,200 prompt tokens of which 1,000 cached; 80 candidate tokens and 300 thoughts."""
+    return Reply(
+        text="Paris is the capital of France.",
+        prompt_tokens=1200,
+        completion_tokens=380,
+        cached_tokens=1000,
+        reasoning_tokens=300,
+        model=MODEL,
+    )
+
+
+def catalogue_price() -> Decimal:
+    """What genai-prices' own extractor and calc_price make of the same usageMetadata."""
+    body = {"usageMetadata": {"promptTokenCount": 1200, "cachedContentTokenCount": 1000,
+                              "candidatesTokenCount": 80, "thoughtsTokenCount": 300}}  # fmt: skip
+    usage = genai_prices.extract_usage(body, provider_id="google").usage
+    return genai_prices.calc_price(usage, MODEL, provider_id="google").total_price
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[FakeProvider, genai.Client]]:
+    fake = FakeProvider(handler=thinking_reply)
+    with fake.serve() as url:
+        yield fake, genai.Client(api_key="AIza-not-a-real-key", http_options=types.HttpOptions(base_url=url))
+
+
+class TestGenerateContent:
+    """generate_content and generate_content_stream, thoughts and cached content counted and priced."""
+
+    def test_generate_content(self, served: tuple[FakeProvider, genai.Client]) -> None:
+        _, client = served
+        with llmtally.track() as t:
+            r = client.models.generate_content(model=MODEL, contents="Capital of France?")
+        assert r.text == "Paris is the capital of France." and r.usage_metadata is not None
+        assert (t.prompt_tokens, t.cached_tokens, t.completion_tokens, t.reasoning_tokens) == (
+            1200,
+            1000,
+            380,
+            300,
+        )
+        assert t.cost == catalogue_price() and t.unpriced_requests == 0
+        call = t.calls[0]
+        assert (call.provider, call.model, call.requested_model) == ("google", MODEL, MODEL)
+        assert "AIza" not in repr(call) and "AIza" not in str(call.error)
+
+    def test_stream(self, served: tuple[FakeProvider, genai.Client]) -> None:
+        fake, client = served
+        with llmtally.track() as t:
+            text = "".join(
+                c.text or "" for c in client.models.generate_content_stream(model=MODEL, contents="Capital?")
+            )
+        assert text == "Paris is the capital of France."
+        assert fake.requests[0].query.get("alt") == "sse"
+        assert (t.prompt_tokens, t.completion_tokens, t.estimated_requests) == (1200, 380, 0)
+        assert t.calls[0].stream and t.cost == catalogue_price()
+
+    def test_error_is_a_failed_request(self, served: tuple[FakeProvider, genai.Client]) -> None:
+        fake, client = served
+        fake.handler = lambda req: Reply(status=429, error="quota")
+        with llmtally.track() as t, pytest.raises(Exception, match=r"quota|RESOURCE_EXHAUSTED|429"):
+            client.models.generate_content(
+                model=MODEL,
+                contents="x",
+                config=types.GenerateContentConfig(http_options=types.HttpOptions(retry_options=None)),
+            )
+        assert t.failed_requests >= 1 and t.successful_requests == 0 and t.cost == 0
+
+    def test_refused_before_sending(self, served: tuple[FakeProvider, genai.Client]) -> None:
+        fake, client = served
+        with llmtally.track("agent", max_requests=1) as t:
+            client.models.generate_content(model=MODEL, contents="x")
+            with pytest.raises(llmtally.BudgetExceeded):
+                client.models.generate_content(model=MODEL, contents="x")
+        assert len(fake.requests) == 1 and t.successful_requests == 1
