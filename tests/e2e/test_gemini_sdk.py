@@ -91,3 +91,22 @@ class TestGenerateContent:
             with pytest.raises(llmtally.BudgetExceeded):
                 client.models.generate_content(model=MODEL, contents="x")
         assert len(fake.requests) == 1 and t.successful_requests == 1
+
+
+class TestAsync:
+    """google-genai's async client runs on aiohttp when it is installed: metered the same."""
+
+    async def test_generate_content_async(self) -> None:
+        fake = FakeProvider(handler=thinking_reply)
+        with fake.serve() as url:
+            client = genai.Client(api_key="AIza-not-a-real-key", http_options=types.HttpOptions(base_url=url))
+            async with llmtally.track() as t:
+                r = await client.aio.models.generate_content(model=MODEL, contents="Capital of France?")
+                chunks = [
+                    c
+                    async for c in await client.aio.models.generate_content_stream(model=MODEL, contents="x")
+                ]
+            await client.aio.aclose()
+        assert r.text == "Paris is the capital of France." and chunks
+        assert (t.successful_requests, t.prompt_tokens, t.completion_tokens) == (2, 2400, 760)
+        assert t.cost == 2 * catalogue_price()

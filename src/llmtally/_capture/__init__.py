@@ -1,7 +1,7 @@
 """Capture at the HTTP clients: adapters, the exchange, settlement, thread propagation.
 
 One path for every call: an adapter (one small module per HTTP client: ``httpx.py``,
-``requests.py``) turns its client's request, response and byte stream into an
+``requests.py``, ``aiohttp.py``) turns its client's request, response and byte stream into an
 ``exchange.Exchange``; the exchange keeps the call-path state and queues itself when the call is
 over; ``settle.py`` parses, prices and delivers it off the call path. ``ADAPTERS`` lists the
 adapters the runtime installs; adding an HTTP client is one adapter module and one entry there
@@ -13,6 +13,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import ClassVar, Protocol
 
+from .aiohttp import AiohttpAdapter
 from .httpx import HttpxAdapter
 from .imports import PatchOnImport
 from .requests import RequestsAdapter
@@ -35,4 +36,4 @@ class Adapter(Protocol):
 
 
 #: The HTTP client adapters; the runtime owns one instance of each.
-ADAPTERS: tuple[type[Adapter], ...] = (HttpxAdapter, RequestsAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (HttpxAdapter, RequestsAdapter, AiohttpAdapter)
