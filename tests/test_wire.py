@@ -457,3 +457,53 @@ class TestGemini:
         for obj in ({}, {"usageMetadata": None}, {"usageMetadata": {"promptTokenCount": "x"}}, [1, None]):
             r = p.body(obj)  # type: ignore[arg-type]
             assert r is not None
+
+
+class TestOllama:
+    """Ollama's native API: counts on the last object, NDJSON streams, other APIs on its paths left out."""
+
+    def test_routes(self) -> None:
+        from llmtally.wire.ollama import OllamaChat, OllamaEmbed, OllamaGenerate
+
+        assert type(route("POST", "/api/chat")) is OllamaChat
+        assert type(route("POST", "/api/generate")) is OllamaGenerate
+        assert type(route("POST", "/api/embed")) is OllamaEmbed
+
+    def test_bodies(self) -> None:
+        from llmtally.wire.ollama import OllamaChat, OllamaEmbed, OllamaGenerate
+
+        chat = {"model": "llama3.2", "message": {"role": "assistant", "content": "Hi!"}, "done": True,
+                "prompt_eval_count": 26, "eval_count": 290}  # fmt: skip
+        r = OllamaChat().body(chat)
+        assert r is not None and (r.model, r.usage) == ("llama3.2", Usage(26, 290))
+        gen = OllamaGenerate().body({"model": "qwen3", "response": "x", "done": True, "prompt_eval_count": 5})
+        assert gen is not None and gen.usage == Usage(5, 0)
+        emb = OllamaEmbed().body({"model": "nomic", "embeddings": [[0.1]], "prompt_eval_count": 8})
+        assert emb is not None and emb.usage == Usage(8, 0)
+
+    def test_other_apis_on_the_same_paths_are_not_calls(self) -> None:
+        from llmtally.wire.ollama import OllamaChat
+
+        assert OllamaChat().body({"reply": "hello from some chat app"}) is None
+        stream = OllamaChat().stream()
+        stream.event("", b'{"reply": "hi"}')
+        assert stream.foreign  # type: ignore[attr-defined]
+
+    def test_ndjson_stream(self) -> None:
+        from llmtally.wire import NDJSONDecoder
+        from llmtally.wire.ollama import OllamaChat
+
+        lines = [
+            b'{"model":"llama3.2","message":{"role":"assistant","content":"Hel"},"done":false}\n',
+            b'{"model":"llama3.2","message":{"role":"assistant","content":"lo"},"done":false}\n',
+            b'{"model":"llama3.2","message":{"role":"assistant","content":""},"done":true,'
+            b'"prompt_eval_count":26,"eval_count":2}',
+        ]
+        raw = b"".join(lines)
+        dec, parser = NDJSONDecoder(), OllamaChat().stream()
+        for i in range(0, len(raw), 7):  # cut anywhere, lines rejoined
+            for name, data in dec.feed(raw[i : i + 7]):
+                parser.event(name, data)
+        for name, data in dec.close():  # the last line had no newline
+            parser.event(name, data)
+        assert parser.result.usage == Usage(26, 2) and not parser.foreign  # type: ignore[attr-defined]

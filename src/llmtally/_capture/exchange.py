@@ -211,6 +211,9 @@ class Exchange:
         if _is_sse(content_type):
             self._begin_stream()
             self._decoder = inflate
+        elif self.parser.ndjson and content_type.startswith("application/x-ndjson"):
+            self._begin_stream(wire.NDJSONDecoder())  # Ollama: one JSON object per line
+            self._decoder = inflate
         else:
             self._decoder = _Collect(inflate)
             self.state = State.COLLECTING
@@ -230,9 +233,9 @@ class Exchange:
         self._queue(State.FAILED)
 
     # -- streams ---------------------------------------------------------------------------------
-    def _begin_stream(self) -> None:
+    def _begin_stream(self, framing: Any = None) -> None:
         self.stream_parser = self.parser.stream(self.request_body())
-        self._sse = wire.SSEDecoder()
+        self._sse = framing if framing is not None else wire.SSEDecoder()
         self.state = State.STREAMING
 
     def feed(self, chunk: bytes) -> None:

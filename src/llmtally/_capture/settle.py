@@ -79,7 +79,7 @@ def settle(ex: Exchange) -> None:
                     _count(ex, call, result)
                 except Exception:
                     _failed_step(ex, "count the tokens of")
-                if call.usage is not None:
+                if call.usage is not None and parser.priced:
                     try:  # 4. price
                         cost, source = price_usage(
                             call.usage, call.model, provider, api_url, parser.provider, call.started_at
@@ -209,6 +209,8 @@ def _read(ex: Exchange, call: Call) -> wire.Result | None:
     if ex.state is State.STREAMED:
         call.stream = True
         stream = ex.stream_parser
+        if getattr(stream, "foreign", False):
+            return _NOT_A_CALL  # another API on a path a wire format shares (Ollama's /api/chat)
         result = stream.result if stream is not None else wire.Result()
     else:
         result = _parse_body(ex)
@@ -233,7 +235,14 @@ def _parse_body(ex: Exchange) -> wire.Result | None:
     if fast is not None:
         return fast
     obj = wire.loads_body(content)
-    if obj is None or (type(obj) is list and not parser.arrays):
+    if obj is None and parser.ndjson:
+        objs = [wire.loads(line) for line in content.splitlines() if line.strip()]
+        obj = [o for o in objs if o is not None]
+        if not obj:
+            return None  # not JSON on a path other APIs share (Ollama's /api/chat): not a model call
+    elif type(obj) is list and not parser.arrays:
+        obj = None
+    if obj is None:
         log.warning(
             "llmtally: the response of POST %s%s is not %s JSON; counted without usage",
             ex.host,

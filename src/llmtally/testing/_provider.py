@@ -12,7 +12,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from . import _anthropic, _gemini, _openai
+from . import _anthropic, _gemini, _ollama, _openai
 from ._script import FakeRequest, Reply
 from ._wire import Answer
 
@@ -33,6 +33,9 @@ _ROUTES: list[tuple[str, Route, Callable[[Reply, str], Answer]]] = [
     ("/messages", _anthropic.messages, _anthropic.error),
     (":generateContent", _gemini.generate_content, _gemini.error),
     (":streamGenerateContent", _gemini.generate_content, _gemini.error),
+    ("/api/chat", _ollama.chat, _ollama.error),
+    ("/api/generate", _ollama.generate, _ollama.error),
+    ("/api/embed", _ollama.embed, _ollama.error),
 ]
 _AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
 
@@ -54,8 +57,9 @@ class FakeProvider:
     Routes are matched on the path's suffix, so ``/v1/chat/completions`` and Azure's
     ``/openai/deployments/{name}/chat/completions`` both work: ``/chat/completions``,
     ``/completions``, ``/embeddings``, ``/responses`` (OpenAI), ``/messages``,
-    ``/messages/count_tokens`` (Anthropic) and ``:generateContent``, ``:streamGenerateContent``
-    (Gemini API and Vertex AI; ``base_url`` as it is). Anything else is a 404, which takes no reply.
+    ``/messages/count_tokens`` (Anthropic), ``:generateContent``, ``:streamGenerateContent``
+    (Gemini API and Vertex AI; ``base_url`` as it is) and ``/api/chat``, ``/api/generate``,
+    ``/api/embed`` (Ollama; ``host`` as it is). Anything else is a 404, which takes no reply.
     """
 
     def __init__(

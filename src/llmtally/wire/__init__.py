@@ -7,12 +7,15 @@ provider's own host, Azure deployments, proxies and OpenAI-compatible servers.
 from __future__ import annotations
 
 from ._base import Parser, Result, StreamParser, loads, loads_body
+from ._ndjson import NDJSONDecoder
 from ._sse import SSEDecoder
 from .anthropic import Messages
 from .gemini import GenerateContent
+from .ollama import OllamaChat, OllamaEmbed, OllamaGenerate
 from .openai import ChatCompletions, Completions, Embeddings, Responses
 
 __all__ = [
+    "NDJSONDecoder",
     "Parser",
     "Result",
     "SSEDecoder",
@@ -30,6 +33,9 @@ _EMBEDDINGS = Embeddings()
 _RESPONSES = Responses()
 _MESSAGES = Messages()
 _GEMINI = GenerateContent()
+_OLLAMA_CHAT = OllamaChat()
+_OLLAMA_GENERATE = OllamaGenerate()
+_OLLAMA_EMBED = OllamaEmbed()
 
 # Longest suffix first: "/chat/completions" must win over "/completions".
 _SUFFIXES: tuple[tuple[str, Parser], ...] = (
@@ -40,6 +46,10 @@ _SUFFIXES: tuple[tuple[str, Parser], ...] = (
     ("/messages", _MESSAGES),
     (":generateContent", _GEMINI),
     (":streamGenerateContent", _GEMINI),
+    ("/api/chat", _OLLAMA_CHAT),
+    ("/api/generate", _OLLAMA_GENERATE),
+    ("/api/embed", _OLLAMA_EMBED),
+    ("/api/embeddings", _OLLAMA_EMBED),
 )
 
 _HOSTS = {
@@ -105,10 +115,6 @@ _LLM_PATHS = (
     "/converse-stream",
     "/invoke",
     "/invoke-with-response-stream",
-    "/api/chat",
-    "/api/generate",
-    "/api/embed",
-    "/api/embeddings",
     "/v2/chat",
     "/v2/embed",
     "/v1/chat",

@@ -128,6 +128,11 @@ class Parser:
     #: Whether a whole body may be a JSON array of chunks (a stream sent without SSE); ``body`` is
     #: then given the list.
     arrays = False
+    #: Whether streams (and whole bodies) may be newline-delimited JSON; ``body`` is then given
+    #: the list of the lines' objects.
+    ndjson = False
+    #: Whether the catalogue's prices apply (False for local models: counted, cost unknown).
+    priced = True
 
     def body(self, obj: dict[str, Any]) -> Result | None:  # pragma: no cover - interface
         """What a JSON response says, or ``None`` if it is another API's answer on the same path."""
