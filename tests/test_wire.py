@@ -507,3 +507,74 @@ class TestOllama:
         for name, data in dec.close():  # the last line had no newline
             parser.event(name, data)
         assert parser.result.usage == Usage(26, 2) and not parser.foreign  # type: ignore[attr-defined]
+
+
+class TestOpenAICompatibleExtras:
+    """Fields OpenAI-compatible providers add: cache writes (OpenRouter, Azure, Responses), Groq's x_groq."""
+
+    def test_openrouter_cache_writes_priced_as_genai_prices(self) -> None:
+        import genai_prices
+
+        from llmtally import cost_of
+
+        body = {
+            "id": "gen-1",
+            "model": "anthropic/claude-sonnet-4.5",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {
+                "prompt_tokens": 10_000,
+                "completion_tokens": 300,
+                "prompt_tokens_details": {"cached_tokens": 2_000, "cache_write_tokens": 4_800},
+            },
+        }
+        r = ChatCompletions().body(body)
+        assert r is not None and r.usage == Usage(10_000, 300, 2_000, 4_800, 0)
+        assert ChatCompletions().fast_body(json.dumps(body).encode()).usage == r.usage  # type: ignore[union-attr]
+        u = genai_prices.extract_usage(body, provider_id="openrouter", api_flavor="chat").usage
+        assert (u.input_tokens, u.cache_read_tokens, u.cache_write_tokens) == (10_000, 2_000, 4_800)
+        theirs = genai_prices.calc_price(
+            u, "anthropic/claude-sonnet-4.5", provider_id="openrouter"
+        ).total_price
+        ours = cost_of(
+            "anthropic/claude-sonnet-4.5",
+            provider="openrouter",
+            input_tokens=10_000,
+            output_tokens=300,
+            cached_tokens=2_000,
+            cache_write_tokens=4_800,
+        )
+        assert ours == theirs
+
+    def test_responses_cache_writes(self) -> None:
+        body = {
+            "object": "response",
+            "model": "gpt-5",
+            "usage": {"input_tokens": 20_000, "output_tokens": 50,
+                      "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 16_000}},
+        }  # fmt: skip
+        r = Responses().body(body)
+        assert r is not None and r.usage == Usage(20_000, 50, 0, 16_000, 0)
+
+    def test_cache_parts_never_exceed_the_prompt(self) -> None:
+        u = {"prompt_tokens": 100, "completion_tokens": 1,
+             "prompt_tokens_details": {"cached_tokens": 80, "cache_write_tokens": 500}}  # fmt: skip
+        r = ChatCompletions().body({"model": "m", "usage": u})
+        assert (
+            r is not None
+            and r.usage is not None
+            and r.usage.cached_tokens + r.usage.cache_write_tokens == 100
+        )
+
+    def test_groq_x_groq_usage_in_default_streams(self) -> None:
+        chunks = [
+            {"id": "c", "model": "llama-3.3-70b-versatile",
+             "choices": [{"index": 0, "delta": {"content": "Hi"}}]},
+            {"id": "c", "model": "llama-3.3-70b-versatile",
+             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+             "x_groq": {"id": "req_1", "usage": {"prompt_tokens": 2900, "completion_tokens": 324,
+                                                 "prompt_tokens_details": {"cached_tokens": 162},
+                                                 "completion_tokens_details": {"reasoning_tokens": 100}}}},
+            b"[DONE]",
+        ]  # fmt: skip
+        r = run_stream(ChatCompletions(), sse(*chunks))
+        assert r.usage == Usage(2900, 324, 162, 0, 100)

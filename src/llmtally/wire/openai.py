@@ -49,12 +49,15 @@ def chat_usage(u: Any) -> Usage | None:
     if type(completion) is not int or completion < 0:
         completion = 0
     cached: Any = 0
+    written = 0
     reasoning: Any = 0
     details = u.get("prompt_tokens_details")
     if type(details) is dict:
         cached = details.get("cached_tokens")
         if type(cached) is not int or cached < 0:
             cached = 0
+        if "cache_write_tokens" in details:  # OpenRouter, Azure: cache writes, part of the prompt
+            written = min(as_int(details["cache_write_tokens"]), prompt - min(cached, prompt))
     if not cached and "prompt_cache_hit_tokens" in u:
         # DeepSeek reports cache hits at the top level.
         cached = as_int(u["prompt_cache_hit_tokens"])
@@ -67,7 +70,7 @@ def chat_usage(u: Any) -> Usage | None:
         prompt,
         completion,
         cached if cached <= prompt else prompt,
-        0,
+        written,
         reasoning if reasoning <= completion else completion,
     )
 
@@ -77,9 +80,10 @@ def responses_usage(u: Any) -> Usage | None:
         return None
     prompt = as_int(u.get("input_tokens"))
     completion = as_int(u.get("output_tokens"))
-    cached = _details(u, "input_tokens_details", "cached_tokens")
+    cached = min(_details(u, "input_tokens_details", "cached_tokens"), prompt)
+    written = min(_details(u, "input_tokens_details", "cache_write_tokens"), prompt - cached)
     reasoning = _details(u, "output_tokens_details", "reasoning_tokens")
-    return Usage(prompt, completion, min(cached, prompt), 0, min(reasoning, completion))
+    return Usage(prompt, completion, cached, written, min(reasoning, completion))
 
 
 def _message_texts(messages: Any) -> tuple[list[str], int]:
@@ -147,6 +151,10 @@ class _ChatStream(StreamParser):
             r.model = as_str(obj.get("model"))
             r.request_id = as_str(obj.get("id"))
         usage = obj.get("usage")
+        if not usage:
+            # Groq's default streams carry usage only in their last chunk's x_groq.
+            extra = obj.get("x_groq")
+            usage = extra.get("usage") if isinstance(extra, dict) else None
         if usage:
             r.usage = chat_usage(usage)
         choices = obj.get("choices")
