@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from .._core.pipeline import PIPELINE
 from .._core.scope import _scopes
-from .exchange import Exchange, begin, outer
+from .exchange import Exchange, begin, outer, request_bytes
 
 __all__ = ["AiohttpAdapter"]
 
@@ -41,14 +41,10 @@ def _begin(
     try:
         build = getattr(session, "_build_url", None)  # a session's base_url joined, as aiohttp does
         url = urlsplit(str(build(str_or_url) if build is not None else str_or_url))
-        body: Any = kwargs.get("data")
+        body = request_bytes(kwargs.get("data"))
         if kwargs.get("json") is not None:
             body = json.dumps(kwargs["json"]).encode()
-        elif isinstance(body, str):
-            body = body.encode("utf-8", "surrogatepass")
-        elif not isinstance(body, (bytes, bytearray)):
-            body = None  # a form, a file, a generator: nothing to learn from it
-        return begin(method.upper(), url.path, url.hostname or "", bytes(body) if body else None, scopes)
+        return begin(method.upper(), url.path, url.hostname or "", body, scopes)
     except Exception:
         log.exception("llmtally: could not inspect a request; it is sent unmetered")
         return None

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .._core.tally import Tally
     from .._limits import Shared
 
-__all__ = ["Exchange", "State", "begin"]
+__all__ = ["Exchange", "State", "begin", "outer", "request_bytes"]
 
 log = logging.getLogger("llmtally")
 
@@ -55,6 +55,16 @@ _routes: dict[str, wire.Parser | None] = {}
 #: The states in which the call is over and queued (a tuple: ``in`` compares by identity first,
 #: where a set would call Enum's Python-level __hash__).
 _OVER = (State.BODY, State.STREAMED, State.FAILED, State.SETTLED)
+
+
+def request_bytes(body: object) -> bytes | None:
+    """A request body as the adapters get it, as bytes: text encoded, bytes as they are, ``None``
+    for a form, a file or a generator (streamed: nothing to learn from it)."""
+    if isinstance(body, str):
+        return body.encode("utf-8", "surrogatepass")
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    return None
 
 
 def begin(

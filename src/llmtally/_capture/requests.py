@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from .._core.pipeline import PIPELINE
 from .._core.scope import _scopes
-from .exchange import Exchange, begin, outer
+from .exchange import Exchange, begin, outer, request_bytes
 
 __all__ = ["RequestsAdapter"]
 
@@ -29,12 +29,7 @@ log = logging.getLogger("llmtally")
 def _begin(request: Any, scopes: Any) -> Exchange | None:
     try:
         url = urlsplit(request.url)
-        body = request.body
-        if isinstance(body, str):
-            body = body.encode("utf-8", "surrogatepass")
-        elif not isinstance(body, bytes):
-            body = None  # a file or a generator: streamed, nothing to learn from it
-        return begin(request.method or "", url.path, url.hostname or "", body, scopes)
+        return begin(request.method or "", url.path, url.hostname or "", request_bytes(request.body), scopes)
     except Exception:
         log.exception("llmtally: could not inspect a request; it is sent unmetered")
         return None
