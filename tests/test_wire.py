@@ -578,3 +578,50 @@ class TestOpenAICompatibleExtras:
         ]  # fmt: skip
         r = run_stream(ChatCompletions(), sse(*chunks))
         assert r.usage == Usage(2900, 324, 162, 0, 100)
+
+
+class TestCohere:
+    """Cohere v2: the billed units counted (what Cohere bills), streams' usage from message-end."""
+
+    BODY: ClassVar[dict] = {
+        "id": "c-1",
+        "message": {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]},
+        "finish_reason": "COMPLETE",
+        "usage": {"billed_units": {"input_tokens": 17, "output_tokens": 65},
+                  "tokens": {"input_tokens": 226, "output_tokens": 65}, "cached_tokens": 0},
+    }  # fmt: skip
+
+    def test_body_counts_billed_units_as_genai_prices(self) -> None:
+        import genai_prices
+
+        from llmtally import cost_of
+        from llmtally.wire.cohere import CohereChat
+
+        r = CohereChat().body(self.BODY)
+        assert r is not None and r.usage == Usage(17, 65) and r.request_id == "c-1"
+        u = genai_prices.extract_usage({**self.BODY, "model": "command-r-plus"}, provider_id="cohere").usage
+        assert (u.input_tokens, u.output_tokens) == (17, 65)
+        theirs = genai_prices.calc_price(u, "command-r-plus", provider_id="cohere").total_price
+        assert cost_of("command-r-plus", provider="cohere", input_tokens=17, output_tokens=65) == theirs
+
+    def test_stream_and_foreign(self) -> None:
+        from llmtally.wire.cohere import CohereChat
+
+        events = [
+            {"type": "message-start", "id": "c-2"},
+            {"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": "Hi"}}}},
+            {"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": self.BODY["usage"]}},
+        ]
+        r = run_stream(CohereChat(), sse(*events, event_names=True))
+        assert r.usage == Usage(17, 65) and r.request_id == "c-2" and r.text == []
+        assert CohereChat().body({"answer": "from another API"}) is None
+        other = CohereChat().stream()
+        other.event("", b'{"answer": "x"}')
+        assert other.foreign  # type: ignore[attr-defined]
+
+    def test_embed(self) -> None:
+        from llmtally.wire.cohere import CohereEmbed
+
+        body = {"id": "e", "embeddings": {"float": [[0.1]]}, "meta": {"billed_units": {"input_tokens": 8}}}
+        r = CohereEmbed().body(body)
+        assert r is not None and r.usage == Usage(8, 0)

@@ -12,7 +12,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from . import _anthropic, _gemini, _ollama, _openai
+from . import _anthropic, _cohere, _gemini, _ollama, _openai
 from ._script import FakeRequest, Reply
 from ._wire import Answer
 
@@ -36,6 +36,8 @@ _ROUTES: list[tuple[str, Route, Callable[[Reply, str], Answer]]] = [
     ("/api/chat", _ollama.chat, _ollama.error),
     ("/api/generate", _ollama.generate, _ollama.error),
     ("/api/embed", _ollama.embed, _ollama.error),
+    ("/v2/chat", _cohere.chat, _cohere.error),
+    ("/v2/embed", _cohere.embed, _cohere.error),
 ]
 _AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
 
@@ -59,7 +61,8 @@ class FakeProvider:
     ``/completions``, ``/embeddings``, ``/responses`` (OpenAI), ``/messages``,
     ``/messages/count_tokens`` (Anthropic), ``:generateContent``, ``:streamGenerateContent``
     (Gemini API and Vertex AI; ``base_url`` as it is) and ``/api/chat``, ``/api/generate``,
-    ``/api/embed`` (Ollama; ``host`` as it is). Anything else is a 404, which takes no reply.
+    ``/api/embed`` (Ollama; ``host`` as it is) and ``/v2/chat``, ``/v2/embed`` (Cohere; ``base_url``
+    as it is). Anything else is a 404, which takes no reply.
     """
 
     def __init__(

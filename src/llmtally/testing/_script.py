@@ -156,7 +156,7 @@ def count_prompt_tokens(body: Any) -> int:
     """The default prompt token count for a request body (see the module docstring)."""
     if not isinstance(body, dict):
         return 1
-    keys = ("messages", "input", "prompt", "system", "instructions", "contents", "systemInstruction")
+    keys = ("messages", "input", "prompt", "system", "instructions", "contents", "systemInstruction", "texts")
     return max(1, sum(_words(body.get(k)) for k in keys))
 
 

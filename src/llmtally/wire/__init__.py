@@ -10,6 +10,7 @@ from ._base import Parser, Result, StreamParser, loads, loads_body
 from ._ndjson import NDJSONDecoder
 from ._sse import SSEDecoder
 from .anthropic import Messages
+from .cohere import CohereChat, CohereEmbed
 from .gemini import GenerateContent
 from .ollama import OllamaChat, OllamaEmbed, OllamaGenerate
 from .openai import ChatCompletions, Completions, Embeddings, Responses
@@ -36,6 +37,8 @@ _GEMINI = GenerateContent()
 _OLLAMA_CHAT = OllamaChat()
 _OLLAMA_GENERATE = OllamaGenerate()
 _OLLAMA_EMBED = OllamaEmbed()
+_COHERE_CHAT = CohereChat()
+_COHERE_EMBED = CohereEmbed()
 
 # Longest suffix first: "/chat/completions" must win over "/completions".
 _SUFFIXES: tuple[tuple[str, Parser], ...] = (
@@ -50,11 +53,15 @@ _SUFFIXES: tuple[tuple[str, Parser], ...] = (
     ("/api/generate", _OLLAMA_GENERATE),
     ("/api/embed", _OLLAMA_EMBED),
     ("/api/embeddings", _OLLAMA_EMBED),
+    ("/v2/chat", _COHERE_CHAT),
+    ("/v2/embed", _COHERE_EMBED),
 )
 
 _HOSTS = {
     "api.openai.com": "openai",
     "api.anthropic.com": "anthropic",
+    "api.cohere.com": "cohere",
+    "api.cohere.ai": "cohere",
     "generativelanguage.googleapis.com": "google",
     "aiplatform.googleapis.com": "google",
 }
@@ -115,8 +122,6 @@ _LLM_PATHS = (
     "/converse-stream",
     "/invoke",
     "/invoke-with-response-stream",
-    "/v2/chat",
-    "/v2/embed",
     "/v1/chat",
 )
 

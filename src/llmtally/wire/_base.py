@@ -104,6 +104,8 @@ class Result:
 class StreamParser:
     """Fed each SSE event of one response; ``result`` holds what was learned so far.
 
+    A plain ``StreamParser`` learns nothing (an endpoint that does not stream).
+
     ``complete`` is false while a stream's usage may still grow (Anthropic sends its final output
     count last); a stream settled before then has its output estimated from what was read.
     """
@@ -114,8 +116,8 @@ class StreamParser:
     def __init__(self) -> None:
         self.result = Result()
 
-    def event(self, name: str, data: bytes) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    def event(self, name: str, data: bytes) -> None:
+        """One event (``name`` is ``""`` when the server named none)."""
 
 
 class Parser:
