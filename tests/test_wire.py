@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import ClassVar
 
 from llmtally._core.usage import Usage
@@ -298,6 +299,27 @@ class TestAnthropic:
 
     def test_openai_thread_messages_are_not_calls(self) -> None:
         assert Messages().body({"id": "msg_1", "object": "thread.message", "role": "user"}) is None
+
+    def test_claude_on_vertex(self) -> None:
+        from llmtally import cost_of
+        from llmtally.wire.anthropic import VertexMessages
+
+        base = "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929"
+        for verb in (":rawPredict", ":streamRawPredict"):
+            parser = route("POST", base + verb)
+            assert isinstance(parser, VertexMessages)
+            assert parser.model_in_path(base + verb) == "claude-sonnet-4-5@20250929"
+        # Other publishers' rawPredict (Mistral, Llama...) is not Anthropic's format.
+        assert route("POST", base.replace("anthropic", "mistralai") + ":rawPredict") is None
+        # Vertex's host is Google's; the catalogue prices Claude there as Anthropic does.
+        assert provider_for_host("us-east5-aiplatform.googleapis.com") == "google"
+        google = cost_of(
+            "claude-sonnet-4-5@20250929", provider="google", input_tokens=1000, output_tokens=100
+        )
+        direct = cost_of(
+            "claude-sonnet-4-5-20250929", provider="anthropic", input_tokens=1000, output_tokens=100
+        )
+        assert google == direct == Decimal("0.0045")
         assert Messages().body({"type": "error", "error": {}}) is None
 
     def test_stream_delta_wins(self) -> None:

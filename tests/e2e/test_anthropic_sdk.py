@@ -259,3 +259,43 @@ class TestErrors:
         client.close()
         assert (t.successful_requests, t.failed_requests) == (0, 1)
         assert t.calls[0].status is None and t.calls[0].cost == Decimal(0)
+
+
+class TestVertex:
+    """Claude on Vertex AI (``AnthropicVertex``): the model is in the URL, ``:rawPredict`` and
+    ``:streamRawPredict``, and the bodies are Anthropic's; counted and priced as Claude."""
+
+    VERTEX_MODEL = "claude-sonnet-4@20250514"
+
+    def client(self, url: str) -> anthropic.AnthropicVertex:
+        return anthropic.AnthropicVertex(
+            region="us-east5",
+            project_id="p",
+            access_token="ya29.not-a-token",
+            base_url=url + "/v1",
+            max_retries=0,
+        )
+
+    def test_create_and_stream(self, fake: FakeProvider, url: str) -> None:
+        fake.extend([Reply(prompt_tokens=1000, cached_tokens=600, completion_tokens=50)] * 2)
+        client = self.client(url)
+        with llmtally.track() as t:
+            msg = client.messages.create(model=self.VERTEX_MODEL, max_tokens=100, messages=MESSAGES)
+            with client.messages.stream(model=self.VERTEX_MODEL, max_tokens=100, messages=MESSAGES) as s:
+                s.until_done()
+        assert msg.usage.input_tokens == 400 and msg.model == self.VERTEX_MODEL
+        assert [r.path.rsplit(":", 1)[1] for r in fake.requests] == ["rawPredict", "streamRawPredict"]
+        assert all("model" not in (r.json or {}) for r in fake.requests)  # only the URL names it
+        assert [(c.model, c.requested_model, c.stream) for c in t.calls] == [
+            (self.VERTEX_MODEL, self.VERTEX_MODEL, False),
+            (self.VERTEX_MODEL, self.VERTEX_MODEL, True),
+        ]
+        assert (t.prompt_tokens, t.cached_tokens, t.completion_tokens) == (2000, 1200, 100)
+        assert t.cost == 2 * sonnet4(input_=400, output=50, cache_read=600) and t.unpriced_requests == 0
+
+    def test_error_is_a_failed_call(self, fake: FakeProvider, url: str) -> None:
+        fake.add(Reply(status=429, error="Quota exceeded"))
+        with llmtally.track() as t, pytest.raises(anthropic.RateLimitError):
+            self.client(url).messages.create(model=self.VERTEX_MODEL, max_tokens=100, messages=MESSAGES)
+        assert (t.successful_requests, t.failed_requests) == (0, 1)
+        assert t.calls[0].model == self.VERTEX_MODEL and t.calls[0].status == 429

@@ -38,8 +38,12 @@ _ROUTES: list[tuple[str, Route, Callable[[Reply, str], Answer]]] = [
     ("/api/embed", _ollama.embed, _ollama.error),
     ("/v2/chat", _cohere.chat, _cohere.error),
     ("/v2/embed", _cohere.embed, _cohere.error),
+    # Claude on Vertex AI: .../publishers/anthropic/models/{model}:rawPredict, Messages bodies.
+    (":rawPredict", _anthropic.messages, _anthropic.error),
+    (":streamRawPredict", _anthropic.messages, _anthropic.error),
 ]
 _AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
+_VERTEX_MODEL = re.compile(r"/publishers/[^/]+/models/([^/:]+):")
 
 
 class FakeProvider:
@@ -194,9 +198,9 @@ class FakeProvider:
 def _served_model(request: FakeRequest, reply: Reply) -> str:
     if reply.model:
         return reply.model
-    azure = _AZURE_DEPLOYMENT.search(request.path)
-    if azure:
-        return azure.group(1)
+    in_path = _AZURE_DEPLOYMENT.search(request.path) or _VERTEX_MODEL.search(request.path)
+    if in_path:
+        return in_path.group(1)
     return request.model or _gemini.model_in_path(request.path) or "fake-model"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ._base import Parser, Result, StreamParser, loads, loads_body
 from ._ndjson import NDJSONDecoder
 from ._sse import SSEDecoder
-from .anthropic import Messages
+from .anthropic import Messages, VertexMessages
 from .cohere import CohereChat, CohereEmbed
 from .gemini import GenerateContent
 from .ollama import OllamaChat, OllamaEmbed, OllamaGenerate
@@ -33,6 +33,7 @@ _COMPLETIONS = Completions()
 _EMBEDDINGS = Embeddings()
 _RESPONSES = Responses()
 _MESSAGES = Messages()
+_VERTEX_MESSAGES = VertexMessages()
 _GEMINI = GenerateContent()
 _OLLAMA_CHAT = OllamaChat()
 _OLLAMA_GENERATE = OllamaGenerate()
@@ -75,6 +76,8 @@ def route(method: str, path: str) -> Parser | None:
     for suffix, parser in _SUFFIXES:
         if path.endswith(suffix):
             return parser
+    if "/publishers/anthropic/" in path and path.endswith((":rawPredict", ":streamRawPredict")):
+        return _VERTEX_MESSAGES  # Claude on Vertex AI
     return None
 
 

@@ -13,12 +13,13 @@ value of each field wins.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .._core.usage import Usage
 from ._base import Parser, Result, StreamParser, as_int, as_str, loads
 
-__all__ = ["Messages", "messages_usage"]
+__all__ = ["Messages", "VertexMessages", "messages_usage"]
 
 _FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 
@@ -130,3 +131,18 @@ class Messages(Parser):
                         if isinstance(b, dict) and isinstance(b.get("text"), str):
                             texts.append(b["text"])
         return texts, count
+
+
+class VertexMessages(Messages):
+    """Anthropic's Messages on Vertex AI: ``.../publishers/anthropic/models/{model}:rawPredict`` and
+    ``:streamRawPredict``; the same bodies and streams, the model named in the URL (the request
+    body has none)."""
+
+    endpoint = "messages"
+
+    def model_in_path(self, path: str) -> str | None:
+        m = _VERTEX_MODEL.search(path)
+        return m.group(1) if m else None
+
+
+_VERTEX_MODEL = re.compile(r"/publishers/anthropic/models/([^/:]{1,256}):")
