@@ -386,6 +386,7 @@ class TestNothingSilentlyMissed:
         assert looks_like_llm("bedrock-runtime.us-east-1.amazonaws.com", "/model/x/invoke")
         assert looks_like_llm("bedrock-runtime.eu-west-3.amazonaws.com", "/anything")
         assert not looks_like_llm("s3.amazonaws.com", "/bucket/key")
-        assert looks_like_llm("localhost", "/model/x/converse")  # Bedrock Converse, proxied
+        assert looks_like_llm("localhost", "/model/x/async-invoke")  # Bedrock's async invoke, proxied
+        assert looks_like_llm("localhost", "/v1/projects/p/publishers/mistralai/models/m:rawPredict")
         assert looks_like_llm("myco.openai.azure.com", "/openai/deployments/d/audio/speech")
         assert not looks_like_llm("example.com", "/api/upload")

@@ -237,6 +237,27 @@ print(t.total_tokens, t.cost)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["24", "0.00111"]
 
+    def test_late_import_of_boto3(self) -> None:
+        """boto3 imported inside a scope: urllib3 arrives with it and is hooked as it loads."""
+        import subprocess
+        import sys
+
+        code = """
+import sys, llmtally
+from llmtally.testing import FakeProvider, Reply
+fake = FakeProvider([Reply(text="x", prompt_tokens=11, completion_tokens=13)])
+with fake.serve() as url, llmtally.track() as t:
+    assert "urllib3" not in sys.modules and "botocore" not in sys.modules
+    import boto3
+    client = boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=url,
+                          aws_access_key_id="AKIAFAKE", aws_secret_access_key="x")
+    client.converse(modelId="amazon.nova-pro-v1:0", messages=[{"role": "user", "content": [{"text": "hi"}]}])
+print(t.total_tokens, t.cost)
+"""
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["24", "0.0000504"]
+
 
 class TestConcurrentReads:
     """Reading tallies while other threads make calls settles each call exactly once."""

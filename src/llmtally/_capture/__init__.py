@@ -1,7 +1,7 @@
 """Capture at the HTTP clients: adapters, the exchange, settlement, thread propagation.
 
 One path for every call: an adapter (one small module per HTTP client: ``httpx.py``,
-``requests.py``, ``aiohttp.py``) turns its client's request, response and byte stream into an
+``requests.py``, ``aiohttp.py``, ``urllib3.py``) turns its client's request, response and byte stream into an
 ``exchange.Exchange``; the exchange keeps the call-path state and queues itself when the call is
 over; ``settle.py`` parses, prices and delivers it off the call path. ``ADAPTERS`` lists the
 adapters the runtime installs; adding an HTTP client is one adapter module and one entry there
@@ -18,6 +18,7 @@ from .httpx import HttpxAdapter
 from .imports import PatchOnImport
 from .requests import RequestsAdapter
 from .threads import ThreadsInstrumentor
+from .urllib3 import Urllib3Adapter
 
 __all__ = ["ADAPTERS", "Adapter", "PatchOnImport", "ThreadsInstrumentor"]
 
@@ -36,4 +37,4 @@ class Adapter(Protocol):
 
 
 #: The HTTP client adapters; the runtime owns one instance of each.
-ADAPTERS: tuple[type[Adapter], ...] = (HttpxAdapter, RequestsAdapter, AiohttpAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (HttpxAdapter, RequestsAdapter, AiohttpAdapter, Urllib3Adapter)

@@ -53,6 +53,8 @@ def _begin(
 def _respond(ex: Exchange, response: Any, tap: type) -> None:
     try:
         headers = response.headers
+        if ex.parser.headers:  # Bedrock's token counts
+            ex.note_headers(headers.get)
         # aiohttp decompresses before the reader: identity for the exchange.
         if not ex.streaming(response.status, headers.get("content-type", ""), ""):
             return

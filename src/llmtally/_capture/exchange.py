@@ -115,6 +115,7 @@ class Exchange:
         "content",
         "end",
         "error",
+        "headers",
         "host",
         "parsed",
         "parser",
@@ -142,6 +143,8 @@ class Exchange:
         self.parsed: dict[str, Any] | None = None
         self.stream_parser: wire.StreamParser | None = None
         self.error: str | None = None
+        #: The response headers the wire format reads (``Parser.headers``), if it reads any.
+        self.headers: dict[str, str] | None = None
         #: Shared-budget reservations made for this request (``_limits``), settled with the call.
         self.reservations: list[tuple[Shared, Decimal]] | None = None
         self._awaiting: Any = None
@@ -177,6 +180,19 @@ class Exchange:
             log.exception("llmtally: could not check the limits; the request is sent")
 
     # -- outcomes ----------------------------------------------------------------------------------
+    def note_headers(self, get: Any) -> None:
+        """Keep the response headers the wire format reads (Bedrock's token counts); ``get`` is the
+        response's case-insensitive header lookup. Adapters call it only if ``parser.headers``."""
+        try:
+            kept = {}
+            for name in self.parser.headers:
+                value = get(name)
+                if value is not None:
+                    kept[name] = str(value)
+            self.headers = kept
+        except Exception:
+            log.exception("llmtally: could not read the headers of a response")
+
     def failed(self, exc: BaseException) -> None:
         """The request raised before any response (connection error, timeout, cancellation)."""
         self.error = f"{type(exc).__name__}: {exc}"[:300]
@@ -193,11 +209,13 @@ class Exchange:
             self._unanswered(status)
             return
         # A JSON body needs no header lookup: most answers are JSON objects.
-        if content[:1] != b"{" and _JSON_START.match(content) is None and _is_sse(content_type):
-            self._begin_stream()
-            self._feed_decoded(content)
-            self.finish()
-            return
+        if content[:1] != b"{" and _JSON_START.match(content) is None:
+            framing = self._framing(content_type)
+            if framing is not None:  # a stream read whole (SSE, an AWS event stream)
+                self._begin_stream(framing)
+                self._feed_decoded(content)
+                self.finish()
+                return
         self.content = content
         if awaiting is not None:
             table, key = awaiting
@@ -218,11 +236,9 @@ class Exchange:
             return False
         encoding = encoding.lower().strip()
         inflate = _inflater(encoding) if encoding and encoding != "identity" else None
-        if _is_sse(content_type):
-            self._begin_stream()
-            self._decoder = inflate
-        elif self.parser.ndjson and content_type.startswith("application/x-ndjson"):
-            self._begin_stream(wire.NDJSONDecoder())  # Ollama: one JSON object per line
+        framing = self._framing(content_type)
+        if framing is not None:
+            self._begin_stream(framing)
             self._decoder = inflate
         else:
             self._decoder = _Collect(inflate)
@@ -243,9 +259,20 @@ class Exchange:
         self._queue(State.FAILED)
 
     # -- streams ---------------------------------------------------------------------------------
-    def _begin_stream(self, framing: Any = None) -> None:
+    def _framing(self, content_type: str) -> Any:
+        """The decoder of a streamed body's framing, or ``None`` for a body to read whole."""
+        if _is_sse(content_type):
+            return wire.SSEDecoder()
+        parser = self.parser
+        if parser.ndjson and content_type.startswith("application/x-ndjson"):
+            return wire.NDJSONDecoder()  # Ollama: one JSON object per line
+        if parser.eventstream and content_type.startswith("application/vnd.amazon.eventstream"):
+            return wire.EventStreamDecoder()  # Bedrock: AWS's binary event-stream frames
+        return None
+
+    def _begin_stream(self, framing: Any) -> None:
         self.stream_parser = self.parser.stream(self.request_body())
-        self._sse = framing if framing is not None else wire.SSEDecoder()
+        self._sse = framing
         self.state = State.STREAMING
 
     def feed(self, chunk: bytes) -> None:

@@ -44,6 +44,8 @@ def _begin(request: Any, scopes: Any) -> Exchange | None:
 def _respond(ex: Exchange, response: Any, stream: bool, module: Any, awaiting: dict[int, Exchange]) -> None:
     try:
         headers = response.headers
+        if ex.parser.headers:  # Bedrock's token counts
+            ex.note_headers(headers.get)
         # A body already in memory, asked for as a stream or not: a transport that answered with
         # bytes (a mock, a test double, a cache) has had the response read at construction, and
         # the caller's reads never touch the stream. (``_content`` is where httpx keeps it.)

@@ -38,6 +38,8 @@ def _begin(request: Any, scopes: Any) -> Exchange | None:
 def _respond(ex: Exchange, response: Any, stream: bool) -> None:
     try:
         headers = response.headers
+        if ex.parser.headers:  # Bedrock's token counts
+            ex.note_headers(headers.get)
         content = getattr(response, "_content", False)
         if not stream or isinstance(content, bytes):
             ex.body(response.status_code, response.content, headers.get("content-type", ""))

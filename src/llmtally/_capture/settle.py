@@ -157,7 +157,9 @@ def _record(ex: Exchange, provider: str) -> Call:
     """The call's identity: provider, endpoint, requested model, timing, scopes, tags."""
     scope_path, tags = _names_and_tags(ex.scopes)
     start = ex.start
-    requested = _requested_model(ex.request_body()) or ex.parser.model_in_path(ex.path)
+    # The URL's model first where the API names it there (Gemini, Bedrock): a body's "model" key
+    # could be a tool argument's.
+    requested = ex.parser.model_in_path(ex.path) or _requested_model(ex.request_body())
     span, ex.span = ex.span, None
     error = ex.error
     return Call(
@@ -216,6 +218,8 @@ def _read(ex: Exchange, call: Call) -> wire.Result | None:
         result = _parse_body(ex)
         if result is None:
             return _NOT_A_CALL
+    if result.usage is None and ex.headers:
+        result.usage = ex.parser.headers_usage(ex.headers)  # Bedrock's counts, where bodies have none
     call.model = result.model or call.requested_model
     call.request_id = result.request_id
     return result

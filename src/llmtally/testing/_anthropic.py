@@ -13,7 +13,7 @@ from typing import Any
 from ._script import FakeRequest, Reply, Tokens, resolve_tokens
 from ._wire import Answer, json_answer, named_event, new_id, split_text, stream_answer
 
-__all__ = ["count_tokens", "error", "messages"]
+__all__ = ["count_tokens", "error", "message", "messages", "stream_events"]
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -75,11 +75,11 @@ def _blocks(reply: Reply) -> list[dict[str, Any]]:
     return blocks
 
 
-def messages(request: FakeRequest, reply: Reply, model: str) -> Answer:
-    """``POST /v1/messages``."""
+def message(request: FakeRequest, reply: Reply, model: str) -> tuple[dict[str, Any], Tokens]:
+    """The Messages API's answer object (Bedrock's InvokeModel sends it too), and its tokens."""
     tokens = resolve_tokens(reply, request)
     default_stop = "tool_use" if reply.tool_calls else "end_turn"
-    message: dict[str, Any] = {
+    body: dict[str, Any] = {
         "id": reply.request_id or new_id("msg_"),
         "type": "message",
         "role": "assistant",
@@ -89,46 +89,56 @@ def messages(request: FakeRequest, reply: Reply, model: str) -> Answer:
         "stop_sequence": None,
     }
     if reply.include_usage is not False:
-        message["usage"] = _usage(tokens, tokens.completion)
+        body["usage"] = _usage(tokens, tokens.completion)
+    return body, tokens
+
+
+def messages(request: FakeRequest, reply: Reply, model: str) -> Answer:
+    """``POST /v1/messages``."""
+    body, tokens = message(request, reply, model)
     if request.stream:
-        return stream_answer(reply, _events(reply, message, tokens), _headers(reply))
-    return json_answer(reply, 200, message, _headers(reply))
+        events = (named_event(e) for e in stream_events(reply, body, tokens))
+        return stream_answer(reply, events, _headers(reply))
+    return json_answer(reply, 200, body, _headers(reply))
 
 
-def _events(reply: Reply, message: dict[str, Any], tokens: Tokens) -> Iterator[bytes]:
+def stream_events(reply: Reply, message: dict[str, Any], tokens: Tokens) -> Iterator[dict[str, Any]]:
+    """The events of a streamed Messages answer, as objects (Bedrock sends them base64-encoded)."""
     with_usage = "usage" in message
     start = {**message, "content": [], "stop_reason": None}
     if with_usage:
         # The real API reports one output token up front and the final count in message_delta.
         start["usage"] = _usage(tokens, 1)
-    yield named_event({"type": "message_start", "message": start})
+    yield {"type": "message_start", "message": start}
     for index, block in enumerate(message["content"]):
         if block["type"] == "text":
-            yield named_event(
-                {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
-            )
+            yield {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {"type": "text", "text": ""},
+            }
             if index == 0:
-                yield named_event({"type": "ping"})
+                yield {"type": "ping"}
             for piece in split_text(block["text"], reply.chunks):
                 delta = {"type": "text_delta", "text": piece}
-                yield named_event({"type": "content_block_delta", "index": index, "delta": delta})
+                yield {"type": "content_block_delta", "index": index, "delta": delta}
         else:
             opening = {**block, "input": {}}
-            yield named_event({"type": "content_block_start", "index": index, "content_block": opening})
+            yield {"type": "content_block_start", "index": index, "content_block": opening}
             if index == 0:
-                yield named_event({"type": "ping"})
+                yield {"type": "ping"}
             for piece in split_text(json.dumps(block["input"]), None):
                 delta = {"type": "input_json_delta", "partial_json": piece}
-                yield named_event({"type": "content_block_delta", "index": index, "delta": delta})
-        yield named_event({"type": "content_block_stop", "index": index})
+                yield {"type": "content_block_delta", "index": index, "delta": delta}
+        yield {"type": "content_block_stop", "index": index}
     final: dict[str, Any] = {
         "type": "message_delta",
         "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
     }
     if with_usage:
         final["usage"] = {"output_tokens": tokens.completion}
-    yield named_event(final)
-    yield named_event({"type": "message_stop"})
+    yield final
+    yield {"type": "message_stop"}
 
 
 def count_tokens(request: FakeRequest, reply: Reply, model: str) -> Answer:

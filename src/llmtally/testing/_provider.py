@@ -12,7 +12,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from . import _anthropic, _cohere, _gemini, _ollama, _openai
+from . import _anthropic, _bedrock, _cohere, _gemini, _ollama, _openai
 from ._script import FakeRequest, Reply
 from ._wire import Answer
 
@@ -41,6 +41,11 @@ _ROUTES: list[tuple[str, Route, Callable[[Reply, str], Answer]]] = [
     # Claude on Vertex AI: .../publishers/anthropic/models/{model}:rawPredict, Messages bodies.
     (":rawPredict", _anthropic.messages, _anthropic.error),
     (":streamRawPredict", _anthropic.messages, _anthropic.error),
+    # Amazon Bedrock's runtime: /model/{modelId}/converse, ...
+    ("/converse", _bedrock.converse, _bedrock.error),
+    ("/converse-stream", _bedrock.converse, _bedrock.error),
+    ("/invoke", _bedrock.invoke, _bedrock.error),
+    ("/invoke-with-response-stream", _bedrock.invoke, _bedrock.error),
 ]
 _AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
 _VERTEX_MODEL = re.compile(r"/publishers/[^/]+/models/([^/:]+):")
@@ -198,10 +203,11 @@ class FakeProvider:
 def _served_model(request: FakeRequest, reply: Reply) -> str:
     if reply.model:
         return reply.model
-    in_path = _AZURE_DEPLOYMENT.search(request.path) or _VERTEX_MODEL.search(request.path)
-    if in_path:
-        return in_path.group(1)
-    return request.model or _gemini.model_in_path(request.path) or "fake-model"
+    found = _AZURE_DEPLOYMENT.search(request.path) or _VERTEX_MODEL.search(request.path)
+    if found:
+        return found.group(1)
+    in_path = _bedrock.model_in_path(request.path) or _gemini.model_in_path(request.path)
+    return in_path or request.model or "fake-model"
 
 
 def _phrase(status: int) -> str:

@@ -7,15 +7,18 @@ provider's own host, Azure deployments, proxies and OpenAI-compatible servers.
 from __future__ import annotations
 
 from ._base import Parser, Result, StreamParser, loads, loads_body
+from ._eventstream import EventStreamDecoder
 from ._ndjson import NDJSONDecoder
 from ._sse import SSEDecoder
 from .anthropic import Messages, VertexMessages
+from .bedrock import Converse, InvokeModel, is_bedrock
 from .cohere import CohereChat, CohereEmbed
 from .gemini import GenerateContent
 from .ollama import OllamaChat, OllamaEmbed, OllamaGenerate
 from .openai import ChatCompletions, Completions, Embeddings, Responses
 
 __all__ = [
+    "EventStreamDecoder",
     "NDJSONDecoder",
     "Parser",
     "Result",
@@ -40,6 +43,8 @@ _OLLAMA_GENERATE = OllamaGenerate()
 _OLLAMA_EMBED = OllamaEmbed()
 _COHERE_CHAT = CohereChat()
 _COHERE_EMBED = CohereEmbed()
+_CONVERSE = Converse()
+_INVOKE = InvokeModel()
 
 # Longest suffix first: "/chat/completions" must win over "/completions".
 _SUFFIXES: tuple[tuple[str, Parser], ...] = (
@@ -78,6 +83,8 @@ def route(method: str, path: str) -> Parser | None:
             return parser
     if "/publishers/anthropic/" in path and path.endswith((":rawPredict", ":streamRawPredict")):
         return _VERTEX_MESSAGES  # Claude on Vertex AI
+    if is_bedrock(path):
+        return _CONVERSE if "/converse" in path[path.rfind("/") :] else _INVOKE
     return None
 
 
@@ -89,6 +96,8 @@ def provider_for_host(host: str) -> str | None:
             provider = "azure"
         elif host.endswith("-aiplatform.googleapis.com"):  # Vertex AI's regional hosts
             provider = "google"
+        elif host.startswith("bedrock-runtime") and host.endswith(".amazonaws.com"):
+            provider = "aws"  # bedrock-runtime[-fips].<region>.amazonaws.com
     return provider
 
 
@@ -113,18 +122,15 @@ _LLM_HOSTS = (
     ".cognitiveservices.azure.com",
     ".services.ai.azure.com",
 )
-#: Path endings of LLM APIs that no parser here reads yet (Gemini embeddings, Vertex partner models,
-#: Bedrock, Ollama, Cohere).
+#: Path endings of LLM APIs that no parser here reads (Gemini embeddings, Vertex's other publishers,
+#: Cohere's v1, Bedrock's async invoke).
 _LLM_PATHS = (
     ":embedcontent",
     ":batchembedcontents",
     ":rawpredict",
     ":streamrawpredict",
     ":predict",
-    "/converse",
-    "/converse-stream",
-    "/invoke",
-    "/invoke-with-response-stream",
+    "/async-invoke",
     "/v1/chat",
 )
 

@@ -133,8 +133,12 @@ class Parser:
     #: Whether streams (and whole bodies) may be newline-delimited JSON; ``body`` is then given
     #: the list of the lines' objects.
     ndjson = False
+    #: Whether streams (and whole bodies) may be AWS event streams (Bedrock).
+    eventstream = False
     #: Whether the catalogue's prices apply (False for local models: counted, cost unknown).
     priced = True
+    #: Response headers (lower-case) that count the usage when the body does not (Bedrock's).
+    headers: tuple[str, ...] = ()
 
     def body(self, obj: dict[str, Any]) -> Result | None:  # pragma: no cover - interface
         """What a JSON response says, or ``None`` if it is another API's answer on the same path."""
@@ -155,6 +159,10 @@ class Parser:
     def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
         """Input texts of a request and the count of chat messages, for offline estimates."""
         return [], 0
+
+    def headers_usage(self, headers: dict[str, str]) -> Usage | None:
+        """The usage the response headers named in ``headers`` report, if the body reported none."""
+        return None
 
     def model_in_path(self, path: str) -> str | None:
         """The requested model, for APIs that name it in the URL rather than the body (Gemini)."""
