@@ -1,11 +1,12 @@
 """Capture at the HTTP clients: adapters, the exchange, settlement, thread propagation.
 
 One path for every call: an adapter (one small module per HTTP client: ``httpx.py``,
-``requests.py``, ``aiohttp.py``, ``urllib3.py``) turns its client's request, response and byte stream into an
-``exchange.Exchange``; the exchange keeps the call-path state and queues itself when the call is
-over; ``settle.py`` parses, prices and delivers it off the call path. ``ADAPTERS`` lists the
-adapters the runtime installs; adding an HTTP client is one adapter module and one entry there
-(see docs/architecture.md).
+``requests.py``, ``aiohttp.py``, ``urllib3.py``, ``http_client.py``) turns its client's request,
+response and byte stream into an ``exchange.Exchange``; the exchange keeps the call-path state and
+queues itself when the call is over; ``settle.py`` parses, prices and delivers it off the call
+path. ``ADAPTERS`` lists the adapters the runtime installs; adding an HTTP client is one adapter
+module and one entry there (see docs/architecture.md). Clients stack (requests and botocore on
+urllib3, urllib3 on http.client): the outermost hook counts a call, the ones below pass it through.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from types import ModuleType
 from typing import ClassVar, Protocol
 
 from .aiohttp import AiohttpAdapter
+from .http_client import HttpClientAdapter
 from .httpx import HttpxAdapter
 from .imports import PatchOnImport
 from .requests import RequestsAdapter
@@ -37,4 +39,10 @@ class Adapter(Protocol):
 
 
 #: The HTTP client adapters; the runtime owns one instance of each.
-ADAPTERS: tuple[type[Adapter], ...] = (HttpxAdapter, RequestsAdapter, AiohttpAdapter, Urllib3Adapter)
+ADAPTERS: tuple[type[Adapter], ...] = (
+    HttpxAdapter,
+    RequestsAdapter,
+    AiohttpAdapter,
+    Urllib3Adapter,
+    HttpClientAdapter,
+)
