@@ -230,8 +230,9 @@ def configure(
     ledger: str | None = None,
     flush_interval: float | None = None,
     otel: bool | MeterProvider | None = None,
+    providers: Mapping[str, str] | None = None,
 ) -> None:
-    """Set where llmtally records calls.
+    """Set where llmtally records calls, and which provider a gateway serves.
 
     ``ledger`` is a URL: ``sqlite:///path.db`` (``sqlite://`` for the default file in the user's
     data directory), ``postgresql://user:password@host/dbname`` or ``none``. Once a ledger is set,
@@ -246,10 +247,18 @@ def configure(
 
     If the ledger later becomes unwritable (server down, disk full), records wait in a local spool
     file (``LLMTALLY_SPOOL_DIR``, else beside the default ledger) and are written when it is back.
+
+    ``providers`` says which provider serves a gateway, proxy or private deployment, so its calls
+    are priced as that provider's: a host or base URL (its host and path prefix) to a catalogue
+    provider id, replacing any mapping set before (``LLMTALLY_PROVIDERS="host=id,..."`` in the
+    environment). An unknown provider or a key that is not a host raises ``ValueError``::
+
+        llmtally.configure(providers={"llm-gateway.internal": "openai",
+                                      "https://proxy.example.com/groq": "groq"})
     """
     from ._runtime import RUNTIME
 
-    RUNTIME.configure(ledger=ledger, flush_interval=flush_interval, otel=otel)
+    RUNTIME.configure(ledger=ledger, flush_interval=flush_interval, otel=otel, providers=providers)
 
 
 def flush(timeout: float | None = 30) -> bool:
@@ -260,7 +269,8 @@ def flush(timeout: float | None = 30) -> bool:
 
 
 def instrument() -> None:
-    """Hook the HTTP clients (httpx, httpx2; sync and async) so LLM calls are metered.
+    """Hook the HTTP clients (httpx, httpx2, requests, aiohttp, urllib3, http.client) so LLM calls are
+    metered.
 
     Idempotent; the first ``track()`` calls it. Undo with ``uninstrument()``.
     """

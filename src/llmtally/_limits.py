@@ -29,19 +29,18 @@ import logging
 import threading
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._core.money import ZERO, format_usd, parse_amount
 from ._core.pipeline import PIPELINE
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
     from ._capture.exchange import Exchange
     from ._core.tally import Tally
     from ._core.usage import Call
     from .ledger.budgets import BudgetStore
-    from .wire import Parser
 
 __all__ = [
     "DEFAULT_OUTPUT_ALLOWANCE",
@@ -184,25 +183,40 @@ def estimate(
     return Estimate(model, tokens, max_output_tokens, low, high, exact)
 
 
-def _worst_case(parser: Parser, body: bytes, default_allowance: int = 0) -> Decimal | None:
+def _worst_case(ex: Exchange, default_allowance: int = 0) -> Decimal | None:
     """The most a request can cost: its input counted offline plus its whole output allowance."""
     from . import _tokens, wire
-    from ._pricing import cost_of
+    from ._core import gateways
+    from ._core.usage import Usage
+    from ._pricing import price_usage
 
-    obj = wire.loads(body)
+    obj = wire.loads(ex.request_body())
     if obj is None:
         return None
-    model = obj.get("model")
+    parser = ex.parser
+    model = parser.model_in_path(ex.path) or obj.get("model")  # Gemini and Bedrock: in the URL
     if not isinstance(model, str):
         return None
     allowance = default_allowance
-    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        if isinstance(obj.get(key), int):
-            allowance = obj[key]
+    for value in _allowances(obj):
+        if type(value) is int and value >= 0:
+            allowance = value
             break
     texts, count = parser.request_text(obj)
     tokens = _tokens.estimate_chat_input(texts, count, model, _tokens.names_in(obj.get("messages")))
-    return cost_of(model, input_tokens=tokens, output_tokens=allowance)
+    provider = gateways.provider_for(ex.host, ex.path) or wire.provider_for_host(ex.host)
+    usage = Usage(prompt_tokens=tokens, completion_tokens=allowance)
+    return price_usage(usage, model, provider, f"https://{ex.host}", parser.provider)[0]
+
+
+def _allowances(obj: dict[str, Any]) -> Iterator[Any]:
+    """Where each wire format states its output allowance."""
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        yield obj.get(key)
+    for nested, key in (("generationConfig", "maxOutputTokens"), ("inferenceConfig", "maxTokens")):
+        inner = obj.get(nested)  # Gemini; Bedrock Converse
+        if isinstance(inner, dict):
+            yield inner.get(key)
 
 
 def check(scopes: tuple[Tally, ...], ex: Exchange) -> None:
@@ -248,7 +262,7 @@ def _check(limited: list[tuple[Tally, Limits]], ex: Exchange) -> None:
                 problem = BudgetExceeded(tally.name, "cost", limits.max_cost, spent)
             elif limits.preflight:
                 if worst is None:
-                    worst = _worst_case(ex.parser, ex.request_body(), DEFAULT_OUTPUT_ALLOWANCE)
+                    worst = _worst_case(ex, DEFAULT_OUTPUT_ALLOWANCE)
                 if worst is not None and spent + worst > limits.max_cost:
                     problem = BudgetExceeded(tally.name, "cost", limits.max_cost, spent, worst=worst)
         if problem is not None:
@@ -262,7 +276,7 @@ def _reserve(shared: list[tuple[Tally, Limits]], ex: Exchange) -> None:
     If a budget's database fails, what was reserved so far stays on the exchange, so settlement
     releases it (the request is then sent; see ``Exchange.check_limits``).
     """
-    worst = _worst_case(ex.parser, ex.request_body(), DEFAULT_OUTPUT_ALLOWANCE)
+    worst = _worst_case(ex, DEFAULT_OUTPUT_ALLOWANCE)
     if worst is None:
         return  # an unpriced model: nothing to reserve, its spend is unknown
     made: list[tuple[Shared, Decimal]] = []

@@ -85,6 +85,11 @@ def _snapshot() -> Any:
     return data_snapshot.get_snapshot()
 
 
+def provider_ids() -> frozenset[str]:
+    """The catalogue's provider ids (``openai``, ``groq``, ``aws``, ...)."""
+    return frozenset(p.id for p in _snapshot().providers)
+
+
 def warm() -> threading.Thread:
     """Load the catalogue in a background thread, so the first priced call does not wait for it."""
 
@@ -130,8 +135,11 @@ def _lookup(model: str, provider: str | None, api_url: str | None, fallback: str
         attempts.append((None, api_url))
     if fallback is not None and fallback != provider:
         attempts.append((fallback, None))
-    # An OpenAI-compatible server we do not recognise (a proxy, a local gateway): price by model name.
+    # An OpenAI-compatible server we do not recognise (a proxy, a local gateway): price by model name,
+    # and a gateway's "vendor/model" name (OpenRouter's, LiteLLM's) by its vendor's price.
     attempts.append((None, None))
+    if "/" in model:
+        attempts.append(("litellm", None))  # genai-prices' lookup that splits off the vendor
     for provider_id, url in attempts:
         try:
             prov, info = snap.find_provider_model(model, None, provider_id, url)

@@ -61,6 +61,8 @@ class Runtime:
         self._exit_hooks = False
         self._fork_hooks = False
         self._warming: threading.Thread | None = None
+        #: ``configure(providers=...)`` was called: ``LLMTALLY_PROVIDERS`` no longer applies.
+        self._providers_configured = False
 
     # -- start / stop -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -105,10 +107,17 @@ class Runtime:
 
     # -- configuration ------------------------------------------------------------------------------
     def configure(
-        self, *, ledger: str | None = None, flush_interval: float | None = None, otel: Any = None
+        self,
+        *,
+        ledger: str | None = None,
+        flush_interval: float | None = None,
+        otel: Any = None,
+        providers: Any = None,
     ) -> None:
         """See ``llmtally.configure``."""
         with self._lock:
+            if providers is not None:
+                self._configure_providers(providers)  # raises before anything changes
             if otel is not None:
                 self._configure_otel(otel)
             if ledger is not None:
@@ -130,6 +139,13 @@ class Runtime:
         self._set_sinks()
         if old is not None:
             old.close()
+
+    def _configure_providers(self, providers: Any) -> None:
+        from ._core import gateways
+        from ._pricing import provider_ids
+
+        gateways.set_table(gateways.parse(providers, provider_ids()))
+        self._providers_configured = True
 
     def _configure_otel(self, otel: Any) -> None:
         """``True``: the global OpenTelemetry providers; a MeterProvider: that one; ``False``: off."""
@@ -171,7 +187,17 @@ class Runtime:
             self._set_sinks()
 
     def _configure_from_env(self) -> None:
-        """Honour ``LLMTALLY_LEDGER`` unless ``configure()`` chose; a bad value is logged, not raised."""
+        """Honour ``LLMTALLY_LEDGER`` and ``LLMTALLY_PROVIDERS`` unless ``configure()`` chose; a bad
+        value is logged, not raised."""
+        from ._core.gateways import ENV_PROVIDERS
+
+        providers = os.environ.get(ENV_PROVIDERS)
+        if providers and not self._providers_configured:
+            try:
+                with self._lock:
+                    self._configure_providers(providers)
+            except ValueError as exc:
+                log.error("llmtally: %s: %s; calls are priced without it", ENV_PROVIDERS, exc)
         url = os.environ.get(ENV_LEDGER)
         if self._configured or not url:
             return

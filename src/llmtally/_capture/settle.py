@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import wire
+from .._core import gateways
 from .._core.money import ZERO
 from .._core.pipeline import PIPELINE
 from .._core.usage import NO_TAGS, Call, Usage
@@ -57,6 +58,8 @@ def settle(ex: Exchange) -> None:
     try:
         parser = ex.parser
         provider, api_url = _hosts.get(ex.host) or _host(ex.host)
+        if gateways.configured():
+            provider = gateways.provider_for(ex.host, ex.path) or provider
         try:  # 1. record
             call = _record(ex, provider or parser.provider)
         except Exception:
