@@ -370,7 +370,7 @@ class TestNothingSilentlyMissed:
     def test_said_once_per_path(self, caplog: pytest.LogCaptureFixture) -> None:
         client = client_for(httpx2, lambda req: httpx2.Response(200, content=b'{"usageMetadata": {}}'))
         caplog.set_level(logging.WARNING, "llmtally")
-        path = "/v1beta/models/text-embedding-9:embedContent"
+        path = "/v1beta/models/imagen-4.0-generate-001:predict"  # images: no wire format here
         with llmtally.track() as t:
             for _ in range(3):
                 client.post(f"https://generativelanguage.googleapis.com{path}?key=AIza-secret", json={})
@@ -390,3 +390,16 @@ class TestNothingSilentlyMissed:
         assert looks_like_llm("localhost", "/v1/projects/p/publishers/mistralai/models/m:rawPredict")
         assert looks_like_llm("myco.openai.azure.com", "/openai/deployments/d/audio/speech")
         assert not looks_like_llm("example.com", "/api/upload")
+
+    def test_gemini_embeddings_are_read(self) -> None:
+        from llmtally.wire import route
+
+        for path in (
+            "/v1beta/models/gemini-embedding-001:embedContent",
+            "/v1beta/models/gemini-embedding-001:batchEmbedContents",
+            "/v1/projects/p/locations/us-central1/publishers/google/models/text-embedding-005:predict",
+        ):
+            parser = route("POST", path)
+            assert parser is not None and parser.endpoint == "embeddings", path
+        # Vertex's :predict serves image and other models too: not read as embeddings.
+        assert route("POST", "/v1/projects/p/locations/l/publishers/google/models/imagen-4:predict") is None

@@ -9,7 +9,7 @@ from typing import ClassVar
 from llmtally._core.usage import Usage
 from llmtally.wire import SSEDecoder, provider_for_host, route
 from llmtally.wire.anthropic import Messages
-from llmtally.wire.gemini import GenerateContent
+from llmtally.wire.gemini import EmbedContent, GenerateContent
 from llmtally.wire.openai import ChatCompletions, Completions, Embeddings, Responses
 
 
@@ -479,6 +479,32 @@ class TestGemini:
         for obj in ({}, {"usageMetadata": None}, {"usageMetadata": {"promptTokenCount": "x"}}, [1, None]):
             r = p.body(obj)  # type: ignore[arg-type]
             assert r is not None
+
+    def test_embeddings(self) -> None:
+        p = EmbedContent()
+        batch = {
+            "embeddings": [{"values": [0.1]}, {"values": [0.2]}],
+            "usageMetadata": {"promptTokenCount": 9},
+        }
+        predict = {
+            "predictions": [
+                {"embeddings": {"values": [0.1], "statistics": {"token_count": 4, "truncated": False}}},
+                {"embeddings": {"values": [0.2], "statistics": {"token_count": 6.0, "truncated": False}}},
+            ],
+            "metadata": {"billableCharacterCount": 40},
+        }
+        assert (r := p.body(batch)) is not None and r.usage == Usage(9, 0)
+        assert (r := p.body(predict)) is not None and r.usage == Usage(10, 0)
+        # No usage (older Gemini API models), or a prediction without its count: counted offline.
+        for unknown in ({"embedding": {"values": [0.1]}}, {"predictions": [{"embeddings": {}}]}, {}):
+            assert (r := p.body(unknown)) is not None and r.usage is None
+        assert p.body([1]) is None  # type: ignore[arg-type]
+        texts, _ = p.request_text(
+            {"requests": [{"content": {"parts": [{"text": "a"}]}}, {"content": {"parts": [{"text": "b"}]}}]}
+        )
+        assert texts == ["a", "b"]
+        assert p.request_text({"instances": [{"content": "c"}]})[0] == ["c"]
+        assert p.model_in_path("/v1beta/models/gemini-embedding-001:embedContent") == "gemini-embedding-001"
 
 
 class TestOllama:

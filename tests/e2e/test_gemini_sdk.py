@@ -110,3 +110,71 @@ class TestAsync:
         assert r.text == "Paris is the capital of France." and chunks
         assert (t.successful_requests, t.prompt_tokens, t.completion_tokens) == (2, 2400, 760)
         assert t.cost == 2 * catalogue_price()
+
+
+EMBED_MODEL = "gemini-embedding-001"
+
+
+def embedding_price(tokens: int, model: str = EMBED_MODEL) -> Decimal:
+    usage = genai_prices.Usage(input_tokens=tokens)
+    return genai_prices.calc_price(usage, model, provider_id="google").total_price
+
+
+class TestEmbeddings:
+    """embed_content: :batchEmbedContents on the Gemini API; :embedContent, :batchEmbedContents and
+    :predict on Vertex AI (express mode, an API key); each counted once and priced."""
+
+    def test_gemini_api_batch(self) -> None:
+        fake = FakeProvider([Reply(prompt_tokens=12)])
+        with fake.serve() as url:
+            client = genai.Client(api_key="AIza-not-a-real-key", http_options=types.HttpOptions(base_url=url))
+            with llmtally.track() as t:
+                r = client.models.embed_content(model=EMBED_MODEL, contents=["one two", "three four five"])
+        assert fake.requests[0].path.endswith(f"/models/{EMBED_MODEL}:batchEmbedContents")
+        assert r.embeddings is not None and len(r.embeddings) == 2
+        assert (t.requests, t.prompt_tokens, t.completion_tokens, t.estimated_requests) == (1, 12, 0, 0)
+        call = t.calls[0]
+        assert (call.provider, call.endpoint, call.model) == ("google", "embeddings", EMBED_MODEL)
+        assert t.cost == embedding_price(12) and t.cost > 0
+
+    def test_without_usage_is_counted_offline(self) -> None:
+        fake = FakeProvider([Reply(include_usage=False)])
+        with fake.serve() as url:
+            client = genai.Client(api_key="AIza-not-a-real-key", http_options=types.HttpOptions(base_url=url))
+            with llmtally.track() as t:
+                client.models.embed_content(model=EMBED_MODEL, contents="the quick brown fox jumps")
+        assert t.requests == 1 and t.estimated_requests == 1
+        assert 4 <= t.prompt_tokens <= 8 and t.cost == embedding_price(t.prompt_tokens)
+
+    @pytest.mark.parametrize(
+        ("model", "contents", "verb"),
+        [
+            (EMBED_MODEL, "one two three", ":embedContent"),
+            (EMBED_MODEL, ["one two", "three"], ":batchEmbedContents"),
+            ("text-embedding-005", ["one two", "three"], ":predict"),
+        ],
+    )
+    async def test_vertex(self, model: str, contents: str | list[str], verb: str) -> None:
+        fake = FakeProvider()
+        with fake.serve() as url:
+            client = genai.Client(
+                vertexai=True, api_key="AQ-not-a-real-key", http_options=types.HttpOptions(base_url=url)
+            )
+            with llmtally.track() as t:
+                r = client.models.embed_content(model=model, contents=contents)
+            async with llmtally.track() as async_t:
+                await client.aio.models.embed_content(model=model, contents=contents)
+            await client.aio.aclose()
+        assert [r.path for r in fake.requests] == [f"/v1beta1/publishers/google/models/{model}{verb}"] * 2
+        assert r.embeddings is not None and len(r.embeddings) == (1 if isinstance(contents, str) else 2)
+        assert (t.requests, t.prompt_tokens, t.estimated_requests) == (1, 3, 0)
+        assert t.calls[0].model == model and t.calls[0].endpoint == "embeddings"
+        assert (async_t.requests, async_t.prompt_tokens) == (1, 3)
+
+    def test_refused_before_sending(self) -> None:
+        fake = FakeProvider()
+        with fake.serve() as url:
+            client = genai.Client(api_key="AIza-not-a-real-key", http_options=types.HttpOptions(base_url=url))
+            with llmtally.track(max_requests=0), pytest.raises(llmtally.BudgetExceeded):
+                client.models.embed_content(model=EMBED_MODEL, contents="x")
+        assert fake.requests == []

@@ -1,4 +1,5 @@
-"""Google's Gemini API wire format: generateContent, streamGenerateContent (SSE or a JSON array), errors.
+"""Google's Gemini API wire format: generateContent, streamGenerateContent (SSE or a JSON array),
+embeddings (embedContent, batchEmbedContents, and Vertex AI's predict for embedding models), errors.
 
 `Reply.completion_tokens` includes the reasoning tokens (OpenAI style); Gemini reports thoughts
 beside the candidates (``thoughtsTokenCount``), so the conversion happens here and nowhere else.
@@ -11,10 +12,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from ._script import FakeRequest, Reply, Tokens, resolve_tokens
+from ._openai import vector
+from ._script import FakeRequest, Reply, Tokens, _words, resolve_tokens
 from ._wire import Answer, data_event, dumps, json_answer, new_id, split_text, stream_answer
 
-__all__ = ["error", "generate_content", "model_in_path"]
+__all__ = ["embed_content", "error", "generate_content", "model_in_path"]
 
 _STATUS = {
     400: "INVALID_ARGUMENT",
@@ -103,3 +105,46 @@ def _array_answer(reply: Reply, chunks: list[dict[str, Any]]) -> Answer:
     answer = stream_answer(reply, events(), {})
     answer.headers["content-type"] = "application/json; charset=UTF-8"
     return answer
+
+
+def _texts(request: FakeRequest) -> list[Any]:
+    body = request.json if isinstance(request.json, dict) else {}
+    if request.path.endswith(":embedContent"):
+        return [body.get("content")]
+    key, field = ("instances", "content") if request.path.endswith(":predict") else ("requests", "content")
+    return [item.get(field) for item in body.get(key) or () if isinstance(item, dict)]
+
+
+def embed_content(request: FakeRequest, reply: Reply, model: str) -> Answer:
+    """``:embedContent``, ``:batchEmbedContents`` and Vertex AI's ``:predict`` for embedding models.
+
+    Usage is ``usageMetadata.promptTokenCount`` (``:predict``: each prediction's
+    ``statistics.token_count``); ``Reply(include_usage=False)`` leaves it out, as the Gemini API
+    does for older models. ``Reply.prompt_tokens`` overrides the total (``:predict``: the first
+    input's count, the rest counted by words).
+    """
+    contents = _texts(request)
+    counts = [max(_words(c), 1) for c in contents] or [1]
+    if reply.prompt_tokens is not None:
+        counts[0] = reply.prompt_tokens if len(counts) == 1 else max(reply.prompt_tokens - sum(counts[1:]), 0)
+    with_usage = reply.include_usage is not False
+    vectors = [{"values": vector(dumps(c).decode(), reply.embedding_dim)} for c in contents]
+    if request.path.endswith(":predict"):
+        predictions = []
+        for v, n in zip(vectors, counts, strict=False):
+            stats: dict[str, Any] = {"truncated": False}
+            if with_usage:
+                stats["token_count"] = n
+            predictions.append({"embeddings": {**v, "statistics": stats}})
+        chars = sum(len(dumps(c)) for c in contents)
+        return json_answer(
+            reply, 200, {"predictions": predictions, "metadata": {"billableCharacterCount": chars}}, {}
+        )
+    body: dict[str, Any] = (
+        {"embedding": vectors[0] if vectors else {"values": []}}
+        if request.path.endswith(":embedContent")
+        else {"embeddings": vectors}
+    )
+    if with_usage:
+        body["usageMetadata"] = {"promptTokenCount": sum(counts), "totalTokenCount": sum(counts)}
+    return json_answer(reply, 200, body, {})

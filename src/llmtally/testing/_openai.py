@@ -3,6 +3,11 @@
 Each function turns a scripted `Reply` into the `Answer` the real API would send, down to the
 ``data: [DONE]`` sentinel, the ``"usage": null`` on every chunk of a stream that asked for usage,
 and the base64 float32 embeddings the openai SDK requests by default.
+
+Two OpenAI-compatible providers answer Chat Completions in their own dialect, chosen by the path
+their SDKs post to: Groq (``/openai/v1/chat/completions``) puts a stream's usage in its last
+chunk's ``x_groq.usage`` when the request did not ask for it, and OpenRouter
+(``/api/v1/chat/completions``) always reports usage, streams included, with its own ``cost``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 from ._script import FakeRequest, Reply, Tokens, resolve_tokens
 from ._wire import Answer, data_event, json_answer, named_event, new_id, now, split_text, stream_answer
 
-__all__ = ["chat_completions", "completions", "embeddings", "error", "responses"]
+__all__ = ["chat_completions", "completions", "embeddings", "error", "responses", "vector"]
 
 _ERROR_TYPES = {
     400: ("invalid_request_error", None),
@@ -48,11 +53,29 @@ def _wants_usage(reply: Reply, request: FakeRequest) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _usage(t: Tokens) -> dict[str, Any]:
+def _dialect(request: FakeRequest) -> str | None:
+    if request.path.endswith("/openai/v1/chat/completions"):
+        return "groq"
+    if request.path.endswith("/api/v1/chat/completions"):
+        return "openrouter"
+    return None
+
+
+def _usage(t: Tokens, reply: Reply | None = None, dialect: str | None = None) -> dict[str, Any]:
     prompt_details: dict[str, int] = {"cached_tokens": t.cached, "audio_tokens": 0}
     if t.cache_write:
         prompt_details["cache_write_tokens"] = t.cache_write
+    extra: dict[str, Any] = {}
+    if dialect == "groq":
+        extra = {"queue_time": 0.01, "prompt_time": 0.002, "completion_time": 0.05, "total_time": 0.052}
+    elif dialect == "openrouter" and reply is not None and reply.cost is not None:
+        extra = {
+            "cost": float(reply.cost),
+            "is_byok": False,
+            "cost_details": {"upstream_inference_cost": None},
+        }
     return {
+        **extra,
         "prompt_tokens": t.prompt,
         "completion_tokens": t.completion,
         "total_tokens": t.prompt + t.completion,
@@ -84,10 +107,11 @@ def chat_completions(request: FakeRequest, reply: Reply, model: str) -> Answer:
         "model": model,
         "system_fingerprint": _FINGERPRINT,
     }
+    dialect = _dialect(request)
     if request.stream:
-        return stream_answer(
-            reply, _chat_events(reply, head, ids, tokens, _wants_usage(reply, request)), _headers(reply)
-        )
+        with_usage = _wants_usage(reply, request) or (dialect == "openrouter" and reply.include_usage is None)
+        events = _chat_events(reply, head, ids, tokens, with_usage, dialect)
+        return stream_answer(reply, events, _headers(reply))
     message: dict[str, Any] = {"role": "assistant", "content": reply.content or None, "refusal": None}
     if reply.tool_calls:
         message["tool_calls"] = [
@@ -106,12 +130,19 @@ def chat_completions(request: FakeRequest, reply: Reply, model: str) -> Answer:
         ],
     }
     if reply.include_usage is not False:
-        body["usage"] = _usage(tokens)
+        body["usage"] = _usage(tokens, reply, dialect)
+    if dialect == "groq":
+        body["x_groq"] = {"id": new_id("req_")}
     return json_answer(reply, 200, body, _headers(reply))
 
 
 def _chat_events(
-    reply: Reply, head: dict[str, Any], ids: list[str], tokens: Tokens, with_usage: bool
+    reply: Reply,
+    head: dict[str, Any],
+    ids: list[str],
+    tokens: Tokens,
+    with_usage: bool,
+    dialect: str | None = None,
 ) -> Iterator[bytes]:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         obj: dict[str, Any] = {
@@ -121,6 +152,8 @@ def _chat_events(
         }
         if with_usage:
             obj["usage"] = None
+        if finish and dialect == "groq" and not with_usage and reply.include_usage is not False:
+            obj["x_groq"] = {"id": new_id("req_"), "usage": _usage(tokens, reply, dialect)}
         return data_event(obj)
 
     yield chunk({"role": "assistant", "content": "", "refusal": None})
@@ -138,7 +171,8 @@ def _chat_events(
             yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
     yield chunk({}, _finish_reason(reply))
     if with_usage:
-        yield data_event({"object": "chat.completion.chunk", **head, "choices": [], "usage": _usage(tokens)})
+        usage = _usage(tokens, reply, dialect)
+        yield data_event({"object": "chat.completion.chunk", **head, "choices": [], "usage": usage})
     yield data_event("[DONE]")
 
 
@@ -184,7 +218,7 @@ def _completion_events(
     yield data_event("[DONE]")
 
 
-def _vector(text: str, dim: int) -> list[float]:
+def vector(text: str, dim: int) -> list[float]:
     # Same input, same vector; multiples of 1/128 survive float32 and base64 exactly.
     raw = b""
     counter = 0
@@ -210,10 +244,10 @@ def embeddings(request: FakeRequest, reply: Reply, model: str) -> Answer:
     as_base64 = isinstance(request.json, dict) and request.json.get("encoding_format") == "base64"
     data = []
     for index, text in enumerate(_inputs(request.json)):
-        vector: Any = _vector(text, reply.embedding_dim)
+        values: Any = vector(text, reply.embedding_dim)
         if as_base64:
-            vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        data.append({"object": "embedding", "index": index, "embedding": vector})
+            values = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": values})
     body: dict[str, Any] = {"object": "list", "data": data, "model": model}
     if reply.include_usage is not False:
         prompt = resolve_tokens(reply, request).prompt

@@ -33,6 +33,9 @@ _ROUTES: list[tuple[str, Route, Callable[[Reply, str], Answer]]] = [
     ("/messages", _anthropic.messages, _anthropic.error),
     (":generateContent", _gemini.generate_content, _gemini.error),
     (":streamGenerateContent", _gemini.generate_content, _gemini.error),
+    (":embedContent", _gemini.embed_content, _gemini.error),
+    (":batchEmbedContents", _gemini.embed_content, _gemini.error),
+    (":predict", _gemini.embed_content, _gemini.error),  # Vertex AI, for embedding models
     ("/api/chat", _ollama.chat, _ollama.error),
     ("/api/generate", _ollama.generate, _ollama.error),
     ("/api/embed", _ollama.embed, _ollama.error),
@@ -68,10 +71,15 @@ class FakeProvider:
     Routes are matched on the path's suffix, so ``/v1/chat/completions`` and Azure's
     ``/openai/deployments/{name}/chat/completions`` both work: ``/chat/completions``,
     ``/completions``, ``/embeddings``, ``/responses`` (OpenAI), ``/messages``,
-    ``/messages/count_tokens`` (Anthropic), ``:generateContent``, ``:streamGenerateContent``
-    (Gemini API and Vertex AI; ``base_url`` as it is) and ``/api/chat``, ``/api/generate``,
+    ``/messages/count_tokens`` (Anthropic), ``:generateContent``, ``:streamGenerateContent``,
+    ``:embedContent``, ``:batchEmbedContents`` (Gemini API and Vertex AI; ``base_url`` as it is),
+    ``:rawPredict``, ``:streamRawPredict`` (Claude on Vertex AI), ``/converse``,
+    ``/converse-stream``, ``/invoke``, ``/invoke-with-response-stream`` (Amazon Bedrock's runtime,
+    AWS event streams included; ``endpoint_url`` as it is), ``/api/chat``, ``/api/generate``,
     ``/api/embed`` (Ollama; ``host`` as it is) and ``/v2/chat``, ``/v2/embed`` (Cohere; ``base_url``
-    as it is). Anything else is a 404, which takes no reply.
+    as it is). Groq's ``/openai/v1/chat/completions`` and OpenRouter's ``/api/v1/chat/completions``
+    answer in those providers' dialects (``x_groq.usage``; ``usage.cost`` from ``Reply.cost``).
+    Anything else is a 404, which takes no reply.
     """
 
     def __init__(

@@ -68,7 +68,9 @@ class Reply:
     piece per word. ``delay`` waits before answering, ``cut_stream_after`` drops the connection after
     that many stream events, and ``garbage`` is sent raw instead of any valid body or stream.
     ``request_id`` becomes the ``x-request-id`` (OpenAI) or ``request-id`` (Anthropic) header and the
-    body id. ``headers`` are added to the response as they are.
+    body id. ``headers`` are added to the response as they are. ``cost`` is the cost a provider that
+    reports its own puts in ``usage.cost`` (OpenRouter, at ``/api/v1/chat/completions``), as a
+    decimal string such as ``"0.0042"``.
     """
 
     text: str | None = None
@@ -91,6 +93,7 @@ class Reply:
     garbage: bytes | None = None
     request_id: str | None = None
     headers: dict[str, str] | None = None
+    cost: str | None = None
 
     @property
     def content(self) -> str:

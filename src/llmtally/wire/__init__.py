@@ -13,7 +13,7 @@ from ._sse import SSEDecoder
 from .anthropic import Messages, VertexMessages
 from .bedrock import Converse, InvokeModel, is_bedrock
 from .cohere import CohereChat, CohereEmbed
-from .gemini import GenerateContent
+from .gemini import EmbedContent, GenerateContent, is_vertex_embedding
 from .ollama import OllamaChat, OllamaEmbed, OllamaGenerate
 from .openai import ChatCompletions, Completions, Embeddings, Responses
 
@@ -38,6 +38,7 @@ _RESPONSES = Responses()
 _MESSAGES = Messages()
 _VERTEX_MESSAGES = VertexMessages()
 _GEMINI = GenerateContent()
+_GEMINI_EMBED = EmbedContent()
 _OLLAMA_CHAT = OllamaChat()
 _OLLAMA_GENERATE = OllamaGenerate()
 _OLLAMA_EMBED = OllamaEmbed()
@@ -55,6 +56,8 @@ _SUFFIXES: tuple[tuple[str, Parser], ...] = (
     ("/messages", _MESSAGES),
     (":generateContent", _GEMINI),
     (":streamGenerateContent", _GEMINI),
+    (":embedContent", _GEMINI_EMBED),
+    (":batchEmbedContents", _GEMINI_EMBED),
     ("/api/chat", _OLLAMA_CHAT),
     ("/api/generate", _OLLAMA_GENERATE),
     ("/api/embed", _OLLAMA_EMBED),
@@ -83,6 +86,8 @@ def route(method: str, path: str) -> Parser | None:
             return parser
     if "/publishers/anthropic/" in path and path.endswith((":rawPredict", ":streamRawPredict")):
         return _VERTEX_MESSAGES  # Claude on Vertex AI
+    if path.endswith(":predict") and is_vertex_embedding(path):
+        return _GEMINI_EMBED
     if is_bedrock(path):
         return _CONVERSE if "/converse" in path[path.rfind("/") :] else _INVOKE
     return None
@@ -122,11 +127,9 @@ _LLM_HOSTS = (
     ".cognitiveservices.azure.com",
     ".services.ai.azure.com",
 )
-#: Path endings of LLM APIs that no parser here reads (Gemini embeddings, Vertex's other publishers,
-#: Cohere's v1, Bedrock's async invoke).
+#: Path endings of LLM APIs that no parser here reads (Vertex's other publishers and models, Cohere's
+#: v1, Bedrock's async invoke).
 _LLM_PATHS = (
-    ":embedcontent",
-    ":batchembedcontents",
     ":rawpredict",
     ":streamrawpredict",
     ":predict",

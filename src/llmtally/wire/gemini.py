@@ -1,4 +1,4 @@
-"""Google's Gemini API and Vertex AI: ``generateContent`` and ``streamGenerateContent``.
+"""Google's Gemini API and Vertex AI: ``generateContent``, ``streamGenerateContent`` and embeddings.
 
 The model is named in the URL, not the body::
 
@@ -15,6 +15,11 @@ tool-use prompt tokens beside the prompt. So, in llmtally's convention (as genai
 extractor reads it): prompt = prompt + tool-use prompt, completion = candidates + thoughts,
 reasoning = thoughts, cached = cached content. Streams (``?alt=sse``, or a JSON array without it)
 repeat ``usageMetadata`` in their chunks, cumulative: the last one wins.
+
+Embeddings (`EmbedContent`) are ``:embedContent`` and ``:batchEmbedContents`` (usage in
+``usageMetadata.promptTokenCount``) and, on Vertex AI, ``:predict`` for Google's embedding models
+(``predictions[].embeddings.statistics.token_count``, summed). A response without either, as the
+Gemini API sends for older models, is counted offline from the request's text, marked estimated.
 """
 
 from __future__ import annotations
@@ -25,9 +30,15 @@ from typing import Any
 from .._core.usage import Usage
 from ._base import Parser, Result, StreamParser, as_int, as_str, loads
 
-__all__ = ["GenerateContent", "gemini_usage", "model_in_path"]
+__all__ = ["EmbedContent", "GenerateContent", "gemini_usage", "is_vertex_embedding", "model_in_path"]
 
 _MODEL_IN_PATH = re.compile(r"/models/([^/:]{1,256}):")
+_VERTEX_EMBEDDING = re.compile(r"/publishers/google/models/[^/:]*embedding[^/:]*:predict$")
+
+
+def is_vertex_embedding(path: str) -> bool:
+    """Vertex AI's ``:predict`` for one of Google's embedding models (it serves other models too)."""
+    return _VERTEX_EMBEDDING.search(path) is not None
 
 
 def model_in_path(path: str) -> str | None:
@@ -104,3 +115,54 @@ class GenerateContent(Parser):
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     texts.append(part["text"])
         return texts, count
+
+
+def _parts_text(content: Any, texts: list[str]) -> None:
+    if isinstance(content, str):
+        texts.append(content)
+        return
+    parts = content.get("parts") if isinstance(content, dict) else None
+    for part in parts if isinstance(parts, list) else ():
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+
+
+class EmbedContent(Parser):
+    endpoint = "embeddings"
+    provider = "google"
+
+    def body(self, obj: Any) -> Result | None:
+        if not isinstance(obj, dict):
+            return None
+        usage = obj.get("usageMetadata")
+        if isinstance(usage, dict):
+            return Result(usage=Usage(as_int(usage.get("promptTokenCount")), 0))
+        predictions = obj.get("predictions")
+        if isinstance(predictions, list):
+            counts = [_token_count(p) for p in predictions]
+            if counts and None not in counts:
+                return Result(usage=Usage(sum(c for c in counts if c is not None), 0))
+        return Result()
+
+    def model_in_path(self, path: str) -> str | None:
+        return model_in_path(path)
+
+    def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
+        texts: list[str] = []
+        _parts_text(obj.get("content"), texts)  # :embedContent
+        for request in obj.get("requests") or ():  # :batchEmbedContents
+            if isinstance(request, dict):
+                _parts_text(request.get("content"), texts)
+        for instance in obj.get("instances") or ():  # Vertex :predict
+            if isinstance(instance, dict):
+                _parts_text(instance.get("content"), texts)
+        return texts, 0
+
+
+def _token_count(prediction: Any) -> int | None:
+    embeddings = prediction.get("embeddings") if isinstance(prediction, dict) else None
+    stats = embeddings.get("statistics") if isinstance(embeddings, dict) else None
+    count = stats.get("token_count") if isinstance(stats, dict) else None
+    if type(count) is float and count.is_integer() and count >= 0:
+        return int(count)  # predictions are a protobuf Struct: its numbers are doubles
+    return count if type(count) is int and count >= 0 else None
