@@ -95,7 +95,7 @@ class TestRecords:
 
     def test_schema_version(self, ledger: Path, client: httpx2.Client) -> None:
         conn = sqlite3.connect(ledger)
-        assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == [(1,), (2,), (3,)]
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.close()
         call(client)
@@ -106,7 +106,7 @@ class TestRecords:
         llmtally.flush()
         assert len(rows(ledger)) == 2
         conn = sqlite3.connect(ledger)
-        assert conn.execute("SELECT COUNT(*) FROM llmtally_schema").fetchone()[0] == 2
+        assert conn.execute("SELECT COUNT(*) FROM llmtally_schema").fetchone()[0] == 3
         conn.close()
 
     def test_none_records_nothing(self, tmp_path: Path, client: httpx2.Client) -> None:

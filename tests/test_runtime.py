@@ -191,9 +191,10 @@ class TestMigration:
         versions = [r[0] for r in conn.execute("SELECT version FROM llmtally_schema ORDER BY version")]
         rows = [dict(r) for r in conn.execute("SELECT * FROM calls ORDER BY started_at")]
         conn.close()
-        assert versions == [1, 2]
+        assert versions == [1, 2, 3]
         assert rows[0]["id"] == "old-1" and len(rows) == 2
         assert rows[0]["cache_write_1h_tokens"] is None and rows[1]["cache_write_1h_tokens"] == 1_000
+        assert rows[0]["computed_cost"] is None and rows[1]["computed_cost"] is None
         assert json.loads(rows[1]["scope_path"]) == []
         totals = {r.keys[0]: r for r in llmtally.report(since="1d", by=["model"])}
         assert (

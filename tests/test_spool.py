@@ -61,7 +61,7 @@ def spooled(directory: Path) -> list[dict[str, Any]]:
 ROW = (
     "id-1", 1700000000.123456789, 1700000001.5, 0.1 + 0.2, "openai", "gpt-4", "gpt-4-0613",
     "chat.completions", None, 200, 1, None, 0, 11, 13, None, None, None, "0.00111", 1_110_000_000,
-    "USD", 0, "genai-prices", '["a", "b"]', '{"k": "v"}', "host", 42, None,
+    "USD", 0, "genai-prices", '["a", "b"]', '{"k": "v"}', "host", 42, None, None,
 )  # fmt: skip
 
 

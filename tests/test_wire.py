@@ -560,6 +560,23 @@ class TestOllama:
 class TestOpenAICompatibleExtras:
     """Fields OpenAI-compatible providers add: cache writes (OpenRouter, Azure, Responses), Groq's x_groq."""
 
+    def test_reported_cost(self) -> None:
+        from llmtally.wire.openai import reported_cost
+
+        usage = {"prompt_tokens": 10, "completion_tokens": 2, "cost": 0.00010815}
+        body = {"id": "gen-1", "model": "openai/gpt-4o", "usage": usage}
+        raw = json.dumps(body).encode()
+        assert (r := ChatCompletions().body(body)) is not None and r.cost == Decimal("0.00010815")
+        assert (r := ChatCompletions().fast_body(raw)) is not None and r.cost == Decimal("0.00010815")
+        chunk = {"id": "gen-1", "model": "openai/gpt-4o", "choices": [], "usage": usage}
+        assert run_stream(ChatCompletions(), sse(chunk)).cost == Decimal("0.00010815")
+        assert reported_cost({"cost": 0}) == 0 and reported_cost({"cost": 2}) == Decimal(2)
+        # Not a figure: the call is priced by the catalogue as usual.
+        for bad in ("0.1", None, True, -0.5, float("nan"), float("inf"), [1], {"usd": 1}):
+            assert reported_cost({"cost": bad}) is None, bad
+        assert reported_cost(None) is None and reported_cost([]) is None
+        assert (r := ChatCompletions().body({"usage": {"prompt_tokens": 1}})) is not None and r.cost is None
+
     def test_openrouter_cache_writes_priced_as_genai_prices(self) -> None:
         import genai_prices
 

@@ -90,5 +90,7 @@ class OTelSink:
             attributes: dict[str, Any] = {name: getattr(u, field) for name, field in _SPAN_KINDS}
             attributes["gen_ai.response.model"] = call.model or ""
             attributes["llmtally.cost_usd"] = "" if call.cost is None else str(call.cost)
+            if call.computed_cost is not None:  # the provider reported cost_usd; this is our price
+                attributes["llmtally.computed_cost_usd"] = str(call.computed_cost)
             attributes["llmtally.estimated"] = call.estimated
             span.set_attributes(attributes)

@@ -95,6 +95,12 @@ def settle(ex: Exchange) -> None:
                             )
                     except Exception:
                         _failed_step(ex, "price")
+                if result.cost is not None:
+                    # The provider's own figure (OpenRouter's usage.cost) is what was billed: scopes
+                    # and budgets count it; ours stays beside it in the record.
+                    call.computed_cost, call.cost = call.cost, result.cost
+                    ours = call.price_source or "no price known"
+                    call.price_source = f"reported by the provider (llmtally's price: {ours})"
         # 5. finish: drop the bodies, settle budget reservations at the call's cost.
         ex.state = State.SETTLED
         ex._request_body = ex.content = ex.parsed = ex.stream_parser = None

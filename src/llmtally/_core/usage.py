@@ -114,13 +114,16 @@ class Call:
 
     Holds counts, model names, timing and cost; never prompt or completion text, keys or headers.
     ``usage`` is ``None`` when it could not be read. ``cost`` is ``None`` when the price is unknown
-    (never zero by default); failed requests cost ``Decimal(0)``. ``scope_path`` names the scopes
-    open when it was sent, outermost first.
+    (never zero by default); failed requests cost ``Decimal(0)``. When the provider reports its own
+    cost for the call (OpenRouter's ``usage.cost``), ``cost`` is that figure, the one scopes and
+    budgets count, and ``computed_cost`` what llmtally's prices make of the same usage (``None``
+    otherwise, or if unknown). ``scope_path`` names the scopes open when it was sent, outermost first.
     """
 
     # Slots, and one constructor that sets them all: settling a call builds one of these per
     # request, cold, right after the SDK's own work (no instance dict to grow attribute by attribute).
     __slots__ = (
+        "computed_cost",
         "cost",
         "currency",
         "endpoint",
@@ -166,6 +169,7 @@ class Call:
         scope_path: tuple[str, ...] = (),
         tags: Mapping[str, object] = NO_TAGS,
         span: object = None,
+        computed_cost: Decimal | None = None,
     ) -> None:
         self.provider = provider
         self.endpoint = endpoint
@@ -188,6 +192,7 @@ class Call:
         self.tags = tags
         #: The OpenTelemetry span current when the request was sent (only with ``configure(otel=...)``).
         self.span = span
+        self.computed_cost = computed_cost
 
     @property
     def priced(self) -> bool:
@@ -199,6 +204,8 @@ class Call:
         from .money import format_usd
 
         cost = "unknown" if self.cost is None else f"${format_usd(self.cost)}"
+        if self.computed_cost is not None and self.computed_cost != self.cost:
+            cost += f" (reported; priced ${format_usd(self.computed_cost)})"
         est = " estimated" if self.estimated else ""
         return (
             f"<Call {self.provider}/{self.model} {self.endpoint} status={self.status} "

@@ -2,9 +2,10 @@
 
 The token columns are derived from ``_core.usage.KINDS``, and so are the sums a report reads
 (``SUMS``). The schema's history is kept here too: version 1's token columns are frozen in
-``V1_KINDS``, and each later version adds the kinds listed for it in ``ADDED_KINDS``; each backend
-turns that into its own ``CREATE`` / ``ALTER TABLE`` statements. Adding a billable unit to ``Usage``
-is therefore one entry in ``ADDED_KINDS`` here (an import-time check says so if it is missing).
+``V1_KINDS``, and each later version adds the kinds listed for it in ``ADDED_KINDS`` (summed by the
+rollup too) or the other columns in ``ADDED_COLUMNS`` (the calls only); each backend turns that into
+its own ``CREATE`` / ``ALTER TABLE`` statements. Adding a billable unit to ``Usage`` is therefore one
+entry in ``ADDED_KINDS`` here (an import-time check says so if it is missing).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ if TYPE_CHECKING:
     from .._core.usage import Call
 
 __all__ = [
+    "ADDED_COLUMNS",
     "ADDED_KINDS",
     "COLUMNS",
     "SCHEMA_VERSION",
     "SUMS",
     "LedgerError",
+    "added_at",
     "columns_at",
     "redact_url",
     "to_row",
@@ -40,8 +43,13 @@ V1_KINDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_
 ADDED_KINDS: dict[int, tuple[str, ...]] = {
     2: ("cache_write_1h_tokens",),
 }
+#: Schema version -> the other columns it added, (name, SQL type); not summed by the rollup.
+ADDED_COLUMNS: dict[int, tuple[tuple[str, str], ...]] = {
+    # What llmtally's prices make of a call whose provider reported its own cost (in ``cost``).
+    3: (("computed_cost", "TEXT"),),
+}
 #: Bumped with every change to the columns; each backend migrates older ledgers forward.
-SCHEMA_VERSION = max(ADDED_KINDS, default=1)
+SCHEMA_VERSION = max((*ADDED_KINDS, *ADDED_COLUMNS), default=1)
 
 _missing = set(TOKEN_NAMES) - set(V1_KINDS) - {k for kinds in ADDED_KINDS.values() for k in kinds}
 if _missing:  # pragma: no cover - a developer added a kind without its migration
@@ -50,6 +58,23 @@ if _missing:  # pragma: no cover - a developer added a kind without its migratio
 #: The token columns added after version 1, in the order the migrations added them (last in a row,
 #: as ``ALTER TABLE ... ADD COLUMN`` puts them: a row read with ``SELECT *`` is in COLUMNS order).
 LATER_KINDS: tuple[str, ...] = tuple(k for v in sorted(ADDED_KINDS) for k in ADDED_KINDS[v])
+LATER_OTHERS: tuple[tuple[str, str], ...] = tuple(c for v in sorted(ADDED_COLUMNS) for c in ADDED_COLUMNS[v])
+
+
+def _later_columns() -> tuple[tuple[str, str], ...]:
+    """Every column added after version 1, in the order the migrations add them."""
+    columns: list[tuple[str, str]] = []
+    for version in sorted({*ADDED_KINDS, *ADDED_COLUMNS}):
+        columns += [(kind, "INTEGER") for kind in ADDED_KINDS.get(version, ())]
+        columns += ADDED_COLUMNS.get(version, ())
+    return tuple(columns)
+
+
+# ``to_row`` writes the later token kinds, then the other later columns: the migrations must add
+# them in that order too, or a row read with ``SELECT *`` would not be in COLUMNS order.
+_in_row = (*((k, "INTEGER") for k in LATER_KINDS), ("computed_cost", "TEXT"))
+if _later_columns() != _in_row:  # pragma: no cover - a developer changed the columns, not to_row
+    raise RuntimeError("llmtally: the later columns are not the ones to_row writes, in its order")
 
 #: (name, SQL type), in row order. ``cost`` is the exact Decimal as text; ``cost_pico`` the same in
 #: integer picodollars (10**-12 USD, exact for catalogue prices) for fast sums.
@@ -77,7 +102,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("tags", "TEXT"),
     ("host", "TEXT NOT NULL"),
     ("pid", "INTEGER NOT NULL"),
-    *((name, "INTEGER") for name in LATER_KINDS),
+    *_later_columns(),
 )
 NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 
@@ -95,7 +120,16 @@ SUMS: tuple[str, ...] = (
 def columns_at(version: int) -> tuple[tuple[str, str], ...]:
     """The columns of schema ``version`` (1 and later), for a migration that creates the table."""
     later = {k for v, kinds in ADDED_KINDS.items() if v > version for k in kinds}
+    later |= {name for v, columns in ADDED_COLUMNS.items() if v > version for name, _ in columns}
     return tuple(c for c in COLUMNS if c[0] not in later)
+
+
+def added_at(version: int) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """(token kind columns, other columns) that schema ``version`` added to ``calls``."""
+    return (
+        tuple((kind, "INTEGER") for kind in ADDED_KINDS.get(version, ())),
+        ADDED_COLUMNS.get(version, ()),
+    )
 
 
 _HOST = socket.gethostname()
@@ -196,6 +230,7 @@ def to_row(call: Call) -> tuple[Any, ...]:
         _HOST,
         os.getpid(),
         *later,
+        None if call.computed_cost is None else str(call.computed_cost),
     )
 
 

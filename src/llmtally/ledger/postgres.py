@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._read import check_group, grouped, sums_of_calls
-from ._records import ADDED_KINDS, NAMES, SCHEMA_VERSION, LedgerError, columns_at, redact_url, url_secrets
+from ._records import NAMES, SCHEMA_VERSION, LedgerError, added_at, columns_at, redact_url, url_secrets
 
 if TYPE_CHECKING:
     import psycopg
@@ -44,8 +44,9 @@ _MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX calls_model ON calls (model)",
     ],
     **{
-        version: [f"ALTER TABLE calls ADD COLUMN {kind} INTEGER" for kind in kinds]
-        for version, kinds in ADDED_KINDS.items()
+        version: [f"ALTER TABLE calls ADD COLUMN {name} {kind}" for name, kind in (*added[0], *added[1])]
+        for version in range(2, SCHEMA_VERSION + 1)
+        for added in [added_at(version)]
     },
 }
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._read import check_group, grouped, merge, sums_of_calls, sums_of_rollup
-from ._records import ADDED_KINDS, NAMES, SCHEMA_VERSION, SUMS, LedgerError, columns_at
+from ._records import ADDED_KINDS, NAMES, SCHEMA_VERSION, SUMS, LedgerError, added_at, columns_at
 
 __all__ = ["ROLLUP_KEYS", "SQLiteLedger", "rollup"]
 
@@ -46,10 +46,11 @@ def _migrations() -> dict[int, list[str]]:
             + ", PRIMARY KEY (hour, model, provider, endpoint, scope_path, tags)) WITHOUT ROWID",
         ]
     }
-    for version, kinds in sorted(ADDED_KINDS.items()):
+    for version in range(2, SCHEMA_VERSION + 1):
+        kinds, others = added_at(version)
         steps[version] = [
-            *(f"ALTER TABLE calls ADD COLUMN {kind} INTEGER" for kind in kinds),
-            *(f"ALTER TABLE calls_hourly ADD COLUMN {kind} INTEGER NOT NULL DEFAULT 0" for kind in kinds),
+            *(f"ALTER TABLE calls ADD COLUMN {name} {kind}" for name, kind in (*kinds, *others)),
+            *(f"ALTER TABLE calls_hourly ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0" for name, _ in kinds),
         ]
     return steps
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.usage import Usage
+
+if TYPE_CHECKING:
+    from decimal import Decimal
 
 __all__ = [
     "Parser",
@@ -92,13 +95,15 @@ class Result:
     """What a response said about itself: served model, usage (``None`` if absent), request id.
 
     ``text`` collects the streamed output, only so a stream without usage can be counted offline;
-    it is dropped as soon as the call is settled and never stored.
+    it is dropped as soon as the call is settled and never stored. ``cost`` is the provider's own
+    figure for the call (OpenRouter's ``usage.cost``), when it reports one.
     """
 
     model: str | None = None
     usage: Usage | None = None
     request_id: str | None = None
     text: list[str] = field(default_factory=list)
+    cost: Decimal | None = None
 
 
 class StreamParser:

@@ -17,10 +17,13 @@ Streams carry it only in a last chunk with ``"choices": []`` when the request se
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.usage import Usage
 from ._base import Parser, Result, StreamParser, as_int, as_str, key_string, loads, object_after
+
+if TYPE_CHECKING:
+    from decimal import Decimal
 
 __all__ = [
     "ChatCompletions",
@@ -28,6 +31,7 @@ __all__ = [
     "Embeddings",
     "Responses",
     "chat_usage",
+    "reported_cost",
     "responses_usage",
 ]
 
@@ -73,6 +77,21 @@ def chat_usage(u: Any) -> Usage | None:
         written,
         reasoning if reasoning <= completion else completion,
     )
+
+
+def reported_cost(u: Any) -> Decimal | None:
+    """The provider's own cost of the call, in USD (OpenRouter's ``usage.cost``), if it says one.
+
+    Read from the JSON number as written (its shortest repr); anything that is not a finite,
+    non-negative number is no figure at all, and the call is priced by the catalogue as usual.
+    """
+    cost = u.get("cost") if type(u) is dict else None
+    if cost is None or type(cost) not in (int, float):
+        return None
+    from decimal import Decimal
+
+    value = Decimal(repr(cost))
+    return value if value.is_finite() and value >= 0 else None
 
 
 def responses_usage(u: Any) -> Usage | None:
@@ -157,6 +176,8 @@ class _ChatStream(StreamParser):
             usage = extra.get("usage") if isinstance(extra, dict) else None
         if usage:
             r.usage = chat_usage(usage)
+            if "cost" in usage:
+                r.cost = reported_cost(usage)
         choices = obj.get("choices")
         if not isinstance(choices, list):
             return
@@ -191,7 +212,10 @@ class ChatCompletions(Parser):
     provider = "openai"
 
     def body(self, obj: dict[str, Any]) -> Result | None:
-        result = Result(as_str(obj.get("model")), chat_usage(obj.get("usage")), as_str(obj.get("id")))
+        u = obj.get("usage")
+        result = Result(as_str(obj.get("model")), chat_usage(u), as_str(obj.get("id")))
+        if type(u) is dict and "cost" in u:
+            result.cost = reported_cost(u)
         if result.usage is None:
             # A server that reports no usage: keep the answer's text to count it offline.
             for choice in obj.get("choices") or ():
@@ -209,10 +233,14 @@ class ChatCompletions(Parser):
         # Chat, legacy completions and embeddings put "usage" last, at the top level; tool-call
         # arguments are JSON *strings*, so no other object here has a "usage" key. Decoding just
         # that object skips the answer's text and, for embeddings, every vector.
-        usage = chat_usage(object_after(content, b'"usage"'))
+        u = object_after(content, b'"usage"')
+        usage = chat_usage(u)
         if usage is None:
             return None
-        return Result(key_string(content, b'"model"'), usage, key_string(content, b'"id"'))
+        result = Result(key_string(content, b'"model"'), usage, key_string(content, b'"id"'))
+        if "cost" in u:
+            result.cost = reported_cost(u)
+        return result
 
     def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
         texts, count = _message_texts(obj.get("messages"))
@@ -247,10 +275,11 @@ class Embeddings(ChatCompletions):
         return result
 
     def body(self, obj: dict[str, Any]) -> Result | None:
-        usage = chat_usage(obj.get("usage"))
+        u = obj.get("usage")
+        usage = chat_usage(u)
         if usage is not None:
             usage.completion_tokens = usage.reasoning_tokens = 0
-        return Result(as_str(obj.get("model")), usage, None)
+        return Result(as_str(obj.get("model")), usage, None, cost=reported_cost(u))
 
 
 class _ResponsesStream(StreamParser):
