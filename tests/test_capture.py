@@ -380,6 +380,27 @@ class TestNothingSilentlyMissed:
         assert not any("AIza-secret" in r.getMessage() for r in caplog.records)
         assert t.calls == []
 
+    def test_once_per_host_and_path_and_testing_sees_each(self, caplog: pytest.LogCaptureFixture) -> None:
+        from llmtally.testing import unmetered
+
+        client = client_for(httpx2, lambda req: httpx2.Response(200, content=b"{}"))
+        caplog.set_level(logging.WARNING, "llmtally")
+        path = "/v1/projects/p/locations/l/publishers/meta/models/llama:rawPredict"
+        with llmtally.track(), unmetered() as missed:
+            for host in ("a.example", "b.example", "a.example"):
+                client.post(f"https://{host}{path}?key=AIza-secret", json={})
+            client.post("https://a.example/v1/chat/completions", json={"model": "gpt-4", "messages": []})
+            client.post("https://a.example/upload", content=b"x")  # not an LLM path
+        said = [r.getMessage() for r in caplog.records if "no wire format" in r.getMessage()]
+        assert len(said) == 2 and "a.example" in said[0] and "b.example" in said[1]
+        assert missed == [("a.example", path), ("b.example", path), ("a.example", path)]
+        assert not any("AIza-secret" in r.getMessage() for r in caplog.records)
+        # Outside the block nothing is collected, and the DEBUG records reach no one's handlers.
+        with unmetered() as later:
+            pass
+        client.post(f"https://c.example{path}", json={})
+        assert later == [] and not any(r.levelno < logging.WARNING for r in caplog.records)
+
     def test_known_hosts_and_paths(self) -> None:
         from llmtally.wire import looks_like_llm
 

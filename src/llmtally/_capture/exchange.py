@@ -83,22 +83,38 @@ def begin(
         parser = wire.route("POST", path)
         if len(_routes) < 4096:
             _routes[path] = parser
-        if parser is None:
-            _not_understood(host, path)
     if parser is None:
+        _not_understood(host, path)
         return None
     return Exchange(parser, host, path, request_body, scopes)
 
 
+#: (host, path) -> whether a POST there looks like an LLM call that no wire format reads.
+_unread: dict[tuple[str, str], bool] = {}
+#: Every such POST, at DEBUG, for `llmtally.testing.unmetered()` (the warning is said only once).
+_unmetered_log = logging.getLogger("llmtally.unmetered")
+
+
 def _not_understood(host: str, path: str) -> None:
-    """Say once (per path) that a POST that looks like an LLM call is not counted: never silently."""
+    """Say once per (host, path) that a POST that looks like an LLM call is not counted: never
+    silently. The path never holds the query string, where Gemini puts its API key."""
     try:
-        if wire.looks_like_llm(host, path):
-            log.warning(
-                "llmtally: POST %s%s looks like an LLM API call, but no wire format llmtally knows "
-                "reads it: it is not counted (this is said once for this path)",
-                host,
-                path,
+        key = (host, path)
+        llm = _unread.get(key)
+        if llm is None:
+            llm = wire.looks_like_llm(host, path)
+            if len(_unread) < 4096:
+                _unread[key] = llm
+            if llm:
+                log.warning(
+                    "llmtally: POST %s%s looks like an LLM API call, but no wire format llmtally knows "
+                    "reads it: it is not counted (this is said once for this host and path)",
+                    host,
+                    path,
+                )
+        if llm and _unmetered_log.isEnabledFor(logging.DEBUG):
+            _unmetered_log.debug(
+                "llmtally: POST %s%s not counted", host, path, extra={"llmtally_unmetered": key}
             )
     except Exception:  # pragma: no cover - a message must never break the call
         log.exception("llmtally: could not inspect a request's path")

@@ -1,6 +1,6 @@
-"""A fake LLM provider for tests: the OpenAI and Anthropic wire formats, answering from a script.
+"""A fake LLM provider for tests: every wire format llmtally reads, answering from a script.
 
-`FakeProvider` serves the real JSON and server-sent-event formats over loopback HTTP
+`FakeProvider` serves the real JSON and streamed formats over loopback HTTP
 (``with fake.serve() as url``) or in memory (``fake.httpx2_transport()``), so the real
 ``openai``, ``anthropic`` and ``langchain-openai`` clients can be pointed at it:
 
@@ -15,6 +15,8 @@
         ...
     fake.requests[0].json  # what the SDK sent
 
+`unmetered()` lists the POSTs in a block that looked like LLM calls but that llmtally could not read.
+
 Importing this package costs only the standard library.
 """
 
@@ -22,5 +24,6 @@ from __future__ import annotations
 
 from ._provider import FakeProvider
 from ._script import FakeRequest, Reply, ToolCall
+from ._unmetered import unmetered
 
-__all__ = ["FakeProvider", "FakeRequest", "Reply", "ToolCall"]
+__all__ = ["FakeProvider", "FakeRequest", "Reply", "ToolCall", "unmetered"]
