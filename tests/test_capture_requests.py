@@ -65,9 +65,13 @@ class TestBodies:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        with llmtally.track() as t, pytest.raises(requests.ConnectionError):
-            requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, timeout=5)
-        assert t.failed_requests == 1 and "ConnectionError" in (t.calls[0].error or "")
+        path = "/v1beta/models/gemini-2.5-flash:generateContent"
+        with llmtally.track() as t, pytest.raises(requests.ConnectionError) as raised:
+            requests.post(f"http://127.0.0.1:{port}{path}?key=AIza-secret&alt=sse", json=CHAT, timeout=5)
+        assert "AIza-secret" in str(raised.value)  # requests names the URL; the caller sees it all
+        error = t.calls[0].error or ""
+        assert t.failed_requests == 1 and "ConnectionError" in error and path in error
+        assert "AIza-secret" not in error and "?***" in error  # never in the record, the ledger or a log
 
     def test_redirects_are_counted_once(self, served: tuple[FakeProvider, str]) -> None:
         fake, url = served

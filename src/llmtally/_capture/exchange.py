@@ -44,6 +44,9 @@ __all__ = ["Exchange", "State", "begin", "outer", "request_bytes"]
 log = logging.getLogger("llmtally")
 
 _JSON_START = re.compile(rb"\s*[{\[]")
+#: A URL's query string in an error message (urllib3's and requests' name the URL): where Gemini,
+#: signed URLs and some gateways put keys, so it never reaches a log or the ledger.
+_QUERY = re.compile(r"\?[^\s'\"<>()]*=[^\s'\"<>()]*")
 #: Set while an adapter sends a request it meters: clients stack (requests and botocore run on
 #: urllib3, an httpx transport may run on aiohttp), and a call is counted once, at the outermost
 #: seam, so the seams below it pass the request through.
@@ -211,7 +214,7 @@ class Exchange:
 
     def failed(self, exc: BaseException) -> None:
         """The request raised before any response (connection error, timeout, cancellation)."""
-        self.error = f"{type(exc).__name__}: {exc}"[:300]
+        self.error = _QUERY.sub("?***", f"{type(exc).__name__}: {exc}")[:300]
         self._queue(State.FAILED)
 
     def body(self, status: int, content: bytes, content_type: str, awaiting: Any = None) -> None:
