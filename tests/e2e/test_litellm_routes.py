@@ -72,15 +72,27 @@ class TestGeminiRoute:
         )
         assert all("AIza" not in repr(c) for c in t.calls)
 
-    async def test_async(self, url: str) -> None:
+    async def test_async(self, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        import aiohttp
+
         kw: dict[str, Any] = {
             "model": "gemini/gemini-2.5-flash",
             "messages": MESSAGES,
             "api_base": url + "/v1beta",
         }
+        # LiteLLM's async httpx client runs on its aiohttp transport: two hooked clients, one call.
+        sent: list[str] = []
+        request = aiohttp.ClientSession._request
+
+        async def spy(self: aiohttp.ClientSession, method: str, str_or_url: Any, **kwargs: Any) -> Any:
+            sent.append(str(str_or_url))
+            return await request(self, method, str_or_url, **kwargs)
+
+        monkeypatch.setattr(aiohttp.ClientSession, "_request", spy)
         async with llmtally.track() as t:
             await litellm.acompletion(**kw, api_key="AIza-not-a-key")
-        assert (t.successful_requests, t.prompt_tokens, t.completion_tokens) == (1, 1200, 80)
+        assert len(sent) == 1 and ":generateContent" in sent[0]
+        assert (t.requests, t.successful_requests, t.prompt_tokens, t.completion_tokens) == (1, 1, 1200, 80)
 
 
 class TestBedrockRoute:
