@@ -258,6 +258,35 @@ print(t.total_tokens, t.cost)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["24", "0.0000504"]
 
+    def test_late_import_of_requests_and_aiohttp(self) -> None:
+        """requests and aiohttp imported inside a scope, after an idempotent second instrument()."""
+        import subprocess
+        import sys
+
+        code = """
+import asyncio, sys, llmtally
+from llmtally.testing import FakeProvider, Reply
+fake = FakeProvider([Reply(text="x", prompt_tokens=11, completion_tokens=13, model="gpt-4")] * 2)
+body = {"model": "gpt-4", "messages": []}
+with fake.serve() as url, llmtally.track() as t:
+    llmtally.instrument()
+    assert "requests" not in sys.modules and "aiohttp" not in sys.modules
+    import requests
+    requests.post(url + "/v1/chat/completions", json=body).json()
+    import aiohttp
+
+    async def main():
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url + "/v1/chat/completions", json=body) as r:
+                await r.json()
+
+    asyncio.run(main())
+print(t.requests, t.total_tokens, t.cost)
+"""
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["2", "48", "0.00222"]
+
 
 class TestConcurrentReads:
     """Reading tallies while other threads make calls settles each call exactly once."""
