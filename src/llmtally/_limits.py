@@ -186,7 +186,6 @@ def estimate(
 def _worst_case(ex: Exchange, default_allowance: int = 0) -> Decimal | None:
     """The most a request can cost: its input counted offline plus its whole output allowance."""
     from . import _tokens, wire
-    from ._core import gateways
     from ._core.usage import Usage
     from ._pricing import price_usage
 
@@ -204,7 +203,7 @@ def _worst_case(ex: Exchange, default_allowance: int = 0) -> Decimal | None:
             break
     texts, count = parser.request_text(obj)
     tokens = _tokens.estimate_chat_input(texts, count, model, _tokens.names_in(obj.get("messages")))
-    provider = gateways.provider_for(ex.host, ex.path) or wire.provider_for_host(ex.host)
+    provider = ex.gateway or wire.provider_for_host(ex.host)
     usage = Usage(prompt_tokens=tokens, completion_tokens=allowance)
     return price_usage(usage, model, provider, f"https://{ex.host}", parser.provider)[0]
 

@@ -27,6 +27,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .. import wire
+from .._core import gateways
 from .._core.pipeline import FLUSH_AT, PIPELINE
 from .._core.scope import _suppressed
 from .._limits import BudgetExceeded, check, unreserve
@@ -134,6 +135,7 @@ class Exchange:
         "content",
         "end",
         "error",
+        "gateway",
         "headers",
         "host",
         "parsed",
@@ -156,6 +158,8 @@ class Exchange:
         self.path = path
         self._request_body = request_body
         self.scopes = scopes
+        #: The provider configured for this URL when the request was made (``configure(providers=)``).
+        self.gateway = gateways.provider_for(host, path) if gateways.configured() else None
         self.state = State.SENDING
         self.status: int | None = None
         self.content: bytes | None = None

@@ -23,7 +23,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import wire
-from .._core import gateways
 from .._core.money import ZERO
 from .._core.pipeline import PIPELINE
 from .._core.usage import NO_TAGS, Call, Usage
@@ -58,8 +57,8 @@ def settle(ex: Exchange) -> None:
     try:
         parser = ex.parser
         provider, api_url = _hosts.get(ex.host) or _host(ex.host)
-        if gateways.configured():
-            provider = gateways.provider_for(ex.host, ex.path) or provider
+        if ex.gateway is not None:  # the mapping in force when the call was made, not now
+            provider = ex.gateway
         try:  # 1. record
             call = _record(ex, provider or parser.provider)
         except Exception:

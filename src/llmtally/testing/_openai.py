@@ -248,7 +248,12 @@ def embeddings(request: FakeRequest, reply: Reply, model: str) -> Answer:
         if as_base64:
             values = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
         data.append({"object": "embedding", "index": index, "embedding": values})
-    body: dict[str, Any] = {"object": "list", "data": data, "model": model}
+    body: dict[str, Any] = {
+        "id": reply.request_id or new_id("embd-"),
+        "object": "list",
+        "data": data,
+        "model": model,
+    }
     if reply.include_usage is not False:
         prompt = resolve_tokens(reply, request).prompt
         body["usage"] = {"prompt_tokens": prompt, "total_tokens": prompt}
