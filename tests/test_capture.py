@@ -153,6 +153,27 @@ class TestStreams:
         assert t.successful_requests == 1 and len(t.calls) == 1
         assert t.calls[0].estimated  # the usage chunk was never read
 
+    def test_long_stream_without_usage_is_estimated_in_bounded_memory(self) -> None:
+        """A stream far longer than the text llmtally keeps: counted from what it kept, extrapolated."""
+        import quicktok
+
+        from llmtally.testing import FakeProvider, Reply
+        from llmtally.wire._base import Text
+
+        words = " ".join(f"word{i % 97} and more" for i in range(60_000))  # ~1 MB, ~240k tokens
+        assert len(words) > 10 * Text.CAP
+        fake = FakeProvider([Reply(text=words, chunks=50_000, include_usage=False, model="gpt-4o")])
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        with llmtally.track() as t:
+            with client.stream(
+                "POST", "http://fake/v1/chat/completions", json={**CHAT, "model": "gpt-4o", "stream": True}
+            ) as r:
+                for _ in r.iter_raw():
+                    pass
+        exact = len(quicktok.get_encoding("o200k_base").encode_ordinary(words))
+        assert t.calls[0].estimated
+        assert abs(t.completion_tokens - exact) / exact < 0.02, (t.completion_tokens, exact)
+
     def test_read_error_reaches_caller(self) -> None:
         def broken():
             yield STREAM[0]

@@ -33,6 +33,26 @@ def sse(*objs, event_names=False) -> bytes:
     return out
 
 
+class TestStreamText:
+    """The text a stream keeps for an offline count is bounded, whatever the stream's length."""
+
+    def test_joined_and_capped(self) -> None:
+        from llmtally.wire._base import Result, Text
+
+        text = Result().text
+        assert isinstance(text, Text)
+        for i in range(1000):
+            text.append(str(i % 10))
+        assert "".join(text) == "0123456789" * 100 and len(text) < 300  # pieces joined as they pile up
+        big = Text()
+        piece = "x" * 1000
+        for _ in range(200):
+            big.append(piece)
+        assert big.kept == Text.CAP + 1000 - Text.CAP % 1000 and big.dropped == 200 * 1000 - big.kept
+        big.extend(["abc", "de"])
+        assert big.dropped == 200 * 1000 - big.kept + 5
+
+
 class TestRoute:
     """Requests are recognised by method and path suffix, on any host."""
 

@@ -324,6 +324,11 @@ def _output_estimate(ex: Exchange, result: wire.Result, model: str | None) -> in
 
     if result.text:
         # Count the text as one piece: a word split across deltas is not two words.
-        return _tokens.count("".join(result.text), model)
+        text = "".join(result.text)
+        tokens = _tokens.count(text, model)
+        dropped = getattr(result.text, "dropped", 0)
+        if dropped and text:  # a very long stream: only its first characters were kept
+            tokens = round(tokens * (len(text) + dropped) / len(text))
+        return tokens
     # A skimmed stream (its text was not parsed): one token per content chunk.
     return int(getattr(ex.stream_parser, "chunks", 0))

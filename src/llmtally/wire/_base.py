@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,43 @@ def object_after(content: bytes, key: bytes) -> Any:
     return obj
 
 
+class Text(list[str]):
+    """The text of a stream, kept only to count it offline if its usage never comes.
+
+    Bounded: every 256 pieces are joined into one (a Bedrock or Anthropic stream sends a delta per
+    token or two), and past ``CAP`` characters only the length of what follows is kept
+    (``dropped``), so the count is extrapolated from the first ``CAP`` characters' tokens. A stream
+    of any length holds at most about ``CAP`` bytes here.
+    """
+
+    __slots__ = ("_loose", "dropped", "kept")
+    _BLOCK = 256
+    CAP = 64 * 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loose = 0
+        self.kept = 0
+        self.dropped = 0
+
+    def append(self, piece: str) -> None:
+        if self.kept >= self.CAP:
+            self.dropped += len(piece)
+            return
+        list.append(self, piece)
+        self.kept += len(piece)
+        self._loose += 1
+        if self._loose >= self._BLOCK:
+            block = "".join(self[-self._BLOCK :])
+            del self[-self._BLOCK :]
+            list.append(self, block)
+            self._loose = 0
+
+    def extend(self, pieces: Iterable[str]) -> None:
+        for piece in pieces:
+            self.append(piece)
+
+
 @dataclass(slots=True)
 class Result:
     """What a response said about itself: served model, usage (``None`` if absent), request id.
@@ -102,7 +140,7 @@ class Result:
     model: str | None = None
     usage: Usage | None = None
     request_id: str | None = None
-    text: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=Text)
     cost: Decimal | None = None
 
 
