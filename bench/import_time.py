@@ -8,9 +8,10 @@ bytecode caches exist). "added" is the median process wall time minus the median
 is the steadier figure on a noisy machine.
 
 Also listed: which heavy modules are in ``sys.modules`` right after ``import llmtally`` (must be none
-of openai, anthropic, httpx, httpx2, pydantic, genai_prices, psycopg, sqlite3), and what the first
-``track()`` costs and loads (it hooks the HTTP clients; the price catalogue loads in a background
-thread).
+of openai, anthropic, httpx, httpx2, pydantic, genai_prices, psycopg, sqlite3, nor of the HTTP
+clients and SDKs llmtally hooks: requests, aiohttp, urllib3, botocore, boto3, google.genai, cohere,
+ollama; the exit status is 1 otherwise), and what the first ``track()`` costs and loads (it hooks
+the HTTP clients; the price catalogue loads in a background thread).
 
 Peers, where installed: ``import litellm`` (with LITELLM_LOCAL_MODEL_COST_MAP=True, so it reads
 its bundled price map instead of fetching one), ``import tokencost``,
@@ -33,7 +34,25 @@ from typing import Any
 
 import _common as C
 
-HEAVY = ("openai", "anthropic", "httpx", "httpx2", "pydantic", "genai_prices", "psycopg", "sqlite3")
+HEAVY = (
+    "openai",
+    "anthropic",
+    "httpx",
+    "httpx2",
+    "pydantic",
+    "genai_prices",
+    "psycopg",
+    "sqlite3",
+    # The HTTP clients of the adapters and the SDKs built on them: hooked only once imported.
+    "requests",
+    "aiohttp",
+    "urllib3",
+    "botocore",
+    "boto3",
+    "google.genai",
+    "cohere",
+    "ollama",
+)
 
 # The child imports ``stmt`` and reports the import's own time and the heavy modules then loaded.
 CHILD = """

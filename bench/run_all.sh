@@ -9,7 +9,7 @@ PYTHON="${PYTHON:-python}"
 OUT="bench/results"
 mkdir -p "$OUT"
 export LITELLM_LOCAL_MODEL_COST_MAP=True   # LiteLLM: read the bundled price map, fetch nothing
-for name in import_time pricing overhead stream ledger; do
+for name in import_time pricing overhead adapters stream ledger; do
     echo "== bench/$name.py =="
     start=$(date +%s)
     ext=txt; [[ " $* " == *" --json "* ]] && ext=json

@@ -21,7 +21,18 @@ the traced peak of the whole run and the memory held at the last chunk by object
 llmtally's own code (src/llmtally, not its testing package). Flat means: the same at 10,000 and
 100,000 chunks.
 
-    python bench/stream.py [--raw 10000,100000] [--parsed 10000] [--memory 10000,100000] [--reps 3] [--json]
+Bedrock (``boto3-converse``): the same for an AWS event stream, ``converse_stream`` of boto3's
+``bedrock-runtime`` client (botocore over urllib3), ``Reply(chunks=N)`` giving N ``contentBlockDelta``
+events (plus ``messageStart``, ``contentBlockStop``, ``messageStop`` and ``metadata``, which carries
+the usage). ``FakeProvider`` serves it over loopback HTTP from a child process (``_fake.py``), one
+HTTP chunk per event; each ``next()`` on the two ``EventStream``s is timed in lockstep as above.
+Memory as above; what llmtally holds (allocated by its own code) and the whole traced memory,
+tracked minus untracked (which also counts what botocore's parser allocates for llmtally's
+event-stream decoder), are taken at the last event (``metadata``, the usage) and at the one before
+it (``messageStop``: all the text read, no usage yet).
+
+    python bench/stream.py [--raw 10000,100000] [--parsed 10000] [--memory 10000,100000] [--reps 3]
+                           [--bedrock 10000,100000] [--bedrock-memory 10000,100000] [--json]
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import os
 import sys
 import time
@@ -139,6 +151,22 @@ class Bench:
         return total
 
 
+def lockstep(pair: list[tuple[str, Any]]) -> dict[str, list[int]]:
+    """Read the two iterators in turn, one ``next()`` each, until one ends; each read's CPU ns."""
+    clock = time.thread_time_ns
+    times: dict[str, list[int]] = {name: [] for name, _ in pair}
+    live = True
+    while live:
+        for name, it in pair:
+            t0 = clock()
+            try:
+                next(it)
+            except StopIteration:
+                live = False
+            times[name].append(clock() - t0)
+    return times
+
+
 def timing(b: Bench, mode: str, n: int, reps: int) -> dict[str, Any]:
     """Two streams, one sent inside ``track()`` and one outside, read chunk by chunk in alternation.
 
@@ -147,7 +175,6 @@ def timing(b: Bench, mode: str, n: int, reps: int) -> dict[str, Any]:
     a noisy machine that is the only way to resolve a few microseconds on a ~10-300 us chunk.
     """
     b.prepare(n)
-    clock = time.thread_time_ns
     totals: dict[str, list[float]] = {"untracked": [], "tracked": []}
     medians: dict[str, list[float]] = {"untracked": [], "tracked": []}
     chunks = 0
@@ -172,22 +199,25 @@ def timing(b: Bench, mode: str, n: int, reps: int) -> dict[str, Any]:
             pair = [("untracked", untracked), ("tracked", tracked)]
             if rep % 2:
                 pair.reverse()
-            times: dict[str, list[int]] = {"untracked": [], "tracked": []}
-            live = True
-            while live:
-                for name, it in pair:
-                    t0 = clock()
-                    try:
-                        next(it)
-                    except StopIteration:
-                        live = False
-                    times[name].append(clock() - t0)
+            times = lockstep(pair)
         if (tally.completion_tokens, tally.prompt_tokens, tally.successful_requests) != (n, 11, 1):
             raise SystemExit(f"llmtally counted {tally!r} for a {n}-chunk stream")
         chunks = len(times["tracked"]) - 1
         for name in totals:
             totals[name].append(sum(times[name]) / 1e9)
             medians[name].append(C.median(times[name]) / 1000.0)
+    return timing_result(mode, n, chunks, reps, totals, medians)
+
+
+def timing_result(
+    mode: str,
+    n: int,
+    chunks: int,
+    reps: int,
+    totals: dict[str, list[float]],
+    medians: dict[str, list[float]],
+) -> dict[str, Any]:
+    """Per chunk (or event): the untracked read and what tracking added, over repetitions."""
     added_us = [(t - u) / n * 1e6 for t, u in zip(totals["tracked"], totals["untracked"], strict=False)]
     base_us = [u / n * 1e6 for u in totals["untracked"]]
     pct = [100 * a / u for a, u in zip(added_us, base_us, strict=False)]
@@ -233,7 +263,139 @@ def memory(b: Bench, n: int) -> dict[str, Any]:
     return res
 
 
-def run(raw: list[int], parsed: list[int], reps: int, mem: list[int]) -> dict[str, Any]:
+# -- Bedrock: an AWS event stream through boto3 ------------------------------------------------------
+
+BEDROCK_MODEL = "amazon.nova-pro-v1:0"
+
+
+class BedrockBench:
+    """boto3's ``bedrock-runtime`` client, ``converse_stream`` against the fake in a child process."""
+
+    def __init__(self, url: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        import llmtally
+
+        self.llmtally = llmtally
+        self.client = boto3.client(
+            "bedrock-runtime",
+            region_name="us-east-1",
+            endpoint_url=url,
+            aws_access_key_id="AKIAFAKEFAKEFAKE",
+            aws_secret_access_key="not-a-secret",
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+        src = os.path.dirname(os.path.abspath(llmtally.__file__))
+        self.ours = src + os.sep
+        self.testing = os.path.join(src, "testing") + os.sep
+
+    def open(self, n: int) -> Any:
+        """The stream of a reply of ``n`` content deltas (``_fake.py`` reads "<n> chunks")."""
+        messages = [{"role": "user", "content": [{"text": f"Tell me a long story in {n} chunks"}]}]
+        return self.client.converse_stream(modelId=BEDROCK_MODEL, messages=messages)["stream"]
+
+    def check(self, tally: Any, n: int) -> None:
+        got = (tally.completion_tokens, tally.prompt_tokens, tally.successful_requests, tally.failed_requests)
+        if got != (n, 11, 1, 0):
+            raise SystemExit(f"llmtally counted {tally!r} for a {n}-event Bedrock stream")
+
+    def one(self, n: int, tracked: bool, at_event: Any = None) -> tuple[float, int]:
+        """(CPU seconds, events) of one read; ``at_event(event)`` is called on each event if given."""
+        t0 = time.thread_time()
+        with self.llmtally.track() if tracked else contextlib.nullcontext() as tally:
+            events = 0
+            for event in self.open(n):
+                events += 1
+                if at_event is not None:
+                    at_event(event)
+        elapsed = time.thread_time() - t0
+        if tracked:
+            self.check(tally, n)
+        elif events != n + 4:
+            raise SystemExit(f"read {events} events of a {n}-delta Bedrock stream, expected {n + 4}")
+        return elapsed, events
+
+    def held(self) -> int:
+        """Bytes allocated now by llmtally's own code (not its testing package), as ``Bench.ours_held``."""
+        snap = tracemalloc.take_snapshot()
+        total = 0
+        for stat in snap.statistics("filename"):
+            name = stat.traceback[0].filename
+            if name.startswith(self.ours) and not name.startswith(self.testing):
+                total += stat.size
+        return total
+
+
+def bedrock_timing(bb: BedrockBench, n: int, reps: int) -> dict[str, Any]:
+    """As ``timing``: a tracked and an untracked ``converse_stream`` read event by event in lockstep."""
+    totals: dict[str, list[float]] = {"untracked": [], "tracked": []}
+    medians: dict[str, list[float]] = {"untracked": [], "tracked": []}
+    events = 0
+    for rep in range(reps):
+        gc.collect()
+        with bb.llmtally.track() as tally:
+            tracked = iter(bb.open(n))
+        untracked = iter(bb.open(n))
+        pair = [("untracked", untracked), ("tracked", tracked)]
+        if rep % 2:
+            pair.reverse()
+        times = lockstep(pair)
+        for _ in untracked:  # lockstep stops when the first of the two ends: finish both
+            pass
+        for _ in tracked:
+            pass
+        bb.check(tally, n)
+        events = len(times["tracked"]) - 1
+        for name in totals:
+            totals[name].append(sum(times[name]) / 1e9)
+            medians[name].append(C.median(times[name]) / 1000.0)
+    return timing_result("boto3-converse", n, events, reps, totals, medians)
+
+
+def bedrock_memory(bb: BedrockBench, n: int) -> dict[str, Any]:
+    """As ``memory``, for ``converse_stream``; what llmtally holds is taken at ``messageStop`` (all
+    the text read, no usage yet) and at the last event, ``metadata``."""
+    res: dict[str, Any] = {"mode": "boto3-converse", "chunks_requested": n}
+    for variant in ("untracked", "tracked"):
+        gc.collect()
+        before = rss_kb()
+        reset_peak_rss()
+        bb.one(n, variant == "tracked")
+        peak, after = rss_kb("VmHWM"), rss_kb()
+        gc.collect()
+        held: dict[str, tuple[int, int]] = {}
+
+        def at_event(event: dict[str, Any], held: dict[str, tuple[int, int]] = held) -> None:
+            for name in ("messageStop", "metadata"):
+                if name in event:
+                    held[name] = (bb.held(), tracemalloc.get_traced_memory()[0])
+
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        bb.one(n, variant == "tracked", at_event=at_event)
+        _, traced_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        last, before_usage = held.get("metadata", (0, 0)), held.get("messageStop", (0, 0))
+        res[variant] = {
+            "rss_before_kb": before,
+            "rss_peak_growth_kb": peak - before if peak and before else None,
+            "rss_after_growth_kb": after - before if after and before else None,
+            "traced_peak_kb": traced_peak / 1024,
+            "llmtally_held_at_last_chunk_kb": last[0] / 1024,
+            "llmtally_held_before_usage_kb": before_usage[0] / 1024,
+            "traced_at_last_event_kb": last[1] / 1024,
+            "traced_before_usage_kb": before_usage[1] / 1024,
+        }
+    res["peak_difference_kb"] = res["tracked"]["traced_peak_kb"] - res["untracked"]["traced_peak_kb"]
+    for key in ("traced_at_last_event_kb", "traced_before_usage_kb"):
+        res[key.replace("traced", "difference")] = res["tracked"][key] - res["untracked"][key]
+    return res
+
+
+def run(
+    raw: list[int], parsed: list[int], reps: int, mem: list[int], bedrock: list[int], bedrock_mem: list[int]
+) -> dict[str, Any]:
     b = Bench()
     # Warm up both paths (imports, catalogue, plans).
     b.prepare(50)
@@ -244,15 +406,32 @@ def run(raw: list[int], parsed: list[int], reps: int, mem: list[int]) -> dict[st
     times = [timing(b, "sdk-raw", n, reps) for n in raw]
     times += [timing(b, "sdk-parsed", n, 1 if n >= 50_000 else max(1, reps - 1)) for n in parsed]
     mems = [memory(b, n) for n in mem]
+    bedrock_mems: list[dict[str, Any]] = []
+    skipped = None
+    if bedrock or bedrock_mem:
+        if importlib.util.find_spec("boto3") is None:
+            skipped = "boto3 is not installed: no Bedrock streams"
+        else:
+            from _fake import FakeServer
+
+            with FakeServer() as fake:
+                bb = BedrockBench(fake.url)
+                for tracked in (False, True):
+                    bb.one(50, tracked)
+                times += [bedrock_timing(bb, n, reps) for n in bedrock]
+                bedrock_mems = [bedrock_memory(bb, n) for n in bedrock_mem]
+                bb.client.close()
     elapsed = time.perf_counter() - started
     return {
         "benchmark": "stream",
         "machine": C.machine(),
-        "versions": C.versions("llmtally", "openai", "httpx2"),
+        "versions": C.versions("llmtally", "openai", "httpx2", "boto3", "botocore", "urllib3"),
         "seconds": round(elapsed, 1),
         "clock": "thread CPU time",
         "timing": times,
         "memory": mems,
+        "bedrock_memory": bedrock_mems,
+        "skipped": skipped,
     }
 
 
@@ -316,8 +495,45 @@ def render(res: dict[str, Any]) -> str:
                 ],
                 mrows,
             ),
+            *bedrock_lines(res),
         ]
     )
+
+
+def bedrock_lines(res: dict[str, Any]) -> list[str]:
+    if res.get("skipped"):
+        return ["", res["skipped"]]
+    if not res.get("bedrock_memory"):
+        return []
+    rows = []
+    for mm in res["bedrock_memory"]:
+        u, t = mm["untracked"], mm["tracked"]
+        rows.append(
+            [
+                f"{mm['chunks_requested']:,}",
+                f"{u['traced_peak_kb']:.0f} / {t['traced_peak_kb']:.0f}",
+                f"{mm['peak_difference_kb']:+.1f}",
+                f"{t['llmtally_held_before_usage_kb']:.1f} / {mm['difference_before_usage_kb']:+.1f}",
+                f"{t['llmtally_held_at_last_chunk_kb']:.1f} / {mm['difference_at_last_event_kb']:+.1f}",
+                f"{(u['rss_peak_growth_kb'] or 0) / 1024:.1f} / {(t['rss_peak_growth_kb'] or 0) / 1024:.1f}",
+            ]
+        )
+    return [
+        "",
+        "memory, one boto3 converse_stream at a time (u = untracked, t = tracked; held = allocated by",
+        "llmtally's code, and all traced memory tracked - untracked, at messageStop and at metadata):",
+        C.table(
+            [
+                "events",
+                "tracemalloc peak KB u/t",
+                "peak difference KB",
+                "held KB at messageStop / t-u",
+                "held KB at last event / t-u",
+                "peak RSS growth MB u/t",
+            ],
+            rows,
+        ),
+    ]
 
 
 def ints(text: str) -> list[int]:
@@ -337,9 +553,22 @@ def main() -> None:
         default=3,
         help="tracked/untracked pairs per size (parsed: reps-1; 100k parsed: 1)",
     )
+    ap.add_argument(
+        "--bedrock", default="10000,100000", help="content events of boto3 converse_stream streams timed"
+    )
+    ap.add_argument(
+        "--bedrock-memory", default="10000,100000", help="content events measured under tracemalloc"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    res = run(ints(args.raw), ints(args.parsed), args.reps, ints(args.memory))
+    res = run(
+        ints(args.raw),
+        ints(args.parsed),
+        args.reps,
+        ints(args.memory),
+        ints(args.bedrock),
+        ints(args.bedrock_memory),
+    )
     C.emit(res, render(res), args.json)
 
 
