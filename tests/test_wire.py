@@ -53,6 +53,52 @@ class TestStreamText:
         assert big.dropped == 200 * 1000 - big.kept + 5
 
 
+class TestEventStream:
+    """AWS event streams: deltas sliced by their header bytes, everything else through botocore."""
+
+    FRAMES = (
+        ({":event-type": "messageStart", ":message-type": "event"}, b'{"role":"assistant"}'),
+        ({":event-type": "contentBlockDelta", ":content-type": "application/json", ":message-type": "event"},
+         b'{"delta":{"text":"Hel"}}'),
+        ({":message-type": "event", ":event-type": "contentBlockDelta"}, b'{"delta":{"text":"lo"}}'),
+        ({":event-type": "chunk", ":message-type": "event"}, b'{"bytes":"e30="}'),
+        ({":event-type": "metadata", ":message-type": "event"}, b'{"usage":{"inputTokens":3}}'),
+        ({":message-type": "exception", ":exception-type": "throttlingException"}, b'{"message":"slow"}'),
+        # An exception whose payload happens to hold a delta header's bytes is still an exception.
+        ({":message-type": "exception", ":exception-type": "x", "note": "\x0b:event-type\x07\x00\x05chunk"},
+         b"{}"),
+    )  # fmt: skip
+    EXPECTED = (
+        ("messageStart", b'{"role":"assistant"}'),
+        ("contentBlockDelta", b'{"delta":{"text":"Hel"}}'),
+        ("contentBlockDelta", b'{"delta":{"text":"lo"}}'),
+        ("chunk", b'{"bytes":"e30="}'),
+        ("metadata", b'{"usage":{"inputTokens":3}}'),
+        ("!throttlingException", b'{"message":"slow"}'),
+        ("!x", b"{}"),
+    )
+
+    def test_cut_anywhere(self) -> None:
+        from llmtally.testing._bedrock import event_frame
+        from llmtally.wire import EventStreamDecoder
+
+        raw = b"".join(event_frame(h, p) for h, p in self.FRAMES)
+        for step in (1, 7, 64, len(raw)):
+            dec = EventStreamDecoder()
+            got = [e for i in range(0, len(raw), step) for e in dec.feed(raw[i : i + step])]
+            assert got == list(self.EXPECTED), step
+
+    def test_garbage_is_refused_by_botocore(self) -> None:
+        import pytest
+        from botocore.eventstream import ParserError
+
+        from llmtally.wire import EventStreamDecoder
+
+        with pytest.raises(ParserError):
+            EventStreamDecoder().feed(b"\xff" * 40)
+        assert EventStreamDecoder().feed(b"\x00\x00") == []  # too short to say: wait for more
+
+
 class TestRoute:
     """Requests are recognised by method and path suffix, on any host."""
 
