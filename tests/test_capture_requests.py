@@ -166,3 +166,16 @@ class TestControl:
         llmtally.instrument()
         llmtally.instrument()  # idempotent
         assert not hasattr(requests.Session.send.__wrapped__, "__llmtally_original__")
+
+
+def test_an_unread_llm_path_is_listed_once(served: tuple[FakeProvider, str]) -> None:
+    """requests runs on urllib3: a POST no wire format reads is looked at once, at the outer seam."""
+    from llmtally.testing import unmetered
+
+    _, url = served
+    with llmtally.track() as t, unmetered() as missed:
+        requests.post(url + "/v1/projects/p/locations/l/publishers/meta/models/llama:rawPredict", json={})
+    assert [path for _, path in missed] == [
+        "/v1/projects/p/locations/l/publishers/meta/models/llama:rawPredict"
+    ]
+    assert t.calls == []

@@ -562,7 +562,13 @@ class TestGemini:
         assert (r := p.body(batch)) is not None and r.usage == Usage(9, 0)
         assert (r := p.body(predict)) is not None and r.usage == Usage(10, 0)
         # No usage (older Gemini API models), or a prediction without its count: counted offline.
-        for unknown in ({"embedding": {"values": [0.1]}}, {"predictions": [{"embeddings": {}}]}, {}):
+        for unknown in (
+            {"embedding": {"values": [0.1]}},
+            {"predictions": [{"embeddings": {}}]},
+            {},
+            {"embeddings": [], "usageMetadata": {}},
+            {"embeddings": [], "usageMetadata": {"promptTokenCount": "4"}},
+        ):
             assert (r := p.body(unknown)) is not None and r.usage is None
         assert p.body([1]) is None  # type: ignore[arg-type]
         texts, _ = p.request_text(
@@ -638,7 +644,8 @@ class TestOpenAICompatibleExtras:
         assert run_stream(ChatCompletions(), sse(chunk)).cost == Decimal("0.00010815")
         assert reported_cost({"cost": 0}) == 0 and reported_cost({"cost": 2}) == Decimal(2)
         # Not a figure: the call is priced by the catalogue as usual.
-        for bad in ("0.1", None, True, -0.5, float("nan"), float("inf"), [1], {"usd": 1}):
+        assert str(reported_cost({"cost": -0.0})) == "0" and reported_cost({"cost": 99_999.5}) is not None
+        for bad in ("0.1", None, True, -0.5, float("nan"), float("inf"), [1], {"usd": 1}, 1e7, 2**64):
             assert reported_cost({"cost": bad}) is None, bad
         assert reported_cost(None) is None and reported_cost([]) is None
         assert (r := ChatCompletions().body({"usage": {"prompt_tokens": 1}})) is not None and r.cost is None

@@ -100,7 +100,12 @@ def _make_async_send(orig: Any, module: Any, awaiting: dict[int, Exchange]) -> A
             return await orig(self, request, *args, **kwargs)
         ex = _begin(request, scopes)
         if ex is None:
-            return await orig(self, request, *args, **kwargs)
+            # An aiohttp transport below must not look at it again (nor say twice it is unread).
+            seam = outer.set(True)
+            try:
+                return await orig(self, request, *args, **kwargs)
+            finally:
+                outer.reset(seam)
         ex.check_limits()
         seam = outer.set(True)  # the clients below (an aiohttp transport, say) pass it through
         try:

@@ -58,7 +58,12 @@ def _make_send(orig: Any) -> Any:
             return orig(self, request, **kwargs)
         ex = _begin(request, scopes)
         if ex is None:
-            return orig(self, request, **kwargs)
+            # Not a call to meter; urllib3 below must not look at it again (nor say so twice).
+            seam = outer.set(True)
+            try:
+                return orig(self, request, **kwargs)
+            finally:
+                outer.reset(seam)
         ex.check_limits()  # may raise BudgetExceeded: the request is not sent
         seam = outer.set(True)  # redirects (Session.send again) and urllib3 pass it through
         try:

@@ -135,8 +135,9 @@ class EmbedContent(Parser):
         if not isinstance(obj, dict):
             return None
         usage = obj.get("usageMetadata")
-        if isinstance(usage, dict):
-            return Result(usage=Usage(as_int(usage.get("promptTokenCount")), 0))
+        count = usage.get("promptTokenCount") if isinstance(usage, dict) else None
+        if type(count) is int and count >= 0:
+            return Result(usage=Usage(count, 0))
         predictions = obj.get("predictions")
         if isinstance(predictions, list):
             counts = [_token_count(p) for p in predictions]

@@ -79,11 +79,17 @@ def chat_usage(u: Any) -> Usage | None:
     )
 
 
+#: No single call costs this much: a larger "cost" is a unit mix-up or garbage, and would overflow
+#: the ledger's integer picodollars (BIGINT holds $9.2 million).
+_MAX_REPORTED_COST = 100_000
+
+
 def reported_cost(u: Any) -> Decimal | None:
     """The provider's own cost of the call, in USD (OpenRouter's ``usage.cost``), if it says one.
 
-    Read from the JSON number as written (its shortest repr); anything that is not a finite,
-    non-negative number is no figure at all, and the call is priced by the catalogue as usual.
+    Read from the number JSON gave (a float: its shortest repr, 17 significant digits at most);
+    anything that is not a finite number from 0 to $100,000 is no figure at all, and the call is
+    priced by the catalogue as usual.
     """
     cost = u.get("cost") if type(u) is dict else None
     if cost is None or type(cost) not in (int, float):
@@ -91,7 +97,9 @@ def reported_cost(u: Any) -> Decimal | None:
     from decimal import Decimal
 
     value = Decimal(repr(cost))
-    return value if value.is_finite() and value >= 0 else None
+    if not value.is_finite() or not 0 <= value <= _MAX_REPORTED_COST:
+        return None
+    return value if value else Decimal(0)  # -0.0 is 0
 
 
 def responses_usage(u: Any) -> Usage | None:
