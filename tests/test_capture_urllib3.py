@@ -7,6 +7,7 @@ import gzip
 import json
 import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +64,65 @@ class Gzipped(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+class ChunkedGzipStream(BaseHTTPRequestHandler):
+    """A chat stream, gzip-encoded and chunked: urllib3's stream() hands such a body over raw."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        head = {"object": "chat.completion.chunk", "model": "gpt-4"}
+        events = [
+            {**head, "choices": [{"delta": {"content": ANSWER}}]},
+            {
+                **head,
+                "choices": [],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 24},
+            },
+        ]
+        body = gzip.compress(b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-encoding", "gzip")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for i in range(0, len(body), 10):
+            piece = body[i : i + 10]
+            self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class TestDecoding:
+    """Whether the caller reads raw or decoded bytes, the exchange follows its first read."""
+
+    def test_chunked_gzip_streamed_raw(self) -> None:
+        server, url = serve(ChunkedGzipStream)
+        try:
+            with llmtally.track() as t:
+                r = urllib3.PoolManager().request("POST", url + "/v1/chat/completions", json=STREAM,
+                                                  preload_content=False)  # fmt: skip
+                got = b"".join(r.stream(7))  # read_chunked: decode_content=None means raw here
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert got[:2] == b"\x1f\x8b"  # what urllib3 gives, untouched
+        assert (t.prompt_tokens, t.completion_tokens, t.estimated_requests) == (11, 13, 0)
+
+    def test_identity_body_read_raw(self, served: tuple[FakeProvider, str]) -> None:
+        """A relay reading raw bytes of an uncompressed body: the same bytes, counted."""
+        _, url = served
+        with llmtally.track() as t:
+            pool = urllib3.PoolManager()
+            for body in (STREAM, CHAT):
+                r = pool.request("POST", url + "/v1/chat/completions", json=body, preload_content=False)
+                b"".join(r.stream(16, decode_content=False))
+                r.release_conn()
+        assert (t.requests, t.prompt_tokens, t.completion_tokens, t.estimated_requests) == (2, 22, 26, 0)
 
 
 class TestBodies:
@@ -234,3 +294,29 @@ class TestControl:
             llmtally.instrument()
         llmtally.instrument()  # idempotent
         assert not hasattr(HTTPConnectionPool.urlopen.__wrapped__, "__llmtally_original__")
+
+
+@pytest.mark.parametrize("step", ["finish", "interrupted"])
+def test_a_failure_inside_llmtally_never_reaches_the_reader(
+    served: tuple[FakeProvider, str], monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """The end of a stream (read to the end, closed early) is metered in guarded code only."""
+    from llmtally._capture.exchange import Exchange
+
+    _, url = served
+
+    def boom(self: Exchange, *args: object) -> None:
+        raise RuntimeError("an llmtally bug")
+
+    monkeypatch.setattr(Exchange, step, boom)
+    with llmtally.track():
+        r = urllib3.request("POST", url + "/v1/chat/completions", json=STREAM, preload_content=False)
+        assert b"[DONE]" in b"".join(r.stream(8))
+        r = urllib3.request("POST", url + "/v1/chat/completions", json=STREAM, preload_content=False)
+        r.read(5)
+        r.close()
+        r = urllib3.request("POST", url + "/v1/chat/completions", json=STREAM, preload_content=False)
+        r.drain_conn()
+        with urllib.request.urlopen(urllib.request.Request(url + "/v1/chat/completions",
+                                    data=json.dumps(STREAM).encode())) as s:  # fmt: skip
+            assert b"[DONE]" in s.read()

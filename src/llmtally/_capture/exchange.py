@@ -268,6 +268,16 @@ class Exchange:
             self.state = State.COLLECTING
         return True
 
+    def use_encoding(self, encoding: str) -> None:
+        """Before the first chunk is fed: the caller reads the body ``encoding``-encoded after all
+        (raw bytes of a gzip body, say), so the exchange inflates it itself, or no longer does."""
+        encoding = encoding.lower().strip()
+        inflate = _inflater(encoding) if encoding and encoding != "identity" else None
+        if self.state is State.STREAMING:
+            self._decoder = inflate
+        elif self.state is State.COLLECTING:
+            self._decoder = _Collect(inflate)
+
     def _unanswered(self, status: int) -> None:
         if status < 400:
             # A redirect: the model has not answered yet (the client follows it, or the caller

@@ -111,13 +111,18 @@ def _respond(ex: Exchange, response: Any, taps: dict[type, type]) -> None:
 
 
 def _end(response: Any, exc: BaseException | None = None) -> None:
-    tap = response.__dict__.pop(_EX, None)
-    if tap is None:
-        return
-    if exc is None:
-        tap.ex.finish()
-    else:
-        tap.ex.interrupted(exc)
+    """The body ended (or failed with ``exc``); never raises: the caller's read, close or error
+    comes out as http.client made it."""
+    try:
+        tap = response.__dict__.pop(_EX, None)
+        if tap is None:
+            return
+        if exc is None:
+            tap.ex.finish()
+        else:
+            tap.ex.interrupted(exc)
+    except Exception:
+        log.exception("llmtally: could not end the metering of a stream; the caller's read is untouched")
 
 
 def _read(

@@ -63,22 +63,26 @@ def _respond(ex: Exchange, response: Any, decode_content: bool, taps: dict[type,
         tap = taps.get(cls)
         if tap is None:
             tap = taps[cls] = _make_tap(cls)
-        setattr(response, _EX, _Tap(ex, bool(response.decode_content)))
+        coding = headers.get("content-encoding", "").strip().lower()
+        setattr(response, _EX, _Tap(ex, bool(response.decode_content), coding not in ("", "identity")))
         response.__class__ = tap
     except Exception:
         log.exception("llmtally: could not meter a response; the caller gets it untouched")
 
 
 class _Tap:
-    """What a tapped response keeps: its exchange, whether the exchange is fed decoded bytes, and
-    whether a read is under way (urllib3 releases the connection inside the read that ends the
-    body, before returning its last bytes: the end is taken after them)."""
+    """What a tapped response keeps: its exchange, whether the exchange is fed decoded bytes,
+    whether the body is compressed (if not, raw and decoded reads are the same bytes), whether
+    anything was fed yet, and whether a read is under way (urllib3 releases the connection inside
+    the read that ends the body, before returning its last bytes: the end is taken after them)."""
 
-    __slots__ = ("decoded", "ex", "reading")
+    __slots__ = ("compressed", "decoded", "ex", "fed", "reading")
 
-    def __init__(self, ex: Exchange, decoded: bool) -> None:
+    def __init__(self, ex: Exchange, decoded: bool, compressed: bool) -> None:
         self.ex = ex
         self.decoded = decoded
+        self.compressed = compressed
+        self.fed = False
         self.reading = 0
 
 
@@ -89,8 +93,16 @@ def _fed(response: Any, data: Any, decode: Any) -> None:
         return
     if decode is None:
         decode = response.decode_content
-    if data and bool(decode) == tap.decoded:
-        tap.ex.feed(data)
+    if data:
+        if tap.compressed and bool(decode) != tap.decoded:
+            if tap.fed:
+                data = None  # raw and decoded reads mixed on one body: not followed any further
+            else:  # the first read says how this caller reads it: the exchange follows
+                tap.decoded = bool(decode)
+                tap.ex.use_encoding("" if decode else response.headers.get("content-encoding", ""))
+        if data:
+            tap.fed = True
+            tap.ex.feed(data)
     fp = response._fp
     if fp is None or _closed(fp):
         buffered = getattr(response, "_decoded_buffer", None)
@@ -106,13 +118,18 @@ def _closed(fp: Any) -> bool:
 
 
 def _end(response: Any, exc: BaseException | None = None) -> None:
-    tap = response.__dict__.pop(_EX, None)
-    if tap is None:
-        return
-    if exc is None:
-        tap.ex.finish()
-    else:
-        tap.ex.interrupted(exc)
+    """The body ended (or failed with ``exc``); never raises: the caller's read, close or error
+    comes out as urllib3 made it."""
+    try:
+        tap = response.__dict__.pop(_EX, None)
+        if tap is None:
+            return
+        if exc is None:
+            tap.ex.finish()
+        else:
+            tap.ex.interrupted(exc)
+    except Exception:
+        log.exception("llmtally: could not end the metering of a stream; the caller's read is untouched")
 
 
 def _closing(response: Any) -> None:
@@ -155,7 +172,8 @@ def _make_tap(base: Any) -> type:
             return _read(self, base.read1, args, kwargs)
 
         def read_chunked(self, *args: Any, **kwargs: Any) -> Any:
-            decode = _decode_arg(args, kwargs)
+            # Unlike read(), read_chunked takes decode_content=None as False: raw bytes.
+            decode = bool(_decode_arg(args, kwargs))
             tap = self.__dict__.get(_EX)
             chunks = base.read_chunked(self, *args, **kwargs)
             try:
