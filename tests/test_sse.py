@@ -61,3 +61,19 @@ class TestSSEDecoder:
     @given(st.binary(max_size=300), st.lists(st.integers(min_value=0, max_value=300), max_size=8))
     def test_garbage_never_raises(self, data: bytes, cuts: list[int]) -> None:
         decode_in_pieces(data, [c for c in cuts if c <= len(data)])
+
+
+def test_a_long_line_in_small_pieces() -> None:
+    """A 2 MB event (a base64 image, say) read 256 bytes at a time: kept as pieces, joined once."""
+    from llmtally.wire import NDJSONDecoder
+
+    big = b"A" * 2_000_000
+    raw = b"data: " + big + b"\r\n\r\ndata: end\n\n"
+    dec = SSEDecoder()
+    got = [e for i in range(0, len(raw), 256) for e in dec.feed(raw[i : i + 256])]
+    assert got == [("", big), ("", b"end")]
+    assert len(dec._tail) < 256 and not dec._parts  # nothing held once the line ended
+    lines = NDJSONDecoder()
+    raw = b'{"a": "' + big + b'"}\n{"b": 1}'
+    got = [e for i in range(0, len(raw), 256) for e in lines.feed(raw[i : i + 256])] + lines.close()
+    assert got == [("", b'{"a": "' + big + b'"}'), ("", b'{"b": 1}')]

@@ -1,7 +1,9 @@
 """An incremental Server-Sent Events decoder over raw byte chunks.
 
 Fed the chunks of a response as the caller reads them, it returns the events completed so far and
-keeps only the unfinished tail line, so a stream of any length is decoded in constant memory.
+keeps only the unfinished tail line, so a stream of any length is decoded in constant memory. A
+long line read in small pieces is kept as its pieces until its end arrives, then joined once: time
+linear in its length, however it is read.
 Only the ``event`` and ``data`` fields matter for metering; ``id``, ``retry`` and comments are
 skipped. Lines end in LF, CRLF or CR, as the SSE specification allows.
 """
@@ -17,14 +19,26 @@ MAX_LINE = 16 * 1024 * 1024
 class SSEDecoder:
     """``feed(chunk) -> [(event, data), ...]``; ``event`` is ``""`` when the server named none."""
 
-    __slots__ = ("_data", "_event", "_tail")
+    __slots__ = ("_data", "_event", "_parts", "_size", "_tail")
 
     def __init__(self) -> None:
         self._tail = b""
+        self._parts: list[bytes] = []  # pieces of a line still open, after the tail
+        self._size = 0
         self._event = ""
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
+        if b"\n" not in chunk and b"\r" not in chunk:  # the middle of a line: keep it for later
+            if chunk:
+                self._parts.append(chunk)
+                self._size += len(chunk)
+                if self._size + len(self._tail) > MAX_LINE:
+                    raise ValueError(f"SSE line longer than {MAX_LINE} bytes without a newline")
+            return []
+        if self._parts:
+            self._tail += b"".join(self._parts)
+            self._parts, self._size = [], 0
         # The common case, one whole "data: ...\n\n" event per chunk, without the general machinery.
         if (
             not self._tail
@@ -77,6 +91,9 @@ class SSEDecoder:
 
     def close(self) -> list[tuple[str, bytes]]:
         """Events left when the stream ends without a final blank line."""
+        if self._parts:
+            self._tail += b"".join(self._parts)
+            self._parts, self._size = [], 0
         events = self._lines([self._tail.rstrip(b"\r")] if self._tail else [])
         self._tail = b""
         if self._data:
