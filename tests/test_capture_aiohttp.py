@@ -126,3 +126,59 @@ class TestControl:
         assert not hasattr(aiohttp.ClientSession._request, "__llmtally_original__")
         assert not hasattr(aiohttp.ClientResponse.release, "__llmtally_original__")
         llmtally.instrument()
+
+
+class TestDecompressionAndDrops:
+    async def test_auto_decompress_off(self) -> None:
+        """A session that hands the caller gzip as it came: the exchange inflates it itself."""
+        import gzip
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        usage = {"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 24}
+        events = [{"model": "gpt-4", "choices": [{"delta": {"content": ANSWER}}]},
+                  {"model": "gpt-4", "choices": [], "usage": usage}]  # fmt: skip
+        body = gzip.compress(b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events))
+
+        class Gzipped(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                self.send_response(200)
+                for name, value in (("content-type", "text/event-stream"), ("content-encoding", "gzip"),
+                                    ("content-length", str(len(body)))):  # fmt: skip
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Gzipped)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_port}/v1/chat/completions"
+            async with llmtally.track() as t, aiohttp.ClientSession(auto_decompress=False) as session:
+                async with session.post(url, json=STREAMED) as r:
+                    got = await r.read()
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert got == body  # the caller's bytes, compressed as sent
+        assert (t.prompt_tokens, t.completion_tokens, t.estimated_requests) == (11, 13, 0)
+
+    async def test_dropped_unread_responses_are_counted(self, served: Served) -> None:
+        """Responses never read nor released: counted when collected, reservations released."""
+        import gc
+
+        from llmtally._capture import aiohttp as adapter
+
+        _, url, _ = served
+        async with llmtally.track() as t:
+            session = aiohttp.ClientSession()
+            for _ in range(5):
+                r = await session.post(url, json=STREAMED)
+                del r
+            await session.close()
+            gc.collect()
+        assert t.requests == 5 and not adapter._tapped

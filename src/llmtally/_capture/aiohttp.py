@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from types import ModuleType
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -50,17 +51,21 @@ def _begin(
         return None
 
 
-def _respond(ex: Exchange, response: Any, tap: type) -> None:
+def _respond(ex: Exchange, response: Any, tap: type, decompressed: bool) -> None:
     try:
         headers = response.headers
         if ex.parser.headers:  # Bedrock's token counts
             ex.note_headers(headers.get)
-        # aiohttp decompresses before the reader: identity for the exchange.
-        if not ex.streaming(response.status, headers.get("content-type", ""), ""):
+        # aiohttp decompresses before the reader, unless told not to: then the exchange inflates.
+        encoding = "" if decompressed else headers.get("content-encoding", "")
+        if not ex.streaming(response.status, headers.get("content-type", ""), encoding):
             return
         reader = response.content
         _tapped[id(reader)] = ex
         reader.__class__ = tap
+        # A response dropped unread, never released: counted when it is collected, and its entry
+        # here (which keeps the exchange) goes with it.
+        weakref.finalize(response, _dropped, id(reader), ex)
         buffered = list(getattr(reader, "_buffer", ()))  # arrived with the headers
         offset = getattr(reader, "_buffer_offset", 0)
         if buffered:
@@ -97,6 +102,15 @@ def _make_tap(base: type) -> type:
     return TappedStreamReader
 
 
+def _dropped(reader_id: int, ex: Exchange) -> None:
+    try:
+        if _tapped.get(reader_id) is ex:
+            del _tapped[reader_id]
+            ex.finish()
+    except Exception:
+        log.exception("llmtally: could not end the metering of a dropped response")
+
+
 def _end_early(response: Any) -> None:
     """The caller released or closed the response before its body ended: a call closed early."""
     content = getattr(response, "content", None)
@@ -126,7 +140,10 @@ def _make_request(orig: Any, tap: type) -> Any:
             raise
         finally:
             outer.reset(seam)
-        _respond(ex, response, tap)
+        decompress = kwargs.get("auto_decompress")
+        _respond(
+            ex, response, tap, getattr(self, "_auto_decompress", True) if decompress is None else decompress
+        )
         return response
 
     _request.__llmtally_original__ = orig  # type: ignore[attr-defined]
