@@ -273,6 +273,41 @@ class TestStacked:
         assert r1.status == 307 and r2.status == 200 and len(fake.requests) == 1
         assert (t.successful_requests, t.failed_requests, len(t.calls), t.cost) == (1, 0, 1, CALL)
 
+    def test_redirect_to_a_gateway_path_under_a_limit(self) -> None:
+        """PoolManager follows redirects above the pools, one pool call per hop: the call is begun
+        there, once, for the path the caller asked; a one-request limit lets it through."""
+        hops: list[str] = []
+
+        class Gateway(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                hops.append(self.path)
+                if self.path == "/v1/chat/completions":
+                    self.send_response(307)
+                    self.send_header("location", "/gateway/v2/run")  # a path no format reads
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                body = chat_body()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server, url = serve(Gateway)
+        try:
+            with llmtally.track(max_requests=1) as t:
+                r = urllib3.PoolManager().request("POST", url + "/v1/chat/completions", json=CHAT)
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert r.status == 200 and hops == ["/v1/chat/completions", "/gateway/v2/run"]
+        assert (t.requests, t.prompt_tokens, t.completion_tokens, t.cost) == (1, 11, 13, CALL)
+
 
 class TestControl:
     def test_refused_before_sending(self, served: tuple[FakeProvider, str]) -> None:

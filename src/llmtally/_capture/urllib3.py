@@ -253,25 +253,67 @@ def _make_urlopen(orig: Any, taps: dict[type, type]) -> Any:
     return urlopen
 
 
-class Urllib3Adapter:
-    """Patches ``urllib3.connectionpool.HTTPConnectionPool.urlopen`` (HTTPS pools inherit it)."""
+def _make_manager_urlopen(orig: Any, taps: dict[type, type]) -> Any:
+    """``PoolManager.urlopen(method, url, redirect=True, **kw)``: it follows redirects itself, one
+    pool call per hop, so the call is begun here, once, and counted for its final answer."""
 
-    modules: ClassVar[tuple[str, ...]] = ("urllib3.connectionpool",)
+    def urlopen(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        scopes = _scopes.get()
+        if not scopes and not PIPELINE.sinks:
+            return orig(self, method, url, *args, **kwargs)
+        try:
+            parts = urlsplit(url)
+            ex = begin(
+                method.upper(), parts.path, parts.hostname or "", request_bytes(kwargs.get("body")), scopes
+            )
+        except Exception:
+            log.exception("llmtally: could not inspect a request; it is sent unmetered")
+            ex = None
+        seam = outer.set(True)  # the pools below, and the redirects followed here, pass through
+        try:
+            if ex is None:
+                return orig(self, method, url, *args, **kwargs)
+            ex.check_limits()  # may raise BudgetExceeded: the request is not sent
+            try:
+                response = orig(self, method, url, *args, **kwargs)
+            except BaseException as exc:
+                try:
+                    ex.failed(exc)
+                except Exception:
+                    log.exception("llmtally: could not record a failed request")
+                raise
+        finally:
+            outer.reset(seam)
+        _respond(ex, response, bool(kwargs.get("decode_content", True)), taps)
+        return response
+
+    urlopen.__llmtally_original__ = orig  # type: ignore[attr-defined]
+    urlopen.__wrapped__ = orig  # type: ignore[attr-defined]
+    return urlopen
+
+
+class Urllib3Adapter:
+    """Patches ``HTTPConnectionPool.urlopen`` (HTTPS pools inherit it; botocore sends through it)
+    and ``PoolManager.urlopen`` (ProxyManager's calls it), which follows redirects above the pools."""
+
+    modules: ClassVar[tuple[str, ...]] = ("urllib3.connectionpool", "urllib3.poolmanager")
 
     def __init__(self) -> None:
-        self._original: tuple[Any, Any] | None = None
+        self._originals: dict[str, tuple[Any, Any]] = {}
         self._taps: dict[type, type] = {}
 
     def patch(self, module: ModuleType) -> None:
-        pool = module.HTTPConnectionPool
-        urlopen = pool.urlopen
-        if self._original is not None or hasattr(urlopen, "__llmtally_original__"):
+        if module.__name__ == "urllib3.poolmanager":
+            cls, make = module.PoolManager, _make_manager_urlopen
+        else:
+            cls, make = module.HTTPConnectionPool, _make_urlopen
+        urlopen = cls.urlopen
+        if module.__name__ in self._originals or hasattr(urlopen, "__llmtally_original__"):
             return
-        pool.urlopen = _make_urlopen(urlopen, self._taps)
-        self._original = (pool, urlopen)
+        cls.urlopen = make(urlopen, self._taps)
+        self._originals[module.__name__] = (cls, urlopen)
 
     def unpatch(self) -> None:
-        if self._original is not None:
-            pool, urlopen = self._original
-            pool.urlopen = urlopen
-            self._original = None
+        for cls, urlopen in self._originals.values():
+            cls.urlopen = urlopen
+        self._originals.clear()
