@@ -179,3 +179,15 @@ def test_an_unread_llm_path_is_listed_once(served: tuple[FakeProvider, str]) -> 
         "/v1/projects/p/locations/l/publishers/meta/models/llama:rawPredict"
     ]
     assert t.calls == []
+
+
+def test_a_stream_dropped_unread_is_counted(served: tuple[FakeProvider, str]) -> None:
+    import gc
+
+    fake, url = served
+    with llmtally.track() as t:
+        for _ in range(3):
+            r = requests.post(url + "/v1/chat/completions", json=CHAT | {"stream": True}, stream=True)
+            del r
+        gc.collect()
+    assert len(fake.requests) == 3 and t.requests == 3

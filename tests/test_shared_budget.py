@@ -79,6 +79,27 @@ class TestSQLite:
         state = org._limits.shared.store.get("org")
         assert state is not None and state.reserved == 0 and state.spent == CALL * 5
 
+    def test_a_dropped_stream_releases_its_reservation(self, tmp_path: Path) -> None:
+        """A streamed answer dropped unread and unclosed was sent: counted when collected, its
+        worst-case reservation settled at what it cost, not held for ever."""
+        import gc
+
+        c = client()
+        with llmtally.budget("drops", max_cost="1", ledger=f"sqlite:///{tmp_path / 'l.db'}") as b:
+            for _ in range(3):
+                stream = c.chat.completions.create(
+                    model="gpt-4",
+                    messages=[{"role": "user", "content": "Tell me a joke"}],
+                    max_tokens=13,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                del stream
+            gc.collect()
+        assert b._limits is not None and b._limits.shared is not None
+        state = b._limits.shared.store.get("drops")
+        assert state is not None and state.reserved == 0 and b.requests == 3
+
     def test_warn_mode_charges_what_was_spent(self, tmp_path: Path) -> None:
         url = f"sqlite:///{tmp_path / 'w.db'}"
         b = llmtally.budget("team", max_cost="0.001", ledger=url, on_exceed="warn")

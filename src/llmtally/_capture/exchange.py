@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import weakref
 import zlib
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -122,6 +123,22 @@ def _not_understood(host: str, path: str) -> None:
             )
     except Exception:  # pragma: no cover - a message must never break the call
         log.exception("llmtally: could not inspect a request's path")
+
+
+def end_when_collected(response: Any, ex: Exchange) -> None:
+    """A streamed response the caller drops without reading or closing it was still sent and
+    billed: when it is collected, its call ends (counted from what was read, reservations settled)."""
+    try:
+        weakref.finalize(response, _collected, ex).atexit = False
+    except TypeError:  # a response type without weak references: ended by its reader only
+        pass
+
+
+def _collected(ex: Exchange) -> None:
+    try:
+        ex.finish()
+    except Exception:
+        log.exception("llmtally: could not end the metering of a dropped response")
 
 
 class Exchange:

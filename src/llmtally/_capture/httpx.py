@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from .._core.pipeline import PIPELINE
 from .._core.scope import _scopes
-from .exchange import Exchange, begin, outer
+from .exchange import Exchange, begin, end_when_collected, outer
 
 __all__ = ["HttpxAdapter"]
 
@@ -57,6 +57,7 @@ def _respond(ex: Exchange, response: Any, stream: bool, module: Any, awaiting: d
         encoding = headers.get("content-encoding", "")
         if ex.streaming(response.status_code, headers.get("content-type", ""), encoding):
             response.stream = _tap(response.stream, ex, module)
+            end_when_collected(response, ex)
     except Exception:
         log.exception("llmtally: could not meter a response; the caller gets it untouched")
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from .._core.pipeline import PIPELINE
 from .._core.scope import _scopes
-from .exchange import Exchange, begin, outer, request_bytes
+from .exchange import Exchange, begin, end_when_collected, outer, request_bytes
 
 __all__ = ["RequestsAdapter"]
 
@@ -47,6 +47,7 @@ def _respond(ex: Exchange, response: Any, stream: bool) -> None:
         # urllib3 decodes the body for requests' readers (decode_content=True): identity here.
         if ex.streaming(response.status_code, headers.get("content-type", ""), ""):
             response.raw = _RawTap(response.raw, ex)
+            end_when_collected(response, ex)
     except Exception:
         log.exception("llmtally: could not meter a response; the caller gets it untouched")
 
