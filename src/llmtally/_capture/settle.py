@@ -256,10 +256,10 @@ def _parse_body(ex: Exchange) -> wire.Result | None:
         obj = None
     if obj is None:
         log.warning(
-            "llmtally: the response of POST %s%s is not %s JSON; counted without usage",
+            "llmtally: the response of POST %s%s %s; counted without usage",
             ex.host,
             ex.path,
-            parser.endpoint,
+            f"is not {parser.endpoint} JSON" if content.strip() else "was closed before its body was read",
         )
         return wire.Result()
     # None: same path, another API (an OpenAI thread message, say): not a model call.
