@@ -445,3 +445,19 @@ class TestNothingSilentlyMissed:
             assert parser is not None and parser.endpoint == "embeddings", path
         # Vertex's :predict serves image and other models too: not read as embeddings.
         assert route("POST", "/v1/projects/p/locations/l/publishers/google/models/imagen-4:predict") is None
+
+
+def test_deflate_wrapped_or_raw() -> None:
+    """Content-Encoding: deflate is zlib-wrapped by the standard and raw from some servers."""
+    import zlib
+
+    from llmtally._capture.exchange import _inflater
+
+    text = b'data: {"usage": {"prompt_tokens": 9}}\n\n' * 50
+    raw = zlib.compressobj(wbits=-15)
+    bodies = [zlib.compress(text), raw.compress(text) + raw.flush()]
+    for body in bodies:
+        for step in (1, 2, 7, len(body)):
+            inflate = _inflater("deflate")
+            out = b"".join(inflate.decompress(body[i : i + step]) for i in range(0, len(body), step))
+            assert out + inflate.flush() == text, step

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import quicktok
@@ -191,3 +192,22 @@ def test_a_stream_dropped_unread_is_counted(served: tuple[FakeProvider, str]) ->
             del r
         gc.collect()
     assert len(fake.requests) == 3 and t.requests == 3
+
+
+def test_a_relay_keeping_only_raw(served: tuple[FakeProvider, str]) -> None:
+    """``return requests.post(..., stream=True).raw.stream()``: the Response is gone at once, the
+    body is read later through raw: counted with its usage, not ended early."""
+    import gc
+
+    _, url = served
+
+    def relay() -> Any:
+        body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+        return requests.post(url + "/v1/chat/completions", json=body, stream=True).raw.stream(64)
+
+    with llmtally.track() as t:
+        chunks = relay()
+        gc.collect()
+        got = b"".join(chunks)
+    assert b"[DONE]" in got
+    assert (t.requests, t.prompt_tokens, t.completion_tokens, t.estimated_requests) == (1, 11, 13, 0)

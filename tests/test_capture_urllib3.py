@@ -308,6 +308,31 @@ class TestStacked:
         assert r.status == 200 and hops == ["/v1/chat/completions", "/gateway/v2/run"]
         assert (t.requests, t.prompt_tokens, t.completion_tokens, t.cost) == (1, 11, 13, CALL)
 
+    def test_redirect_from_a_gateway_path_into_an_llm_path(self, served: tuple[FakeProvider, str]) -> None:
+        """The other way: a path no format reads, redirected to one: the hop that reads is counted."""
+        fake, url = served
+
+        class Moved(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                self.send_response(307)
+                self.send_header("location", url + "/v1/chat/completions")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server, moved = serve(Moved)
+        try:
+            with llmtally.track() as t:
+                r = urllib3.PoolManager().request("POST", moved + "/llm", json=CHAT)
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert r.status == 200 and len(fake.requests) == 1
+        assert (t.requests, t.prompt_tokens, t.completion_tokens, t.cost) == (1, 11, 13, CALL)
+
 
 class TestControl:
     def test_refused_before_sending(self, served: tuple[FakeProvider, str]) -> None:

@@ -95,10 +95,58 @@ class TestSQLite:
                     stream_options={"include_usage": True},
                 )
                 del stream
-            gc.collect()
+            gc.collect()  # may run anywhere, in a store's lock even: the calls are only queued
+        assert b.requests == 3  # a safe point: the queue is settled, reservations with it
         assert b._limits is not None and b._limits.shared is not None
         state = b._limits.shared.store.get("drops")
-        assert state is not None and state.reserved == 0 and b.requests == 3
+        assert state is not None and state.reserved == 0 and state.spent == b.cost
+
+    def test_collection_only_queues(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The collector runs wherever an allocation triggers it, inside a store's lock even (a
+        PostgreSQL budget deadlocked so): a dropped stream's call is queued there, never settled."""
+        import gc
+
+        from llmtally._core.pipeline import PIPELINE
+
+        c = client()
+        with llmtally.budget("gc", max_cost="1", ledger=f"sqlite:///{tmp_path / 'l.db'}") as b:
+            stream = c.chat.completions.create(
+                model="gpt-4", messages=[{"role": "user", "content": "hi"}], max_tokens=13, stream=True
+            )
+            flushes: list[int] = []
+            with monkeypatch.context() as m:
+                m.setattr(PIPELINE, "flush", lambda: flushes.append(1))
+                del stream
+                gc.collect()
+            assert flushes == [] and len(PIPELINE.pending) == 1
+        assert b.requests == 1 and b._limits is not None and b._limits.shared is not None
+        state = b._limits.shared.store.get("gc")
+        assert state is not None and state.reserved == 0 and state.spent == b.cost
+
+    def test_a_fork_does_not_settle_the_parents_stream(self, tmp_path: Path) -> None:
+        """A child's copy of a stream the parent opened is the parent's: collected in the child, it
+        is not counted there, and the reservation is settled once, by the parent."""
+        import gc
+
+        import requests
+
+        fake = FakeProvider(handler=lambda req: Reply(text="ha", prompt_tokens=11, completion_tokens=13))
+        with fake.serve() as url:
+            with llmtally.budget("fork", max_cost="1", ledger=f"sqlite:///{tmp_path / 'l.db'}") as b:
+                body = {"model": "gpt-4", "messages": [], "max_tokens": 13, "stream": True,
+                        "stream_options": {"include_usage": True}}  # fmt: skip
+                r = requests.post(url + "/v1/chat/completions", json=body, stream=True)
+                pid = os.fork()
+                if pid == 0:  # the child drops its copy and settles whatever it has
+                    del r
+                    gc.collect()
+                    llmtally.flush()
+                    os._exit(0)
+                os.waitpid(pid, 0)
+                b"".join(r.iter_content(None))
+        assert b.requests == 1 and b._limits is not None and b._limits.shared is not None
+        state = b._limits.shared.store.get("fork")
+        assert state is not None and state.reserved == 0 and state.spent == b.cost == CALL
 
     def test_warn_mode_charges_what_was_spent(self, tmp_path: Path) -> None:
         url = f"sqlite:///{tmp_path / 'w.db'}"

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from .._core.pipeline import PIPELINE
 from .._core.scope import _scopes
-from .exchange import Exchange, begin, outer, request_bytes
+from .exchange import Exchange, begin, collected, outer, request_bytes
 
 __all__ = ["AiohttpAdapter"]
 
@@ -103,10 +103,11 @@ def _make_tap(base: type) -> type:
 
 
 def _dropped(reader_id: int, ex: Exchange) -> None:
+    """The response was collected unread: its entry goes, and its call ends (queued only)."""
     try:
         if _tapped.get(reader_id) is ex:
             del _tapped[reader_id]
-            ex.finish()
+            collected(ex)
     except Exception:
         log.exception("llmtally: could not end the metering of a dropped response")
 

@@ -20,6 +20,7 @@ the adapter: a failure here is logged and the caller gets exactly what the serve
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import weakref
@@ -100,6 +101,19 @@ _unread: dict[tuple[str, str], bool] = {}
 _unmetered_log = logging.getLogger("llmtally.unmetered")
 
 
+def parser_for(method: str, path: str) -> wire.Parser | None:
+    """The wire format that reads a request's answer, or ``None`` (looked up once per path)."""
+    if method != "POST":
+        return None
+    try:
+        return _routes[path]
+    except KeyError:
+        parser = wire.route("POST", path)
+        if len(_routes) < 4096:
+            _routes[path] = parser
+        return parser
+
+
 def _not_understood(host: str, path: str) -> None:
     """Say once per (host, path) that a POST that looks like an LLM call is not counted: never
     silently. The path never holds the query string, where Gemini puts its API key."""
@@ -129,14 +143,19 @@ def end_when_collected(response: Any, ex: Exchange) -> None:
     """A streamed response the caller drops without reading or closing it was still sent and
     billed: when it is collected, its call ends (counted from what was read, reservations settled)."""
     try:
-        weakref.finalize(response, _collected, ex).atexit = False
+        weakref.finalize(response, collected, ex).atexit = False
     except TypeError:  # a response type without weak references: ended by its reader only
         pass
 
 
-def _collected(ex: Exchange) -> None:
+def collected(ex: Exchange) -> None:
+    """The response of ``ex`` was garbage-collected: end its call, but only queue it. The collector
+    runs wherever an allocation happens to trigger it, possibly inside a ledger or budget store's
+    lock: settling (which may write to that store) waits for the next flush, a safe point. In a
+    forked child, a copy of the parent's response is the parent's to count."""
     try:
-        ex.finish()
+        if ex.pid == os.getpid():
+            ex.finish(flush=False)
     except Exception:
         log.exception("llmtally: could not end the metering of a dropped response")
 
@@ -158,6 +177,7 @@ class Exchange:
         "parsed",
         "parser",
         "path",
+        "pid",
         "reservations",
         "scopes",
         "span",
@@ -175,6 +195,7 @@ class Exchange:
         self.path = path
         self._request_body = request_body
         self.scopes = scopes
+        self.pid = os.getpid()
         #: The provider configured for this URL when the request was made (``configure(providers=)``).
         self.gateway = gateways.provider_for(host, path) if gateways.configured() else None
         self.state = State.SENDING
@@ -353,14 +374,15 @@ class Exchange:
         for name, data in self._sse.feed(chunk):
             stream.event(name, data)
 
-    def finish(self) -> None:
-        """The stream ended or was closed: queue the call with what it carried."""
+    def finish(self, flush: bool = True) -> None:
+        """The stream ended or was closed: queue the call with what it carried (settled now if
+        something needs it now, unless ``flush`` is false: see `collected`)."""
         state = self.state
         if state is State.COLLECTING:
-            collected = self._decoder
+            whole = self._decoder
             self._decoder = None
-            self.content = collected.body()
-            self._queue(State.BODY)
+            self.content = whole.body()
+            self._queue(State.BODY, flush)
             return
         if state is not State.STREAMING:
             return
@@ -369,7 +391,7 @@ class Exchange:
                 self.stream_parser.event(name, data)  # type: ignore[union-attr]
         except Exception:
             log.exception("llmtally: could not read the end of a stream; counting it from what was read")
-        self._queue(State.STREAMED)
+        self._queue(State.STREAMED, flush)
 
     def interrupted(self, exc: BaseException) -> None:
         """The connection failed mid-stream: a failed request, but the tokens generated so far
@@ -382,7 +404,7 @@ class Exchange:
             self._queue(State.FAILED)
 
     # -- queued ----------------------------------------------------------------------------------
-    def _queue(self, state: State) -> None:
+    def _queue(self, state: State, flush: bool = True) -> None:
         """The call is over: queue it for settlement (``pipeline.flush``)."""
         if self.state in _OVER:
             return
@@ -392,7 +414,9 @@ class Exchange:
         pending.append(self)
         # A span must get its attributes before the caller ends it; a reservation must be
         # released; a sink may want the call now; and the queue must stay bounded.
-        if self.span is not None or self.reservations or PIPELINE.eager or len(pending) >= FLUSH_AT:
+        if flush and (
+            self.span is not None or self.reservations or PIPELINE.eager or len(pending) >= FLUSH_AT
+        ):
             PIPELINE.flush()
 
     #: Parse, price and deliver the call; run by ``pipeline.flush()``, never raises.
@@ -438,5 +462,29 @@ def _inflater(encoding: str) -> Any:
     if encoding == "gzip":
         return zlib.decompressobj(16 + zlib.MAX_WBITS)
     if encoding == "deflate":
-        return zlib.decompressobj()
+        return _Deflate()
     raise ValueError(f"unsupported content-encoding {encoding!r} on a metered stream")
+
+
+class _Deflate:
+    """``Content-Encoding: deflate`` is zlib-wrapped by the standard, and raw deflate from some
+    servers (as the HTTP clients accept): the first bytes say which."""
+
+    __slots__ = ("_head", "_inflate")
+
+    def __init__(self) -> None:
+        self._inflate: Any = None
+        self._head = b""
+
+    def decompress(self, data: bytes) -> bytes:
+        if self._inflate is None:
+            data = self._head + data
+            if len(data) < 2:  # the two header bytes may come split
+                self._head = data
+                return b""
+            zlib_header = data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+            self._inflate = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+        return bytes(self._inflate.decompress(data))
+
+    def flush(self) -> bytes:
+        return b"" if self._inflate is None else bytes(self._inflate.flush())

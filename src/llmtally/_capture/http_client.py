@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from .._core.pipeline import PIPELINE
 from .._core.scope import _scopes
-from .exchange import Exchange, begin, request_bytes
+from .exchange import Exchange, begin, collected, request_bytes
 
 __all__ = ["HttpClientAdapter"]
 
@@ -174,6 +174,13 @@ def _make_tap(base: Any) -> type:
                 tap = self.__dict__.get(_EX)
                 if tap is not None and not tap.depth:
                     _end(self)
+
+        def __del__(self) -> None:
+            # Collected unread (IOBase's __del__ closes it): queued only, settled at a safe point.
+            tap = self.__dict__.pop(_EX, None)
+            if tap is not None:
+                collected(tap.ex)
+            base.__del__(self)
 
     TappedHTTPResponse.__name__ = TappedHTTPResponse.__qualname__ = base.__name__
     TappedHTTPResponse.__module__ = base.__module__

@@ -46,8 +46,8 @@ def _respond(ex: Exchange, response: Any, stream: bool) -> None:
             return
         # urllib3 decodes the body for requests' readers (decode_content=True): identity here.
         if ex.streaming(response.status_code, headers.get("content-type", ""), ""):
-            response.raw = _RawTap(response.raw, ex)
-            end_when_collected(response, ex)
+            response.raw = tap = _RawTap(response.raw, ex)
+            end_when_collected(tap, ex)  # a relay may keep only response.raw (or its stream())
     except Exception:
         log.exception("llmtally: could not meter a response; the caller gets it untouched")
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from .._core.pipeline import PIPELINE
 from .._core.scope import _scopes
-from .exchange import Exchange, begin, outer, request_bytes
+from .exchange import Exchange, begin, collected, outer, parser_for, request_bytes
 
 __all__ = ["Urllib3Adapter"]
 
@@ -217,6 +217,13 @@ def _make_tap(base: Any) -> type:
             _end(self)  # what is drained is thrown away unread: the call ends here
             return base.drain_conn(self)
 
+        def __del__(self) -> None:
+            # Collected unread (IOBase's __del__ closes it): queued only, settled at a safe point.
+            tap = self.__dict__.pop(_EX, None)
+            if tap is not None:
+                collected(tap.ex)
+            base.__del__(self)
+
     TappedHTTPResponse.__name__ = TappedHTTPResponse.__qualname__ = base.__name__
     TappedHTTPResponse.__module__ = base.__module__
     return TappedHTTPResponse
@@ -263,6 +270,10 @@ def _make_manager_urlopen(orig: Any, taps: dict[type, type]) -> Any:
             return orig(self, method, url, *args, **kwargs)
         try:
             parts = urlsplit(url)
+            if parser_for(method.upper(), parts.path) is None:
+                # No format reads this path: the pools below decide for each hop (a redirect may
+                # lead to one), and say once if it looks like an LLM call.
+                return orig(self, method, url, *args, **kwargs)
             ex = begin(
                 method.upper(), parts.path, parts.hostname or "", request_bytes(kwargs.get("body")), scopes
             )
