@@ -148,6 +148,34 @@ class TestSQLite:
         state = b._limits.shared.store.get("fork")
         assert state is not None and state.reserved == 0 and state.spent == b.cost == CALL
 
+    @pytest.mark.parametrize("ledger", [True, False], ids=["with-ledger", "budget-only"])
+    def test_a_stream_open_at_exit_settles(self, tmp_path: Path, ledger: bool) -> None:
+        """A stream still held, unread, when the program exits: its call is recorded (with a ledger)
+        and its reservation settled, not held for ever."""
+        db = tmp_path / "l.db"
+        code = textwrap.dedent(
+            f"""
+            import requests, llmtally
+            from llmtally.testing import FakeProvider, Reply
+            fake = FakeProvider(handler=lambda req: Reply(text="ha", prompt_tokens=11, completion_tokens=13))
+            url = fake.start()
+            if {ledger}:
+                llmtally.configure(ledger="sqlite:///{db}")
+            budget = llmtally.budget("exit", max_cost="1", ledger="sqlite:///{db}")
+            budget.__enter__()
+            body = {{"model": "gpt-4", "messages": [], "max_tokens": 13, "stream": True,
+                     "stream_options": {{"include_usage": True}}}}
+            KEEP = requests.post(url + "/v1/chat/completions", json=body, stream=True)
+            """
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        state = llmtally.budget("exit", ledger=f"sqlite:///{db}")._limits.shared.store.get("exit")  # type: ignore[union-attr]
+        assert state is not None and state.reserved == 0
+        if ledger:
+            (row,) = llmtally.report(ledger=f"sqlite:///{db}", since="1d")
+            assert row.requests == 1
+
     def test_warn_mode_charges_what_was_spent(self, tmp_path: Path) -> None:
         url = f"sqlite:///{tmp_path / 'w.db'}"
         b = llmtally.budget("team", max_cost="0.001", ledger=url, on_exceed="warn")

@@ -233,6 +233,7 @@ class Runtime:
                         "shared budgets need a ledger (sqlite:///... or postgresql://...), not 'none'"
                     )
                 store = self._stores[url] = BudgetStore(ledger)
+                self._install_exit_hooks()  # streams open at exit settle their reservations
             return store
 
     # -- flushing -----------------------------------------------------------------------------------
@@ -250,6 +251,13 @@ class Runtime:
         self._install_sigterm()
 
     def _at_exit(self) -> None:
+        try:  # streams still open at exit: counted from what was read, reservations settled
+            from ._capture.exchange import end_streams
+
+            end_streams()
+            PIPELINE.flush()
+        except Exception:  # pragma: no cover
+            log.exception("llmtally: could not end the open streams at exit")
         writer = self.writer
         if writer is not None:
             try:

@@ -148,6 +148,23 @@ def end_when_collected(response: Any, ex: Exchange) -> None:
         pass
 
 
+#: Exchanges whose bodies are being read (streams, and bodies read after the response returned).
+_live: dict[int, Exchange] = {}
+if hasattr(os, "register_at_fork"):  # a child's copies are the parent's to end
+    os.register_at_fork(after_in_child=_live.clear)
+
+
+def end_streams() -> None:
+    """At exit: every body still being read ends here, counted from what was read, so its call is
+    recorded and its budget reservation settled (the caller will read no more of it)."""
+    for ex in list(_live.values()):
+        try:
+            ex.finish(flush=False)
+        except Exception:
+            log.exception("llmtally: could not end the metering of a stream at exit")
+    _live.clear()
+
+
 def collected(ex: Exchange) -> None:
     """The response of ``ex`` was garbage-collected: end its call, but only queue it. The collector
     runs wherever an allocation happens to trigger it, possibly inside a ledger or budget store's
@@ -304,6 +321,7 @@ class Exchange:
         else:
             self._decoder = _Collect(inflate)
             self.state = State.COLLECTING
+        _live[id(self)] = self  # ended by its reader, its collection, or the exit (end_streams)
         return True
 
     def use_encoding(self, encoding: str) -> None:
@@ -410,6 +428,8 @@ class Exchange:
             return
         self.state = state
         self.end = time.perf_counter()
+        if _live:
+            _live.pop(id(self), None)
         pending = PIPELINE.pending
         pending.append(self)
         # A span must get its attributes before the caller ends it; a reservation must be
