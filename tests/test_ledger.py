@@ -17,7 +17,10 @@ import httpx2
 import pytest
 
 import llmtally
+from llmtally.ledger._records import SCHEMA_VERSION
 from llmtally.testing import FakeProvider, Reply
+
+ALL_VERSIONS = [(v,) for v in range(1, SCHEMA_VERSION + 1)]
 
 SECRET_PROMPT = "my-very-private-prompt-text-1234"
 API_KEY = "sk-secret-key-never-stored-987"
@@ -95,7 +98,7 @@ class TestRecords:
 
     def test_schema_version(self, ledger: Path, client: httpx2.Client) -> None:
         conn = sqlite3.connect(ledger)
-        assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == [(1,), (2,), (3,)]
+        assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == ALL_VERSIONS
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.close()
         call(client)
@@ -106,7 +109,7 @@ class TestRecords:
         llmtally.flush()
         assert len(rows(ledger)) == 2
         conn = sqlite3.connect(ledger)
-        assert conn.execute("SELECT COUNT(*) FROM llmtally_schema").fetchone()[0] == 3
+        assert conn.execute("SELECT COUNT(*) FROM llmtally_schema").fetchone()[0] == SCHEMA_VERSION
         conn.close()
 
     def test_none_records_nothing(self, tmp_path: Path, client: httpx2.Client) -> None:

@@ -23,7 +23,10 @@ from test_ledger import CHILD
 
 import llmtally
 from llmtally._runtime import RUNTIME
+from llmtally.ledger._records import SCHEMA_VERSION
 from llmtally.testing import FakeProvider, Reply
+
+ALL_VERSIONS = [(v,) for v in range(1, SCHEMA_VERSION + 1)]
 
 postgres = postgres_fixture()
 
@@ -101,7 +104,7 @@ class TestRecords:
     def test_schema_and_reopen(self, db: str, client: httpx2.Client) -> None:
         llmtally.configure(ledger=db)
         with psycopg.connect(db) as conn:
-            assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == [(1,), (2,), (3,)]
+            assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == ALL_VERSIONS
         call(client)
         llmtally.flush()
         # Reopening (postgres:// is the same scheme) keeps the rows and does not migrate again.
@@ -110,7 +113,7 @@ class TestRecords:
         llmtally.flush()
         assert len(rows(db)) == 2
         with psycopg.connect(db) as conn:
-            assert conn.execute("SELECT COUNT(*) FROM llmtally_schema").fetchone() == (3,)
+            assert conn.execute("SELECT COUNT(*) FROM llmtally_schema").fetchone() == (SCHEMA_VERSION,)
 
     def test_repr_and_url_hide_the_password(self, db: str, postgres: PostgresServer) -> None:
         llmtally.configure(ledger=db)
@@ -182,11 +185,7 @@ class TestMigration:
         assert got[0]["id"] == "old-1" and len(got) == 2
         assert "cache_write_1h_tokens" in got[0] and got[0]["cache_write_1h_tokens"] is None
         with psycopg.connect(db) as conn:
-            assert conn.execute("SELECT version FROM llmtally_schema ORDER BY 1").fetchall() == [
-                (1,),
-                (2,),
-                (3,),
-            ]
+            assert conn.execute("SELECT version FROM llmtally_schema ORDER BY 1").fetchall() == ALL_VERSIONS
 
 
 class TestProcesses:
@@ -213,7 +212,7 @@ class TestProcesses:
         assert sum(Decimal(r["cost"]) for r in got) == Decimal("0.00111") * 600
         assert sum(r["cost_pico"] for r in got) == 1_110_000_000 * 600
         with psycopg.connect(db) as conn:  # created once, by whichever process came first
-            assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == [(1,), (2,), (3,)]
+            assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == ALL_VERSIONS
 
     def test_concurrent_first_opens_migrate_once(self, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
         """Eight openers of one new ledger at the same moment: no "already exists", one schema row."""
@@ -246,7 +245,7 @@ class TestProcesses:
             led.close()
         assert errors == [] and len(opened) == 8
         with psycopg.connect(db) as conn:
-            assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == [(1,), (2,), (3,)]
+            assert conn.execute("SELECT version FROM llmtally_schema").fetchall() == ALL_VERSIONS
 
 
 class TestBadInput:

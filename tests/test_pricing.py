@@ -103,6 +103,47 @@ class TestSameAsCatalogue:
             ).total_price
             assert ours == theirs, (model, prompt, cached, write, out, reasoning)
 
+    def test_random_pairs_with_every_unit(self) -> None:
+        """Audio, image and cached audio input, audio output and web searches too, on models that
+        price them, against calc_price: identical Decimals (or both refusing the usage)."""
+        rng = random.Random(4321)
+        models = [
+            ("gpt-audio", "openai"), ("gpt-4o-audio-preview", "openai"), ("gemini-2.5-flash", "google"),
+            ("claude-sonnet-4-5", "anthropic"), ("gpt-realtime", "openai"), ("gpt-4o", "openai"),
+        ]  # fmt: skip
+        for _ in range(400):
+            model, provider = rng.choice(models)
+            # A consistent usage: the input split into text, audio and image, each partly cached.
+            text, audio, image = (rng.randint(0, 100_000) for _ in range(3))
+            cached_text, cached_audio = rng.randint(0, text), rng.randint(0, audio)
+            prompt, cached = text + audio + image, cached_text + cached_audio
+            out = rng.randint(0, 8_000)
+            audio_out = rng.randint(0, out)
+            searches = rng.randint(0, 5)
+            ours = llmtally.cost_of(
+                model, provider=provider, input_tokens=prompt, output_tokens=out, cached_tokens=cached,
+                input_audio_tokens=audio, cached_audio_tokens=cached_audio, input_image_tokens=image,
+                output_audio_tokens=audio_out, web_searches=searches,
+            )  # fmt: skip
+            theirs = calc_price(
+                GUsage(input_tokens=prompt, output_tokens=out, cache_read_tokens=cached,
+                       input_audio_tokens=audio, cache_audio_read_tokens=cached_audio,
+                       input_image_tokens=image, cache_image_read_tokens=0, output_audio_tokens=audio_out,
+                       web_searches=searches),
+                model, provider_id=provider,
+            ).total_price  # fmt: skip
+            assert ours == theirs, (
+                model,
+                text,
+                audio,
+                image,
+                cached_text,
+                cached_audio,
+                out,
+                audio_out,
+                searches,
+            )
+
     def test_tier_cliff(self) -> None:
         # Above 200k input tokens the whole call moves to the higher tier.
         for prompt in (199_999, 200_000, 200_001, 300_000):

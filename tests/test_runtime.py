@@ -15,7 +15,7 @@ import llmtally
 from llmtally._core.usage import KINDS, TOKEN_NAMES, Usage
 from llmtally._runtime import RUNTIME
 from llmtally.cli import cli_logic
-from llmtally.ledger._records import V1_KINDS, columns_at
+from llmtally.ledger._records import SCHEMA_VERSION, V1_KINDS, columns_at
 from llmtally.testing import FakeProvider, Reply
 
 CHAT = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
@@ -191,7 +191,7 @@ class TestMigration:
         versions = [r[0] for r in conn.execute("SELECT version FROM llmtally_schema ORDER BY version")]
         rows = [dict(r) for r in conn.execute("SELECT * FROM calls ORDER BY started_at")]
         conn.close()
-        assert versions == [1, 2, 3]
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
         assert rows[0]["id"] == "old-1" and len(rows) == 2
         assert rows[0]["cache_write_1h_tokens"] is None and rows[1]["cache_write_1h_tokens"] == 1_000
         assert rows[0]["computed_cost"] is None and rows[1]["computed_cost"] is None

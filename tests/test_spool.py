@@ -20,6 +20,7 @@ import llmtally
 from llmtally import ledger as ledger_pkg
 from llmtally._runtime import RUNTIME
 from llmtally.ledger import sqlite
+from llmtally.ledger._records import LATER_COLUMNS
 from llmtally.ledger._spool import Spool, spool_dir
 from llmtally.ledger._writer import Writer
 from llmtally.testing import FakeProvider, Reply
@@ -57,11 +58,11 @@ def spooled(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for f in files for line in f.read_text().splitlines()]
 
 
-# In ledger COLUMNS order (the 1-hour cache writes last, as schema version 2 added them).
+# In ledger COLUMNS order (then the columns later schema versions added, each None here).
 ROW = (
     "id-1", 1700000000.123456789, 1700000001.5, 0.1 + 0.2, "openai", "gpt-4", "gpt-4-0613",
     "chat.completions", None, 200, 1, None, 0, 11, 13, None, None, None, "0.00111", 1_110_000_000,
-    "USD", 0, "genai-prices", '["a", "b"]', '{"k": "v"}', "host", 42, None, None,
+    "USD", 0, "genai-prices", '["a", "b"]', '{"k": "v"}', "host", 42, *(None,) * len(LATER_COLUMNS),
 )  # fmt: skip
 
 

@@ -320,13 +320,21 @@ def cost_of(
     cache_write_tokens: int = 0,
     reasoning_tokens: int = 0,
     cache_write_1h_tokens: int = 0,
+    input_audio_tokens: int = 0,
+    cached_audio_tokens: int = 0,
+    output_audio_tokens: int = 0,
+    input_image_tokens: int = 0,
+    web_searches: int = 0,
     at: datetime | None = None,
 ) -> Decimal | None:
     """The price in USD of one call's usage, or ``None`` if the model's price is unknown.
 
     ``input_tokens`` is all input including ``cached_tokens`` and ``cache_write_tokens``, of which
-    ``cache_write_1h_tokens`` were written with a one-hour lifetime; ``output_tokens`` includes
-    ``reasoning_tokens``. ``at`` picks the price in force then (now by default)::
+    ``cache_write_1h_tokens`` were written with a one-hour lifetime, and the ``input_audio_tokens``
+    and ``input_image_tokens``; ``cached_audio_tokens`` are the audio part of ``cached_tokens``;
+    ``output_tokens`` includes ``reasoning_tokens`` and ``output_audio_tokens``. ``web_searches``
+    are server-side searches, priced per search. ``at`` picks the price in force then (now by
+    default)::
 
         >>> llmtally.cost_of("gpt-4", input_tokens=11, output_tokens=13)
         Decimal('0.00111')
@@ -339,5 +347,10 @@ def cost_of(
         cache_write_tokens,
         reasoning_tokens,
         cache_write_1h_tokens,
+        input_audio_tokens,
+        cached_audio_tokens,
+        output_audio_tokens,
+        input_image_tokens,
+        web_searches,
     )
     return price_usage(usage, model, provider=provider, at=at)[0]

@@ -261,7 +261,7 @@ class Tally(_TallyFields):
             # Each kind under the kind it is part of; the two wholes always, their parts when not 0.
             def parts(within: str | None, depth: int) -> None:
                 for kind in KINDS:
-                    if kind.within != within:
+                    if kind.within != within or not kind.tokens:
                         continue
                     value = getattr(t, kind.name)
                     if within is None or value:
@@ -270,6 +270,9 @@ class Tally(_TallyFields):
 
             parts(None, 1)
             lines.append((0, "Successful Requests", str(t.successful_requests)))
+            for kind in KINDS:  # server-tool requests, when there were any
+                if not kind.tokens and getattr(t, kind.name):
+                    lines.append((0, kind.label, str(getattr(t, kind.name))))
             if t.failed_requests:
                 lines.append((0, "Failed Requests", str(t.failed_requests)))
             if t.estimated_requests:

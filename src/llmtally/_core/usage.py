@@ -51,11 +51,21 @@ class Kind(NamedTuple):
     price_key: str
     #: The OpenTelemetry span attribute that carries it (GenAI semantic conventions), if any.
     span_attribute: str | None
+    #: Whether it counts tokens (``False`` for requests to a server tool, such as web searches).
+    tokens: bool = True
 
 
-def _kind(label: str, column: str, *, price: str, within: str | None = None, span: str | None = None) -> Any:
+def _kind(
+    label: str,
+    column: str,
+    *,
+    price: str,
+    within: str | None = None,
+    span: str | None = None,
+    tokens: bool = True,
+) -> Any:
     # A dataclass field whose metadata describes the kind; ``KINDS`` is read back from them.
-    return field(default=0, metadata={"kind": (label, column, within, price, span)})
+    return field(default=0, metadata={"kind": (label, column, within, price, span, tokens)})
 
 
 @dataclass(slots=True)
@@ -93,6 +103,22 @@ class Usage:
     cache_write_1h_tokens: int = _kind(
         "1h Cache Write Tokens", "Cache write 1h", within="cache_write_tokens", price="cache_write_1h_tokens"
     )
+    #: Input audio (gpt-4o-audio, gpt-realtime, Gemini): priced apart from text input.
+    input_audio_tokens: int = _kind(
+        "Audio Input Tokens", "Audio in", within="prompt_tokens", price="input_audio_tokens"
+    )
+    #: The part of the cache reads that is audio.
+    cached_audio_tokens: int = _kind(
+        "Cached Audio Tokens", "Cached audio", within="cached_tokens", price="cache_audio_read_tokens"
+    )
+    output_audio_tokens: int = _kind(
+        "Audio Output Tokens", "Audio out", within="completion_tokens", price="output_audio_tokens"
+    )
+    input_image_tokens: int = _kind(
+        "Image Input Tokens", "Image in", within="prompt_tokens", price="input_image_tokens"
+    )
+    #: Server-side web searches the model ran (Anthropic's ``server_tool_use``), priced per search.
+    web_searches: int = _kind("Web Searches", "Searches", price="web_searches", tokens=False)
 
     @property
     def total_tokens(self) -> int:

@@ -42,6 +42,13 @@ V1_KINDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_
 #: Schema version -> the token kinds (``Usage`` fields) it added as columns.
 ADDED_KINDS: dict[int, tuple[str, ...]] = {
     2: ("cache_write_1h_tokens",),
+    4: (
+        "input_audio_tokens",
+        "cached_audio_tokens",
+        "output_audio_tokens",
+        "input_image_tokens",
+        "web_searches",
+    ),
 }
 #: Schema version -> the other columns it added, (name, SQL type); not summed by the rollup.
 ADDED_COLUMNS: dict[int, tuple[tuple[str, str], ...]] = {
@@ -70,11 +77,11 @@ def _later_columns() -> tuple[tuple[str, str], ...]:
     return tuple(columns)
 
 
-# ``to_row`` writes the later token kinds, then the other later columns: the migrations must add
-# them in that order too, or a row read with ``SELECT *`` would not be in COLUMNS order.
-_in_row = (*((k, "INTEGER") for k in LATER_KINDS), ("computed_cost", "TEXT"))
-if _later_columns() != _in_row:  # pragma: no cover - a developer changed the columns, not to_row
-    raise RuntimeError("llmtally: the later columns are not the ones to_row writes, in its order")
+#: Every column added after version 1, in row order (``to_row`` follows it), and where it comes from:
+#: a token kind of the call's usage, or the call itself.
+LATER_COLUMNS: tuple[tuple[str, str], ...] = _later_columns()
+_LATER_FROM_USAGE: tuple[tuple[str, bool], ...] = tuple((n, n in LATER_KINDS) for n, _ in LATER_COLUMNS)
+
 
 #: (name, SQL type), in row order. ``cost`` is the exact Decimal as text; ``cost_pico`` the same in
 #: integer picodollars (10**-12 USD, exact for catalogue prices) for fast sums.
@@ -102,7 +109,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("tags", "TEXT"),
     ("host", "TEXT NOT NULL"),
     ("pid", "INTEGER NOT NULL"),
-    *_later_columns(),
+    *LATER_COLUMNS,
 )
 NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 
@@ -200,11 +207,11 @@ def to_row(call: Call) -> tuple[Any, ...]:
     """A Call as a tuple in COLUMNS order. No text of prompts or answers exists to be stored."""
     u = call.usage
     cost = call.cost
-    if u is None:
-        tokens, later = _NO_V1, _NO_LATER
-    else:
-        tokens = tuple([getattr(u, name) for name in V1_KINDS])
-        later = tuple([getattr(u, name) for name in LATER_KINDS])
+    tokens = _NO_V1 if u is None else tuple([getattr(u, name) for name in V1_KINDS])
+    later = [
+        (None if u is None else getattr(u, name)) if of_usage else _other(call, name)
+        for name, of_usage in _LATER_FROM_USAGE
+    ]
     return (
         _ids.next(),
         call.started_at,
@@ -230,9 +237,14 @@ def to_row(call: Call) -> tuple[Any, ...]:
         _HOST,
         os.getpid(),
         *later,
-        None if call.computed_cost is None else str(call.computed_cost),
     )
 
 
+def _other(call: Call, name: str) -> Any:
+    """A later column that is not a token kind (``ADDED_COLUMNS``)."""
+    if name == "computed_cost":
+        return None if call.computed_cost is None else str(call.computed_cost)
+    raise KeyError(name)  # pragma: no cover - a column added without its value here
+
+
 _NO_V1 = (None,) * len(V1_KINDS)
-_NO_LATER = (None,) * len(LATER_KINDS)

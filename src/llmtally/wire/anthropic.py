@@ -6,9 +6,11 @@ Anthropic's ``input_tokens`` *exclude* cache reads and writes::
      "output_tokens": 393, "cache_creation": {"ephemeral_5m_input_tokens": 188086,
                                               "ephemeral_1h_input_tokens": 0}}
 
-so prompt tokens = input + cache reads + cache writes. Streams send usage in ``message_start``
-(input side, and an early output count) and cumulative counts in ``message_delta``; the later
-value of each field wins.
+so prompt tokens = input + cache reads + cache writes. ``server_tool_use.web_search_requests``
+are web searches (priced per search) and ``output_tokens_details.thinking_tokens`` the reasoning
+part of the output, as genai-prices' extractor reads them. Streams send usage in
+``message_start`` (input side, and an early output count) and cumulative counts in
+``message_delta``; the later value of each field wins.
 """
 
 from __future__ import annotations
@@ -27,19 +29,34 @@ _FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_toke
 def messages_usage(u: Any) -> Usage | None:
     if not isinstance(u, dict):
         return None
-    return _to_usage({k: as_int(u.get(k)) for k in _FIELDS}, u.get("cache_creation"))
+    fields = {k: as_int(u.get(k)) for k in _FIELDS}
+    _extras(u, fields)
+    return _to_usage(fields, u.get("cache_creation"))
+
+
+def _extras(u: dict[str, Any], fields: dict[str, int]) -> None:
+    """Web searches and thinking tokens, where the usage reports them (later values win)."""
+    tools = u.get("server_tool_use")
+    if isinstance(tools, dict) and "web_search_requests" in tools:
+        fields["web_searches"] = as_int(tools["web_search_requests"])
+    details = u.get("output_tokens_details")
+    if isinstance(details, dict) and "thinking_tokens" in details:
+        fields["thinking_tokens"] = as_int(details["thinking_tokens"])
 
 
 def _to_usage(f: dict[str, int], creation: Any) -> Usage:
     write = f["cache_creation_input_tokens"]
     read = f["cache_read_input_tokens"]
     write_1h = as_int(creation.get("ephemeral_1h_input_tokens")) if isinstance(creation, dict) else 0
+    output = f["output_tokens"]
     return Usage(
         prompt_tokens=f["input_tokens"] + read + write,
-        completion_tokens=f["output_tokens"],
+        completion_tokens=output,
         cached_tokens=read,
         cache_write_tokens=write,
+        reasoning_tokens=min(f.get("thinking_tokens", 0), output),
         cache_write_1h_tokens=min(write_1h, write),
+        web_searches=f.get("web_searches", 0),
     )
 
 
@@ -66,6 +83,7 @@ class _MessagesStream(StreamParser):
                 fields[k] = as_int(u[k])
         if isinstance(u.get("cache_creation"), dict):
             self._creation = u["cache_creation"]
+        _extras(u, fields)
         self._fields = fields
         self.result.usage = _to_usage(fields, self._creation)
 

@@ -52,8 +52,25 @@ def gemini_usage(u: Any) -> Usage | None:
     prompt = as_int(u.get("promptTokenCount")) + as_int(u.get("toolUsePromptTokenCount"))
     thoughts = as_int(u.get("thoughtsTokenCount"))
     completion = as_int(u.get("candidatesTokenCount")) + thoughts
-    cached = as_int(u.get("cachedContentTokenCount"))
-    return Usage(prompt, completion, min(cached, prompt), 0, thoughts)
+    cached = min(as_int(u.get("cachedContentTokenCount")), prompt)
+    usage = Usage(prompt, completion, cached, 0, thoughts)
+    if "promptTokensDetails" in u or "candidatesTokensDetails" in u:
+        # Per modality, as genai-prices reads them: documents are priced as images.
+        inputs = (u.get("promptTokensDetails"), u.get("toolUsePromptTokensDetails"))
+        usage.input_audio_tokens = min(sum(_modality(d, "AUDIO") for d in inputs), prompt)
+        usage.input_image_tokens = min(sum(_modality(d, "IMAGE", "DOCUMENT") for d in inputs), prompt)
+        usage.cached_audio_tokens = min(_modality(u.get("cacheTokensDetails"), "AUDIO"), cached)
+        usage.output_audio_tokens = min(_modality(u.get("candidatesTokensDetails"), "AUDIO"), completion)
+    return usage
+
+
+def _modality(details: Any, *names: str) -> int:
+    """The tokens of ``names`` in a ``[{"modality": ..., "tokenCount": ...}]`` list."""
+    if not isinstance(details, list):
+        return 0
+    return sum(
+        as_int(d.get("tokenCount")) for d in details if isinstance(d, dict) and d.get("modality") in names
+    )
 
 
 def _read(obj: dict[str, Any], r: Result) -> None:

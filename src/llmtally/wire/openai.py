@@ -65,11 +65,34 @@ def chat_usage(u: Any) -> Usage | None:
     if not cached and "prompt_cache_hit_tokens" in u:
         # DeepSeek reports cache hits at the top level.
         cached = as_int(u["prompt_cache_hit_tokens"])
+    audio_in = audio_out = 0
+    if type(details) is dict and "audio_tokens" in details:  # prompt_tokens_details
+        audio_in = min(as_int(details["audio_tokens"]), prompt)
     details = u.get("completion_tokens_details")
     if type(details) is dict:
         reasoning = details.get("reasoning_tokens")
         if type(reasoning) is not int or reasoning < 0:
             reasoning = 0
+        if "audio_tokens" in details:
+            audio_out = as_int(details["audio_tokens"])
+    elif "reasoning_tokens" in u:  # xAI's native usage: reasoning at the top level, beside the output
+        reasoning = as_int(u["reasoning_tokens"])
+        completion += reasoning
+    if not cached and "cached_prompt_text_tokens" in u:  # xAI's native usage
+        cached = as_int(u["cached_prompt_text_tokens"])
+    if reasoning and type(details) is dict and u.get("total_tokens") == prompt + completion + reasoning:
+        # xAI's chat API counts reasoning beside the completion too (its total says so).
+        completion += reasoning
+    if audio_in or audio_out:
+        return Usage(
+            prompt,
+            completion,
+            cached if cached <= prompt else prompt,
+            written,
+            reasoning if reasoning <= completion else completion,
+            input_audio_tokens=audio_in,
+            output_audio_tokens=min(audio_out, completion),
+        )
     return Usage(
         prompt,
         completion,

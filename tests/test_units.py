@@ -1,0 +1,141 @@
+"""Every billable unit a response reports, read and priced as genai-prices' own extractor and
+``calc_price`` read and price the same body: web searches, thinking, audio, image, xAI's reasoning."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import genai_prices
+import pytest
+
+import llmtally
+from llmtally._core.usage import Usage
+from llmtally._pricing import price_usage
+from llmtally.wire.anthropic import Messages
+from llmtally.wire.gemini import GenerateContent
+from llmtally.wire.openai import ChatCompletions
+
+
+def theirs(body: dict[str, Any], model: str, provider: str, flavor: str = "default") -> Decimal:
+    extracted = genai_prices.extract_usage(body, provider_id=provider, api_flavor=flavor)
+    return genai_prices.calc_price(extracted.usage, model, provider_id=provider).total_price
+
+
+def ours(usage: Usage | None, model: str, provider: str) -> Decimal:
+    assert usage is not None
+    cost, found = price_usage(usage, model, provider)
+    assert cost is not None and found is not None
+    return cost
+
+
+ANTHROPIC = {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
+    "usage": {"input_tokens": 1000, "output_tokens": 2000, "cache_creation_input_tokens": 0,
+              "cache_read_input_tokens": 0, "server_tool_use": {"web_search_requests": 3},
+              "output_tokens_details": {"thinking_tokens": 1200}},
+}  # fmt: skip
+
+
+class TestAnthropic:
+    def test_web_searches_and_thinking(self) -> None:
+        r = Messages().body(ANTHROPIC)
+        assert r is not None and r.usage is not None
+        assert (r.usage.web_searches, r.usage.reasoning_tokens, r.usage.completion_tokens) == (3, 1200, 2000)
+        cost = ours(r.usage, "claude-sonnet-4-5", "anthropic")
+        assert cost == theirs(ANTHROPIC, "claude-sonnet-4-5", "anthropic")
+        # Three searches at $10 per thousand: what the issue found missing.
+        assert cost - ours(Usage(1000, 2000), "claude-sonnet-4-5", "anthropic") == Decimal("0.03")
+
+    def test_in_a_stream(self) -> None:
+        stream = Messages().stream()
+        start = {"type": "message_start", "message": {"model": "claude-sonnet-4-5", "id": "m",
+                 "usage": {"input_tokens": 1000, "output_tokens": 1}}}  # fmt: skip
+        delta = {"type": "message_delta", "usage": ANTHROPIC["usage"]}
+        import json
+
+        for obj in (start, delta):
+            stream.event(obj["type"], json.dumps(obj).encode())
+        u = stream.result.usage
+        assert u is not None and (u.web_searches, u.reasoning_tokens) == (3, 1200)
+
+
+class TestOpenAICompatible:
+    def test_audio_tokens(self) -> None:
+        body = {"model": "gpt-audio", "usage": {
+            "prompt_tokens": 1000, "completion_tokens": 600, "total_tokens": 1600,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 800},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 500}}}  # fmt: skip
+        r = ChatCompletions().body(body)
+        assert r is not None and r.usage is not None
+        assert (r.usage.input_audio_tokens, r.usage.output_audio_tokens) == (800, 500)
+        assert ours(r.usage, "gpt-audio", "openai") == theirs(body, "gpt-audio", "openai", "chat")
+        assert ours(r.usage, "gpt-audio", "openai") > ours(Usage(1000, 600), "gpt-audio", "openai")
+
+    @pytest.mark.parametrize(
+        ("usage", "flavor"),
+        [
+            # xAI's chat API: reasoning beside the completion, the total says so.
+            ({"prompt_tokens": 200, "completion_tokens": 60, "total_tokens": 660,
+              "prompt_tokens_details": {"cached_tokens": 162},
+              "completion_tokens_details": {"reasoning_tokens": 400}}, "chat"),
+            # xAI's native usage.
+            ({"prompt_tokens": 200, "completion_tokens": 60, "cached_prompt_text_tokens": 162,
+              "reasoning_tokens": 400}, "default"),
+        ],
+    )  # fmt: skip
+    def test_xai_reasoning_and_cache(self, usage: dict[str, Any], flavor: str) -> None:
+        body = {"model": "grok-4", "usage": usage}
+        r = ChatCompletions().body(body)
+        assert r is not None and r.usage is not None
+        u = r.usage
+        assert (u.prompt_tokens, u.cached_tokens, u.completion_tokens, u.reasoning_tokens) == (
+            200,
+            162,
+            460,
+            400,
+        )
+        assert ours(u, "grok-4", "x-ai") == theirs(body, "grok-4", "x-ai", flavor)
+
+    def test_openai_reasoning_stays_inside(self) -> None:
+        """OpenAI's completion already includes reasoning (its total = prompt + completion)."""
+        usage = {"prompt_tokens": 10, "completion_tokens": 500, "total_tokens": 510,
+                 "completion_tokens_details": {"reasoning_tokens": 400}}  # fmt: skip
+        r = ChatCompletions().body({"model": "o3", "usage": usage})
+        assert r is not None and r.usage is not None and r.usage.completion_tokens == 500
+
+
+class TestGemini:
+    def test_audio_and_image_modalities(self) -> None:
+        def tokens(**by_modality: int) -> list[dict[str, Any]]:
+            return [{"modality": m, "tokenCount": n} for m, n in by_modality.items()]
+
+        body = {"modelVersion": "gemini-2.5-flash", "usageMetadata": {
+            "promptTokenCount": 1000, "candidatesTokenCount": 300, "cachedContentTokenCount": 200,
+            "promptTokensDetails": tokens(TEXT=100, AUDIO=700, IMAGE=200),
+            "cacheTokensDetails": tokens(AUDIO=150, TEXT=50),
+            "candidatesTokensDetails": tokens(TEXT=300)}}  # fmt: skip
+        r = GenerateContent().body(body)
+        assert r is not None and r.usage is not None
+        u = r.usage
+        assert (u.input_audio_tokens, u.input_image_tokens, u.cached_audio_tokens) == (700, 200, 150)
+        assert ours(u, "gemini-2.5-flash", "google") == theirs(body, "gemini-2.5-flash", "google")
+
+
+def test_cost_of_takes_every_unit() -> None:
+    base = llmtally.cost_of("claude-sonnet-4-5", provider="anthropic", input_tokens=1000, output_tokens=2000)
+    searched = llmtally.cost_of(
+        "claude-sonnet-4-5", provider="anthropic", input_tokens=1000, output_tokens=2000, web_searches=3
+    )
+    assert base is not None and searched is not None and searched - base == Decimal("0.03")
+
+
+def test_the_summary_says_searches_only_when_there_were_some() -> None:
+    from llmtally._core.usage import Call
+
+    t = llmtally.track()
+    t._calls.append(Call("anthropic", "messages", "claude-sonnet-4-5", usage=Usage(10, 5, web_searches=2)))
+    t2 = llmtally.track()
+    t2._calls.append(Call("openai", "chat.completions", "gpt-4", usage=Usage(10, 5)))
+    assert "Web Searches: 2" in str(t) and t.web_searches == 2
+    assert "Web Searches" not in str(t2)
