@@ -139,3 +139,74 @@ def test_the_summary_says_searches_only_when_there_were_some() -> None:
     t2._calls.append(Call("openai", "chat.completions", "gpt-4", usage=Usage(10, 5)))
     assert "Web Searches: 2" in str(t) and t.web_searches == 2
     assert "Web Searches" not in str(t2)
+
+
+class TestPriceContext:
+    """How the response says it was served selects the catalogue's price variant, as calc_price
+    does with the same price_context."""
+
+    @pytest.mark.parametrize("model", ["o3", "gpt-5", "gpt-4o"])
+    @pytest.mark.parametrize("tier", ["flex", "priority", "default"])
+    def test_openai_service_tier(self, model: str, tier: str) -> None:
+        usage = {"prompt_tokens": 10_000, "completion_tokens": 2_000, "total_tokens": 12_000}
+        body = {"model": model, "service_tier": tier, "usage": usage}
+        r = ChatCompletions().body(body)
+        assert r is not None and r.context == (("service_tier", tier),)
+        cost, _ = price_usage(r.usage, model, "openai", context=r.context)  # type: ignore[arg-type]
+        u = genai_prices.Usage(input_tokens=10_000, output_tokens=2_000)
+        expected = genai_prices.calc_price(
+            u, model, provider_id="openai", price_context={"service_tier": tier}
+        )
+        assert cost == expected.total_price
+        standard, _ = price_usage(Usage(10_000, 2_000), model, "openai")
+        assert standard is not None and cost is not None
+        if tier == "flex" and model in ("o3", "gpt-5"):
+            assert cost < standard  # half price, as the issue found missing
+        if tier == "priority":
+            assert cost > standard
+
+    def test_fast_path_and_body_scan_agree(self) -> None:
+        import json
+
+        body = {"id": "c", "model": "gpt-5", "service_tier": "flex", "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 2}}  # fmt: skip
+        fast = ChatCompletions().fast_body(json.dumps(body).encode())
+        assert fast is not None and fast.context == (("service_tier", "flex"),)
+
+    def test_anthropic_fast_mode(self) -> None:
+        usage = {"input_tokens": 1000, "output_tokens": 1000, "speed": "fast"}
+        body = {"type": "message", "model": "claude-opus-4-8", "usage": usage, "id": "m"}
+        r = Messages().body(body)
+        assert r is not None and r.context == (("speed", "fast"),)
+        cost, found = price_usage(r.usage, "claude-opus-4-8", "anthropic", context=r.context)  # type: ignore[arg-type]
+        assert found is not None
+        expected = genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=1000, output_tokens=1000),
+            "claude-opus-4-8",
+            provider_id="anthropic",
+            price_context={"speed": "fast"},
+        ).total_price
+        standard, _ = price_usage(Usage(1000, 1000), "claude-opus-4-8", "anthropic")
+        assert cost == expected and standard is not None and cost is not None and cost > standard
+
+    def test_an_unknown_context_is_the_standard_price(self) -> None:
+        weird = (("service_tier", "scale"),)
+        assert (
+            price_usage(Usage(10, 2), "gpt-4o", "openai", context=weird)[0]
+            == price_usage(Usage(10, 2), "gpt-4o", "openai")[0]
+        )
+
+
+def test_azure_stream_whose_first_chunk_has_no_model() -> None:
+    """Azure's first chunk carries prompt filter results and "model": "": the model is the first
+    non-empty one."""
+    import json
+
+    stream = ChatCompletions().stream()
+    chunks = [
+        {"id": "", "model": "", "choices": [], "prompt_filter_results": []},
+        {"id": "c1", "model": "gpt-4o-2024-11-20", "choices": [{"delta": {"content": "hi"}}]},
+    ]
+    for c in chunks:
+        stream.event("", json.dumps(c).encode())
+    assert stream.result.model == "gpt-4o-2024-11-20"

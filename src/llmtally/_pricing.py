@@ -75,7 +75,8 @@ class Resolved:
 _lock = threading.Lock()
 _resolved: dict[tuple[str | None, str | None, str | None, str], Resolved | None] = {}
 _plans: dict[int, _Plan] = {}
-_fixed: dict[tuple[str, str | None, str | None, str | None], tuple[_Plan, Resolved]] = {}
+#: (model, provider, api_url, fallback[, context]) -> the plan of a price that does not change in time.
+_fixed: dict[tuple[Any, ...], tuple[_Plan, Resolved]] = {}
 _warned: set[str] = set()
 
 
@@ -266,11 +267,18 @@ def price_usage(
     api_url: str | None = None,
     fallback: str | None = None,
     at: float | datetime | None = None,
+    context: tuple[tuple[str, str], ...] | None = None,
 ) -> tuple[Decimal | None, Resolved | None]:
-    """(cost, catalogue entry) for one call; ``(None, None)`` when the model's price is unknown."""
+    """(cost, catalogue entry) for one call; ``(None, None)`` when the model's price is unknown.
+
+    ``context`` is what the response said of how it was served, as the catalogue's price variants
+    name it (``(("service_tier", "flex"),)``, ``(("speed", "fast"),)``): it selects those prices.
+    """
     if not model:
         return None, None
-    key = (model, provider, api_url, fallback)
+    key: tuple[Any, ...] = (
+        (model, provider, api_url, fallback, context) if context else (model, provider, api_url, fallback)
+    )
     fast = _fixed.get(key)
     if fast is not None:  # a model whose price does not depend on the time: one cached plan
         plan, entry = fast
@@ -279,6 +287,8 @@ def price_usage(
         except ValueError as exc:
             log.warning("llmtally: cannot price %s usage %r: %s", model, usage, exc)
             return None, None
+    if context:
+        return _price_in_context(usage, model, provider, api_url, fallback, at, context, key)
     found = resolve(model, provider, api_url, fallback)
     if found is not None and not isinstance(found.info.prices, list):
         plan = _plan(found.info.prices)
@@ -292,6 +302,61 @@ def price_usage(
     except (ValueError, ArithmeticError, TypeError, AttributeError) as exc:
         log.warning("llmtally: cannot price %s usage %r: %s", model, usage, exc)
         return None, None
+
+
+#: (id of the standard price set, ids of the variants that apply) -> (merged price set, its plan).
+_variant_plans: dict[tuple[int, tuple[int, ...]], tuple[Any, _Plan]] = {}
+
+
+def _price_in_context(
+    usage: Usage,
+    model: str,
+    provider: str | None,
+    api_url: str | None,
+    fallback: str | None,
+    at: float | datetime | None,
+    context: tuple[tuple[str, str], ...],
+    key: tuple[Any, ...],
+) -> tuple[Decimal | None, Resolved | None]:
+    found = resolve(model, provider, api_url, fallback)
+    if found is None:
+        _warn_unknown(model, provider)
+        return None, None
+    info = found.info
+    ts = _timestamp(at)
+    standard = _model_price(info, ts)
+    wanted = dict(context)
+    variants = tuple(
+        v
+        for v in info.price_variants or ()
+        if (v.constraint is None or v.constraint.active(ts))
+        and all(wanted.get(k) == value for k, value in v.when.items())
+    )
+    try:
+        if not variants:  # a context this model's prices do not vary by: its standard prices
+            plan = _plan(standard)
+        else:
+            variant_key = (id(standard), tuple(id(v) for v in variants))
+            cached = _variant_plans.get(variant_key)
+            if cached is None:
+                merged = info.get_prices(ts, wanted)
+                cached = (merged, _plan(merged))
+                with _lock:
+                    _variant_plans[variant_key] = cached
+            plan = cached[1]
+        if not isinstance(info.prices, list) and all(v.constraint is None for v in info.price_variants or ()):
+            with _lock:  # the same for every call in this context: the fast path from now on
+                _fixed[key] = (plan, found)
+        return _apply(plan, usage), found
+    except (ValueError, ArithmeticError, TypeError, AttributeError) as exc:
+        log.warning("llmtally: cannot price %s usage %r: %s", model, usage, exc)
+        return None, None
+
+
+def _timestamp(at: float | datetime | None) -> datetime:
+    if at is None:
+        return datetime.now(tz=UTC)
+    return at if isinstance(at, datetime) else datetime.fromtimestamp(at, tz=UTC)
 
 
 def _warn_unknown(model: str, provider: str | None) -> None:

@@ -83,8 +83,15 @@ def settle(ex: Exchange) -> None:
                     _failed_step(ex, "count the tokens of")
                 if call.usage is not None and parser.priced:
                     try:  # 4. price
+                        call.context = result.context
                         cost, source = price_usage(
-                            call.usage, call.model, provider, api_url, parser.provider, call.started_at
+                            call.usage,
+                            call.model,
+                            provider,
+                            api_url,
+                            parser.provider,
+                            call.started_at,
+                            result.context,
                         )
                         if source is not None:
                             call.cost, call.price_source, call.provider = (

@@ -150,6 +150,7 @@ class Call:
     # request, cold, right after the SDK's own work (no instance dict to grow attribute by attribute).
     __slots__ = (
         "computed_cost",
+        "context",
         "cost",
         "currency",
         "endpoint",
@@ -196,6 +197,7 @@ class Call:
         tags: Mapping[str, object] = NO_TAGS,
         span: object = None,
         computed_cost: Decimal | None = None,
+        context: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
         self.provider = provider
         self.endpoint = endpoint
@@ -219,6 +221,9 @@ class Call:
         #: The OpenTelemetry span current when the request was sent (only with ``configure(otel=...)``).
         self.span = span
         self.computed_cost = computed_cost
+        #: How the response says it was served, where that changes the price: the service tier,
+        #: the speed (``(("service_tier", "flex"),)``); ``None`` when it says nothing.
+        self.context = context
 
     @property
     def priced(self) -> bool:

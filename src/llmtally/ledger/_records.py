@@ -54,6 +54,8 @@ ADDED_KINDS: dict[int, tuple[str, ...]] = {
 ADDED_COLUMNS: dict[int, tuple[tuple[str, str], ...]] = {
     # What llmtally's prices make of a call whose provider reported its own cost (in ``cost``).
     3: (("computed_cost", "TEXT"),),
+    # How the call was served where that changed its price: JSON, {"service_tier": "flex"}.
+    5: (("price_context", "TEXT"),),
 }
 #: Bumped with every change to the columns; each backend migrates older ledgers forward.
 SCHEMA_VERSION = max((*ADDED_KINDS, *ADDED_COLUMNS), default=1)
@@ -244,6 +246,8 @@ def _other(call: Call, name: str) -> Any:
     """A later column that is not a token kind (``ADDED_COLUMNS``)."""
     if name == "computed_cost":
         return None if call.computed_cost is None else str(call.computed_cost)
+    if name == "price_context":
+        return None if not call.context else json.dumps(dict(call.context), sort_keys=True)
     raise KeyError(name)  # pragma: no cover - a column added without its value here
 
 

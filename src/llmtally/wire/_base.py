@@ -142,6 +142,9 @@ class Result:
     request_id: str | None = None
     text: list[str] = field(default_factory=Text)
     cost: Decimal | None = None
+    #: How the response says it was served, in the catalogue's price-variant terms
+    #: (``(("service_tier", "flex"),)``, ``(("speed", "fast"),)``): it selects the prices.
+    context: tuple[tuple[str, str], ...] | None = None
 
 
 class StreamParser:
@@ -210,3 +213,10 @@ class Parser:
     def model_in_path(self, path: str) -> str | None:
         """The requested model, for APIs that name it in the URL rather than the body (Gemini)."""
         return None
+
+
+def served_as(key: str, value: Any) -> tuple[tuple[str, str], ...] | None:
+    """A price context of one (key, value), if the value is a short plain string."""
+    if isinstance(value, str) and 0 < len(value) <= 32:
+        return ((key, value),)
+    return None

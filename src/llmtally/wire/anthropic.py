@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from .._core.usage import Usage
-from ._base import Parser, Result, StreamParser, as_int, as_str, loads
+from ._base import Parser, Result, StreamParser, as_int, as_str, loads, served_as
 
 __all__ = ["Messages", "VertexMessages", "messages_usage"]
 
@@ -83,6 +83,8 @@ class _MessagesStream(StreamParser):
                 fields[k] = as_int(u[k])
         if isinstance(u.get("cache_creation"), dict):
             self._creation = u["cache_creation"]
+        if "speed" in u:
+            self.result.context = served_as("speed", u["speed"])
         _extras(u, fields)
         self._fields = fields
         self.result.usage = _to_usage(fields, self._creation)
@@ -122,7 +124,11 @@ class Messages(Parser):
         # OpenAI's Assistants API also POSTs to .../messages; its objects say "object": "thread.message".
         if "object" in obj or obj.get("type", "message") != "message":
             return None
-        return Result(as_str(obj.get("model")), messages_usage(obj.get("usage")), as_str(obj.get("id")))
+        u = obj.get("usage")
+        result = Result(as_str(obj.get("model")), messages_usage(u), as_str(obj.get("id")))
+        if isinstance(u, dict) and "speed" in u:  # Opus's fast mode is priced apart
+            result.context = served_as("speed", u["speed"])
+        return result
 
     def stream(self, request: bytes = b"") -> StreamParser:
         return _MessagesStream()

@@ -20,7 +20,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .._core.usage import Usage
-from ._base import Parser, Result, StreamParser, as_int, as_str, key_string, loads, object_after
+from ._base import Parser, Result, StreamParser, as_int, as_str, key_string, loads, object_after, served_as
 
 if TYPE_CHECKING:
     from decimal import Decimal
@@ -197,9 +197,11 @@ class _ChatStream(StreamParser):
         obj = loads(data)
         if obj is None:
             return
-        if r.model is None:
-            r.model = as_str(obj.get("model"))
+        if not r.model:  # the first non-empty one: Azure's first chunk says "model": ""
+            r.model = as_str(obj.get("model")) or None
             r.request_id = as_str(obj.get("id"))
+        if r.context is None and "service_tier" in obj:
+            r.context = served_as("service_tier", obj["service_tier"])
         usage = obj.get("usage")
         if not usage:
             # Groq's default streams carry usage only in their last chunk's x_groq.
@@ -247,6 +249,8 @@ class ChatCompletions(Parser):
         result = Result(as_str(obj.get("model")), chat_usage(u), as_str(obj.get("id")))
         if type(u) is dict and "cost" in u:
             result.cost = reported_cost(u)
+        if "service_tier" in obj:  # OpenAI's flex and priority tiers are priced apart
+            result.context = served_as("service_tier", obj["service_tier"])
         if result.usage is None:
             # A server that reports no usage: keep the answer's text to count it offline.
             for choice in obj.get("choices") or ():
@@ -271,6 +275,8 @@ class ChatCompletions(Parser):
         result = Result(key_string(content, b'"model"'), usage, key_string(content, b'"id"'))
         if "cost" in u:
             result.cost = reported_cost(u)
+        if b'"service_tier"' in content:
+            result.context = served_as("service_tier", key_string(content, b'"service_tier"'))
         return result
 
     def request_text(self, obj: dict[str, Any]) -> tuple[list[str], int]:
@@ -344,6 +350,7 @@ class _ResponsesStream(StreamParser):
             usage = responses_usage(response.get("usage"))
             if usage is not None:
                 r.usage = usage
+            r.context = served_as("service_tier", response.get("service_tier")) or r.context
 
 
 class Responses(Parser):
@@ -353,7 +360,9 @@ class Responses(Parser):
     def body(self, obj: dict[str, Any]) -> Result | None:
         if obj.get("object", "response") != "response":
             return None
-        return Result(as_str(obj.get("model")), responses_usage(obj.get("usage")), as_str(obj.get("id")))
+        result = Result(as_str(obj.get("model")), responses_usage(obj.get("usage")), as_str(obj.get("id")))
+        result.context = served_as("service_tier", obj.get("service_tier"))
+        return result
 
     def stream(self, request: bytes = b"") -> StreamParser:
         return _ResponsesStream()
