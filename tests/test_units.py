@@ -210,3 +210,28 @@ def test_azure_stream_whose_first_chunk_has_no_model() -> None:
     for c in chunks:
         stream.event("", json.dumps(c).encode())
     assert stream.result.model == "gpt-4o-2024-11-20"
+
+
+def test_service_tier_through_the_openai_sdk() -> None:
+    """openai, JSON and streamed, against the fake answering at the flex tier."""
+    import openai
+
+    from llmtally.testing import FakeProvider, Reply
+
+    fake = FakeProvider(handler=lambda req: Reply(prompt_tokens=10_000, completion_tokens=2_000,
+                                                  service_tier="flex", model="o3"))  # fmt: skip
+    with fake.serve() as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0)
+        messages: Any = [{"role": "user", "content": "hi"}]
+        with llmtally.track() as t:
+            client.chat.completions.create(model="o3", messages=messages, service_tier="flex")
+            for _ in client.chat.completions.create(
+                model="o3", messages=messages, stream=True, stream_options={"include_usage": True}
+            ):
+                pass
+    flex = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=10_000, output_tokens=2_000), "o3", provider_id="openai",
+        price_context={"service_tier": "flex"},
+    ).total_price  # fmt: skip
+    assert t.requests == 2 and t.cost == 2 * flex
+    assert [c.context for c in t.calls] == [(("service_tier", "flex"),)] * 2

@@ -105,6 +105,7 @@ def chat_completions(request: FakeRequest, reply: Reply, model: str) -> Answer:
         "id": reply.request_id or new_id("chatcmpl-"),
         "created": now(),
         "model": model,
+        "service_tier": reply.service_tier or "default",
         "system_fingerprint": _FINGERPRINT,
     }
     dialect = _dialect(request)

@@ -70,7 +70,8 @@ class Reply:
     ``request_id`` becomes the ``x-request-id`` (OpenAI) or ``request-id`` (Anthropic) header and the
     body id. ``headers`` are added to the response as they are. ``cost`` is the cost a provider that
     reports its own puts in ``usage.cost`` (OpenRouter, at ``/api/v1/chat/completions``), as a
-    decimal string such as ``"0.0042"``.
+    decimal string such as ``"0.0042"``. ``service_tier`` is what an OpenAI answer says it was served
+    at (``"flex"``, ``"priority"``; OpenAI sends ``"default"`` otherwise).
     """
 
     text: str | None = None
@@ -94,6 +95,7 @@ class Reply:
     request_id: str | None = None
     headers: dict[str, str] | None = None
     cost: str | None = None
+    service_tier: str | None = None
 
     @property
     def content(self) -> str:
