@@ -235,3 +235,41 @@ def test_service_tier_through_the_openai_sdk() -> None:
     ).total_price  # fmt: skip
     assert t.requests == 2 and t.cost == 2 * flex
     assert [c.context for c in t.calls] == [(("service_tier", "flex"),)] * 2
+
+
+class TestAnthropicStreams:
+    def test_served_without_its_content_type(self) -> None:
+        """A proxy that serves the stream as application/json: read as SSE by its content, because
+        the request asked for a stream."""
+        import anthropic
+
+        from llmtally.testing import FakeProvider, Reply
+
+        reply = Reply(text="Hello there friend", prompt_tokens=11, completion_tokens=6,
+                      headers={"content-type": "application/json"})  # fmt: skip
+        fake = FakeProvider(handler=lambda req: reply)
+        with fake.serve() as url:
+            client = anthropic.Anthropic(base_url=url, api_key="sk-ant-test", max_retries=0)
+            with llmtally.track() as t:
+                events = list(
+                    client.messages.create(
+                        model="claude-sonnet-4-5", max_tokens=100, stream=True,
+                        messages=[{"role": "user", "content": "hi"}],
+                    )
+                )  # fmt: skip
+        assert events and (t.prompt_tokens, t.completion_tokens, t.estimated_requests) == (11, 6, 0)
+
+    def test_closed_after_message_start_is_estimated(self) -> None:
+        """The output count in message_start is a placeholder: a stream closed there is estimated."""
+        import httpx2
+
+        from llmtally.testing import FakeProvider, Reply
+
+        fake = FakeProvider([Reply(text="x", prompt_tokens=11, completion_tokens=6)])
+        client = httpx2.Client(transport=fake.httpx2_transport())
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True, "messages": []}
+        with llmtally.track() as t:
+            with client.stream("POST", "http://fake/v1/messages", json=body,
+                               headers={"anthropic-version": "2023-06-01"}) as r:  # fmt: skip
+                next(r.iter_lines())  # event: message_start
+        assert t.requests == 1 and t.estimated_requests == 1 and t.prompt_tokens == 11

@@ -47,6 +47,9 @@ __all__ = ["Exchange", "State", "begin", "outer", "request_bytes"]
 log = logging.getLogger("llmtally")
 
 _JSON_START = re.compile(rb"\s*[{\[]")
+#: A body that is server-sent events whatever its content type says (a proxy that drops it).
+_SSE_START = re.compile(rb"\s*(?:event:|data:|id:|retry:|:)")
+_ASKED_STREAM = re.compile(rb'"stream"\s*:\s*true')
 #: A URL's query string in an error message (urllib3's and requests' name the URL): where Gemini,
 #: signed URLs and some gateways put keys, so it never reaches a log or the ledger.
 _QUERY = re.compile(r"\?[^\s'\"<>()]*=[^\s'\"<>()]*")
@@ -243,6 +246,11 @@ class Exchange:
         body = self._request_body
         return body if type(body) is bytes else b""
 
+    def _sse_by_content(self, content: bytes) -> bool:
+        """Server-sent events by their content, when the request asked for a stream: some proxies
+        serve them as ``application/json`` or ``text/plain``."""
+        return _SSE_START.match(content) is not None and _ASKED_STREAM.search(self.request_body()) is not None
+
     def check_limits(self) -> None:
         """Refuse the request if a limit of an enclosing scope says so (raises ``BudgetExceeded``)."""
         for tally in self.scopes:
@@ -289,6 +297,8 @@ class Exchange:
         # A JSON body needs no header lookup: most answers are JSON objects.
         if content[:1] != b"{" and _JSON_START.match(content) is None:
             framing = self._framing(content_type)
+            if framing is None and self._sse_by_content(content):
+                framing = wire.SSEDecoder()
             if framing is not None:  # a stream read whole (SSE, an AWS event stream)
                 self._begin_stream(framing)
                 self._feed_decoded(content)
@@ -399,9 +409,17 @@ class Exchange:
         if state is State.COLLECTING:
             whole = self._decoder
             self._decoder = None
-            self.content = whole.body()
-            self._queue(State.BODY, flush)
-            return
+            content = whole.body()
+            if not self._sse_by_content(content):
+                self.content = content
+                self._queue(State.BODY, flush)
+                return
+            self._begin_stream(wire.SSEDecoder())  # a stream served under another content type
+            state = self.state
+            try:
+                self._feed_decoded(content)
+            except Exception:
+                log.exception("llmtally: could not read a stream; counting it from what was read")
         if state is not State.STREAMING:
             return
         try:

@@ -282,12 +282,10 @@ def _count(ex: Exchange, call: Call, result: wire.Result) -> None:
         return
     stream = ex.stream_parser
     if stream is not None and not stream.complete:
-        # Closed before the final count (Anthropic's message_delta): the output so far is at
-        # least what the caller already received.
-        seen = _output_estimate(ex, result, call.model)
-        if seen > usage.completion_tokens:
-            usage.completion_tokens = seen
-            call.estimated = True
+        # Closed before the final count (Anthropic's message_delta): the output count is not the
+        # final one, and is at least what the caller already received.
+        usage.completion_tokens = max(usage.completion_tokens, _output_estimate(ex, result, call.model))
+        call.estimated = True
     call.usage = usage
 
 
