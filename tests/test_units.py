@@ -273,3 +273,17 @@ class TestAnthropicStreams:
                                headers={"anthropic-version": "2023-06-01"}) as r:  # fmt: skip
                 next(r.iter_lines())  # event: message_start
         assert t.requests == 1 and t.estimated_requests == 1 and t.prompt_tokens == 11
+
+
+def test_responses_cache_writes() -> None:
+    """OpenAI's Responses API reports cache writes in input_tokens_details: priced as genai-prices."""
+    from llmtally.wire.openai import Responses
+
+    body = {"object": "response", "id": "resp_1", "model": "gpt-6-sol", "usage": {
+        "input_tokens": 20_000, "output_tokens": 1_000, "total_tokens": 21_000,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 16_000},
+        "output_tokens_details": {"reasoning_tokens": 0}}}  # fmt: skip
+    r = Responses().body(body)
+    assert r is not None and r.usage is not None and r.usage.cache_write_tokens == 16_000
+    assert ours(r.usage, "gpt-6-sol", "openai") == theirs(body, "gpt-6-sol", "openai", "responses")
+    assert ours(r.usage, "gpt-6-sol", "openai") != ours(Usage(20_000, 1_000), "gpt-6-sol", "openai")
