@@ -208,3 +208,26 @@ class TestHourlyRollup:
         conn.close()
         assert n == len(CALLS)
         assert Decimal(cost) * Decimal("1e-12") == sum((c.cost or Decimal(0) for c in CALLS), Decimal(0))
+
+
+def test_the_table_shows_a_unit_only_where_some_call_had_it() -> None:
+    """Prompt and completion always; web searches, audio and the rest only when not all zero (CSV
+    and JSON keep every column)."""
+    import io
+    from decimal import Decimal
+
+    from llmtally._report import ReportRow
+    from llmtally._report.render import render
+
+    plain = ReportRow(
+        requests=1, prompt_tokens=10, completion_tokens=5, keys=("gpt-4o",), cost=Decimal("0.1")
+    )
+    searched = ReportRow(requests=1, prompt_tokens=10, completion_tokens=5, web_searches=3,
+                         keys=("claude-sonnet-4-5",), cost=Decimal("0.2"))  # fmt: skip
+    for rows, shown in (([plain], False), ([plain, searched], True)):
+        out = io.StringIO()
+        render(rows, ["model"], "table", out)
+        assert ("Searches" in out.getvalue()) is shown and "Audio in" not in out.getvalue()
+        out = io.StringIO()
+        render(rows, ["model"], "csv", out)
+        assert "web_searches" in out.getvalue().splitlines()[0]

@@ -58,9 +58,13 @@ def _table(rows: Sequence[ReportRow], by: Sequence[str], out: TextIO) -> None:
 
     table = Table(show_footer=True, header_style="bold", footer_style="bold")
     total = totals(rows)
+    # The requests, prompt and completion always; every other kind only where some call had it
+    # (CSV and JSON keep every column).
+    always = {"requests", "failed_requests", "prompt_tokens", "completion_tokens"}
+    numbers = [(name, label) for name, label in _NUMBERS if name in always or getattr(total, name)]
     for i, key in enumerate(by):
         table.add_column(key, footer="Total" if i == 0 else "")
-    for name, label in _NUMBERS:
+    for name, label in numbers:
         table.add_column(label, justify="right", footer=f"{getattr(total, name):,}")
     table.add_column("Cost (USD)", justify="right", footer=_money(total.cost))
     table.add_column("Unpriced", justify="right", footer=f"{total.unpriced_requests:,}")
@@ -68,12 +72,12 @@ def _table(rows: Sequence[ReportRow], by: Sequence[str], out: TextIO) -> None:
     for r in rows:
         table.add_row(
             *r.keys,
-            *(f"{getattr(r, name):,}" for name, _ in _NUMBERS),
+            *(f"{getattr(r, name):,}" for name, _ in numbers),
             _money(r.cost),
             f"{r.unpriced_requests:,}" if r.unpriced_requests else "",
             f"{r.estimated_requests:,}" if r.estimated_requests else "",
         )
-    console = Console(file=out, width=max(100, 14 * (len(by) + len(_NUMBERS) + 3)), force_terminal=False)
+    console = Console(file=out, width=max(100, 14 * (len(by) + len(numbers) + 3)), force_terminal=False)
     console.print(table)
     if total.unpriced_requests:
         console.print(
