@@ -56,12 +56,21 @@ MODELS = [
 SEED = 20240601
 
 
-def draw(n: int, seed: int = SEED) -> list[tuple[str, dict[str, int]]]:
-    """``n`` (model, usage) pairs in llmtally's keywords (input includes cache reads and writes)."""
+#: With --every-unit: models that price audio, images or web searches join the draw.
+UNIT_MODELS = ["gpt-audio", "gpt-4o-audio-preview", "gpt-realtime", "claude-sonnet-4-5", "gemini-2.5-flash"]
+
+
+def draw(n: int, seed: int = SEED, every_unit: bool = False) -> list[tuple[str, dict[str, int]]]:
+    """``n`` (model, usage) pairs in llmtally's keywords (input includes cache reads and writes).
+
+    ``every_unit`` adds audio and image input, cached audio, audio output and web searches to
+    a third of the pairs (the input split consistently, as a response reports it).
+    """
     rng = random.Random(seed)
     pairs = []
+    models = MODELS + UNIT_MODELS if every_unit else MODELS
     for _ in range(n):
-        model = rng.choice(MODELS)
+        model = rng.choice(models)
         if rng.random() < 0.25:
             total_in = rng.randint(150_000, 400_000)  # around the 200k tier cliffs
         else:
@@ -70,18 +79,27 @@ def draw(n: int, seed: int = SEED) -> list[tuple[str, dict[str, int]]]:
         cache_write = rng.randint(0, total_in - cached) if rng.random() < 0.3 else 0
         output = int(10 ** rng.uniform(0, 4.3))
         reasoning = rng.randint(0, output) if rng.random() < 0.5 else 0
-        pairs.append(
-            (
-                model,
-                {
-                    "input_tokens": total_in,
-                    "output_tokens": output,
-                    "cached_tokens": cached,
-                    "cache_write_tokens": cache_write,
-                    "reasoning_tokens": reasoning,
-                },
-            )
-        )
+        usage = {
+            "input_tokens": total_in,
+            "output_tokens": output,
+            "cached_tokens": cached,
+            "cache_write_tokens": cache_write,
+            "reasoning_tokens": reasoning,
+        }
+        if every_unit and rng.random() < 0.35:
+            # Split the input into text, audio and image, the cache reads into text and audio.
+            audio = rng.randint(0, total_in)
+            image = rng.randint(0, total_in - audio)
+            cached_audio = rng.randint(0, min(cached, audio))
+            if cached - cached_audio > total_in - audio - image:  # cached text fits the text part
+                cached = cached_audio + (total_in - audio - image)
+                usage["cached_tokens"] = cached
+                usage["cache_write_tokens"] = 0
+            out_audio = rng.randint(0, output - reasoning)
+            usage |= {"input_audio_tokens": audio, "input_image_tokens": image,
+                      "cached_audio_tokens": cached_audio, "output_audio_tokens": out_audio,
+                      "web_searches": rng.randint(0, 5)}  # fmt: skip
+        pairs.append((model, usage))
     return pairs
 
 
@@ -104,6 +122,18 @@ def contenders(
                 cache_write_tokens=u["cache_write_tokens"],
                 output_tokens=u["output_tokens"],
                 output_reasoning_tokens=u["reasoning_tokens"],
+                **(
+                    {
+                        "input_audio_tokens": u["input_audio_tokens"],
+                        "input_image_tokens": u["input_image_tokens"],
+                        "cache_audio_read_tokens": u["cached_audio_tokens"],
+                        "cache_image_read_tokens": 0,
+                        "output_audio_tokens": u["output_audio_tokens"],
+                        "web_searches": u["web_searches"],
+                    }
+                    if "web_searches" in u
+                    else {}
+                ),
             ),
         )
         for model, u in pairs
@@ -187,8 +217,8 @@ def agreement(reference: list[Decimal], other: list[Any], exact: bool) -> dict[s
     return out
 
 
-def run(n: int, rounds: int, peers: bool) -> dict[str, Any]:
-    pairs = draw(n)
+def run(n: int, rounds: int, peers: bool, every_unit: bool = False) -> dict[str, Any]:
+    pairs = draw(n, every_unit=every_unit)
     fns, notes = contenders(pairs, peers)
     results = {name: fn() for name, fn in fns.items()}  # warm-up, and the prices to check
     ref, ours = results["genai-prices"], results["llmtally"]
@@ -283,9 +313,12 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--no-peers", action="store_true", help="only llmtally and genai-prices")
+    ap.add_argument(
+        "--every-unit", action="store_true", help="audio, image, cached audio, web searches too (no peers)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    res = run(args.pairs, args.rounds, not args.no_peers)
+    res = run(args.pairs, args.rounds, not (args.no_peers or args.every_unit), args.every_unit)
     C.emit(res, render(res), args.json)
     if res["mismatches"]:
         sys.exit(1)

@@ -102,5 +102,6 @@ class TestSpans:
         attrs = dict(span.attributes or {})
         assert attrs["gen_ai.usage.input_tokens"] == 1000 and attrs["gen_ai.usage.output_tokens"] == 100
         assert attrs["gen_ai.usage.cache_read.input_tokens"] == 400
+        assert attrs["llmtally.usage.web_searches"] == 0 and attrs["llmtally.usage.input_audio_tokens"] == 0
         expected = llmtally.cost_of("gpt-4o", input_tokens=1000, output_tokens=100, cached_tokens=400)
         assert attrs["llmtally.cost_usd"] == str(expected)

@@ -105,20 +105,38 @@ class Usage:
     )
     #: Input audio (gpt-4o-audio, gpt-realtime, Gemini): priced apart from text input.
     input_audio_tokens: int = _kind(
-        "Audio Input Tokens", "Audio in", within="prompt_tokens", price="input_audio_tokens"
+        "Audio Input Tokens",
+        "Audio in",
+        within="prompt_tokens",
+        price="input_audio_tokens",
+        span="llmtally.usage.input_audio_tokens",
     )
     #: The part of the cache reads that is audio.
     cached_audio_tokens: int = _kind(
-        "Cached Audio Tokens", "Cached audio", within="cached_tokens", price="cache_audio_read_tokens"
+        "Cached Audio Tokens",
+        "Cached audio",
+        within="cached_tokens",
+        price="cache_audio_read_tokens",
+        span="llmtally.usage.cached_audio_tokens",
     )
     output_audio_tokens: int = _kind(
-        "Audio Output Tokens", "Audio out", within="completion_tokens", price="output_audio_tokens"
+        "Audio Output Tokens",
+        "Audio out",
+        within="completion_tokens",
+        price="output_audio_tokens",
+        span="llmtally.usage.output_audio_tokens",
     )
     input_image_tokens: int = _kind(
-        "Image Input Tokens", "Image in", within="prompt_tokens", price="input_image_tokens"
+        "Image Input Tokens",
+        "Image in",
+        within="prompt_tokens",
+        price="input_image_tokens",
+        span="llmtally.usage.input_image_tokens",
     )
     #: Server-side web searches the model ran (Anthropic's ``server_tool_use``), priced per search.
-    web_searches: int = _kind("Web Searches", "Searches", price="web_searches", tokens=False)
+    web_searches: int = _kind(
+        "Web Searches", "Searches", price="web_searches", span="llmtally.usage.web_searches", tokens=False
+    )
 
     @property
     def total_tokens(self) -> int:
