@@ -231,8 +231,9 @@ def configure(
     flush_interval: float | None = None,
     otel: bool | MeterProvider | None = None,
     providers: Mapping[str, str] | None = None,
+    prices: str | None = None,
 ) -> None:
-    """Set where llmtally records calls, and which provider a gateway serves.
+    """Set where llmtally records calls, which provider a gateway serves, and your own prices.
 
     ``ledger`` is a URL: ``sqlite:///path.db`` (``sqlite://`` for the default file in the user's
     data directory), ``postgresql://user:password@host/dbname`` or ``none``. Once a ledger is set,
@@ -255,10 +256,52 @@ def configure(
 
         llmtally.configure(providers={"llm-gateway.internal": "openai",
                                       "https://proxy.example.com/groq": "groq"})
+
+    ``prices`` is a TOML price file (see the README) whose prices win over the catalogue's; it
+    replaces the file set before (``""`` for none). ``LLMTALLY_PRICES`` in the environment, else
+    ``~/.config/llmtally/prices.toml`` if it exists, is read when nothing is configured. A file that
+    cannot be used raises ``ValueError`` naming the file, line and field, and changes nothing.
     """
     from ._runtime import RUNTIME
 
-    RUNTIME.configure(ledger=ledger, flush_interval=flush_interval, otel=otel, providers=providers)
+    RUNTIME.configure(
+        ledger=ledger, flush_interval=flush_interval, otel=otel, providers=providers, prices=prices
+    )
+
+
+def set_price(
+    model: str,
+    *,
+    provider: str | None = None,
+    match: str = "model",
+    valid_from: str | None = None,
+    **units: str | float | int,
+) -> None:
+    """Your own price for ``model``, in USD per million tokens (web searches: per thousand); it wins
+    over the catalogue and over price files::
+
+        llmtally.set_price("ft:gpt-4o-mini:acme::7Hz", input="0.30", output="1.20", cached="0.15")
+        llmtally.set_price("llama3.2", provider="ollama", input=0, output=0)  # a local model: free
+        llmtally.set_price("my-llama-", match="prefix", input="0.10", output="0.10")
+
+    ``match`` is ``"model"`` (the exact name), ``"prefix"`` or ``"pattern"`` (a regular expression
+    matching the whole name). The units are ``input``, ``output``, ``cached``, ``cache_write``,
+    ``cache_write_1h``, ``input_audio``, ``cached_audio``, ``output_audio``, ``input_image`` and
+    ``web_searches``. A bad price raises ``ValueError`` naming it.
+    """
+    from ._core import user_prices
+
+    if match not in ("model", "prefix", "pattern"):
+        raise user_prices.PriceFileError(
+            f"set_price: match must be 'model', 'prefix' or 'pattern', not {match!r}"
+        )
+    item: dict[str, object] = {match: model, **units}
+    if provider is not None:
+        item["provider"] = provider
+    if valid_from is not None:
+        item["valid_from"] = valid_from
+    entry = user_prices.parse_entry(item, "set_price", 0)
+    user_prices.set_entries(calls=(*user_prices.entries_set_by_calls(), entry))
 
 
 def flush(timeout: float | None = 30) -> bool:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ._core import user_prices
 from ._core.usage import KINDS, Usage
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ _plans: dict[int, _Plan] = {}
 #: (model, provider, api_url, fallback[, context]) -> the plan of a price that does not change in time.
 _fixed: dict[tuple[Any, ...], tuple[_Plan, Resolved]] = {}
 _warned: set[str] = set()
+#: The user's prices are looked up only when there are some.
+_user_state = user_prices._state
+_NO_USER: tuple[tuple[()], tuple[()]] = ((), ())
 
 
 def _snapshot() -> Any:
@@ -276,6 +280,14 @@ def price_usage(
     """
     if not model:
         return None, None
+    if _user_state[0] != _NO_USER:
+        mine = _user_price(model, provider or fallback, at)
+        if mine is not None:
+            try:
+                return _apply(mine[0], usage), mine[1]
+            except ValueError as exc:
+                log.warning("llmtally: cannot price %s usage %r: %s", model, usage, exc)
+                return None, None
     key: tuple[Any, ...] = (
         (model, provider, api_url, fallback, context) if context else (model, provider, api_url, fallback)
     )
@@ -351,6 +363,51 @@ def _price_in_context(
     except (ValueError, ArithmeticError, TypeError, AttributeError) as exc:
         log.warning("llmtally: cannot price %s usage %r: %s", model, usage, exc)
         return None, None
+
+
+#: (model, provider, day, version of the user's prices) -> (plan, entry as found), or None.
+_user_found: dict[tuple[Any, ...], tuple[_Plan, Resolved] | None] = {}
+
+
+def _user_price(
+    model: str, provider: str | None, at: float | datetime | None
+) -> tuple[_Plan, Resolved] | None:
+    """The user's own price for ``model`` (a price file, ``set_price``), which wins over the catalogue."""
+    day = _timestamp(at).date()
+    key = (model, provider, day, user_prices.version())
+    try:
+        return _user_found[key]
+    except KeyError:
+        pass
+    entry = user_prices.match(model, provider, day)
+    found = None
+    if entry is not None:
+        plan, info = _entry_plan(entry)
+        found = (plan, Resolved(entry.provider or provider or "user", model, info, entry.source))
+    with _lock:
+        if len(_user_found) > 65_536:
+            _user_found.clear()
+        _user_found[key] = found
+    return found
+
+
+#: A user's price entry -> (its plan, a catalogue-like model entry holding its price set).
+_entry_plans: dict[user_prices.PriceEntry, tuple[_Plan, Any]] = {}
+
+
+def _entry_plan(entry: user_prices.PriceEntry) -> tuple[_Plan, Any]:
+    cached = _entry_plans.get(entry)
+    if cached is None:
+        from types import SimpleNamespace
+
+        from genai_prices.types import ModelPrice
+
+        model_price = ModelPrice(**dict(entry.prices))
+        info = SimpleNamespace(id=entry.name, prices=model_price, price_variants=None)
+        cached = (_plan(model_price), info)  # the plan is cached by id(): info keeps the set alive
+        with _lock:
+            _entry_plans[entry] = cached
+    return cached
 
 
 def _timestamp(at: float | datetime | None) -> datetime:

@@ -63,6 +63,7 @@ class Runtime:
         self._warming: threading.Thread | None = None
         #: ``configure(providers=...)`` was called: ``LLMTALLY_PROVIDERS`` no longer applies.
         self._providers_configured = False
+        self._prices_configured = False
 
     # -- start / stop -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -113,9 +114,12 @@ class Runtime:
         flush_interval: float | None = None,
         otel: Any = None,
         providers: Any = None,
+        prices: str | None = None,
     ) -> None:
         """See ``llmtally.configure``."""
         with self._lock:
+            if prices is not None:
+                self._configure_prices(prices)  # raises before anything changes
             if providers is not None:
                 self._configure_providers(providers)  # raises before anything changes
             if otel is not None:
@@ -139,6 +143,12 @@ class Runtime:
         self._set_sinks()
         if old is not None:
             old.close()
+
+    def _configure_prices(self, path: str) -> None:
+        from ._core import user_prices
+
+        user_prices.set_entries(files=user_prices.load(path) if path else ())
+        self._prices_configured = True
 
     def _configure_providers(self, providers: Any) -> None:
         from ._core import gateways
@@ -190,7 +200,15 @@ class Runtime:
         """Honour ``LLMTALLY_LEDGER`` and ``LLMTALLY_PROVIDERS`` unless ``configure()`` chose; a bad
         value is logged, not raised."""
         from ._core.gateways import ENV_PROVIDERS
+        from ._core.user_prices import ENV_PRICES, default_path
 
+        prices = os.environ.get(ENV_PRICES)
+        if not self._prices_configured and (prices or os.path.exists(default_path())):
+            try:
+                with self._lock:
+                    self._configure_prices(prices or default_path())
+            except ValueError as exc:
+                log.error("llmtally: %s; calls are priced without that price file", exc)
         providers = os.environ.get(ENV_PROVIDERS)
         if providers and not self._providers_configured:
             try:

@@ -1,0 +1,178 @@
+"""Your own prices: price files and set_price win over the catalogue; a bad file is an error that
+names the file, the line and the field, and leaves the prices in force as they were."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import openai
+import pytest
+
+import llmtally
+from llmtally._core import user_prices
+from llmtally.testing import FakeProvider, Reply
+
+M = Decimal(1_000_000)
+
+
+@pytest.fixture(autouse=True)
+def clean() -> Iterator[None]:
+    user_prices.set_entries(files=(), calls=())
+    yield
+    user_prices.set_entries(files=(), calls=())
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "prices.toml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def call(model: str, prompt: int = 1000, completion: int = 200, cached: int = 0) -> llmtally.Tally:
+    fake = FakeProvider(handler=lambda req: Reply(prompt_tokens=prompt, completion_tokens=completion,
+                                                  cached_tokens=cached, model=model))  # fmt: skip
+    with fake.serve() as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0)
+        with llmtally.track() as t:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    return t
+
+
+class TestSetPrice:
+    def test_an_unknown_model_is_priced(self) -> None:
+        assert call("acme-llm-7b").unpriced_requests == 1
+        llmtally.set_price("acme-llm-7b", input="0.30", output="1.20")
+        t = call("acme-llm-7b")
+        assert t.unpriced_requests == 0 and t.cost == (1000 * Decimal("0.30") + 200 * Decimal("1.20")) / M
+        assert t.calls[0].price_source == "set_price line 0"
+
+    def test_it_wins_over_the_catalogue(self) -> None:
+        catalogue = call("gpt-4o", cached=400).cost
+        llmtally.set_price("gpt-4o", input="1", output="4", cached="0.5")
+        mine = call("gpt-4o", cached=400).cost
+        assert mine != catalogue and mine == (600 * 1 + 400 * Decimal("0.5") + 200 * 4) / M
+
+    def test_prefix_pattern_provider_and_the_last_match(self) -> None:
+        llmtally.set_price("acme-", match="prefix", input="1", output="1")
+        llmtally.set_price(r"acme-.*-big", match="pattern", input="10", output="10")
+        llmtally.set_price("acme-small", provider="anthropic", input="99", output="99")  # not OpenAI's
+        assert call("acme-small").cost == 1200 * 1 / M
+        assert call("acme-x-big").cost == 1200 * 10 / M
+
+    def test_local_models_priced_at_zero(self) -> None:
+        llmtally.set_price("llama3.2", input=0, output=0)
+        t = call("llama3.2")
+        assert t.unpriced_requests == 0 and t.cost == 0
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"input": "abc"}, "field 'input': 'abc' is not a number"),
+            ({"input": "-1"}, "not a price"),
+            ({"input": True}, "must be a number"),
+            ({"inptu": "1"}, "field 'inptu': unknown field"),
+            ({}, "no price given"),
+            ({"input": "1", "match": "glob"}, "match must be"),
+        ],
+    )
+    def test_bad_prices_are_refused(self, kwargs: dict[str, object], message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            llmtally.set_price("m", **kwargs)  # type: ignore[arg-type]
+        assert user_prices.entries() == ()
+
+
+class TestPriceFile:
+    def test_file_with_line_in_the_source(self, tmp_path: Path) -> None:
+        path = write(tmp_path, """
+            # negotiated
+            [[price]]
+            model = "gpt-4o"
+            input = "1.00"
+            output = "4.00"
+
+            [[price]]
+            prefix = "acme-"
+            input = 2
+            output = 2
+        """)  # fmt: skip
+        llmtally.configure(prices=path)
+        t = call("gpt-4o")
+        assert t.cost == (1000 * 1 + 200 * 4) / M and t.calls[0].price_source == f"{path} line 3"
+        assert call("acme-1").calls[0].price_source == f"{path} line 8"
+        llmtally.configure(prices="")  # no file: the catalogue again
+        assert call("gpt-4o").cost != t.cost
+
+    def test_valid_from(self, tmp_path: Path) -> None:
+        path = write(tmp_path, """
+            [[price]]
+            model = "gpt-4o"
+            input = "1"
+            output = "1"
+            valid_from = "2999-01-01"
+        """)  # fmt: skip
+        llmtally.configure(prices=path)
+        assert call("gpt-4o").cost == llmtally.cost_of("gpt-4o", input_tokens=1000, output_tokens=200)
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ("[[price]]\nmodel = 'x'\ninput = 'abc'\n", r"line 3, field 'input': 'abc' is not a number"),
+            ("[[price]]\nmodel = 'x'\ninput = '1'\noutptu = '2'\n", r"line 4, field 'outptu': unknown field"),
+            ("[[price]]\ninput = '1'\n", r"line 1: give exactly one of model, prefix or pattern"),
+            ("[[price]]\nmodel = 'x'\nprefix = 'y'\ninput = '1'\n", "exactly one of"),
+            (
+                "[[price]]\npattern = '(('\ninput = '1'\n",
+                r"line 2, field 'pattern': not a regular expression",
+            ),
+            ("[[price]]\nmodel = 'x'\ninput = '-2'\n", r"line 3, field 'input': '-2' is not a price"),
+            ("[[price]]\nmodel = 'x'\ninput = '1'\nvalid_from = 'soon'\n", r"line 4, field 'valid_from'"),
+            ("[[price]]\nmodel = 'x'\ninput = '1'\ncurrency = 'CNY'\n", r"field 'currency'"),
+            ("[[price]]\nmodel = 'x'\n", r"line 1: no price given"),
+            ("[model]\nx = 1\n", "unknown table 'model'"),
+            ("[[price]\nmodel = ", "not a TOML price file"),
+        ],
+    )
+    def test_errors_name_file_line_and_field(self, tmp_path: Path, text: str, message: str) -> None:
+        good = write(tmp_path, "[[price]]\nmodel = 'acme'\ninput = '1'\noutput = '1'\n")
+        llmtally.configure(prices=good)
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message) as info:
+            llmtally.configure(prices=str(bad))
+        assert str(bad) in str(info.value)
+        assert call("acme").cost == 1200 / M  # the prices in force are as they were
+
+    def test_a_missing_file(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="cannot read the price file"):
+            llmtally.configure(prices=str(tmp_path / "nope.toml"))
+
+    def test_from_the_environment(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "[[price]]\nmodel = 'acme'\ninput = '3'\noutput = '3'\n")
+        code = textwrap.dedent("""
+            import llmtally, openai
+            from llmtally.testing import FakeProvider, Reply
+            fake = FakeProvider([Reply(prompt_tokens=1000, completion_tokens=200, model="acme")])
+            with fake.serve() as url, llmtally.track() as t:
+                openai.OpenAI(base_url=url + "/v1", api_key="x").chat.completions.create(
+                    model="acme", messages=[{"role": "user", "content": "hi"}])
+            print(t.cost)
+        """)  # fmt: skip
+        env = {**os.environ, "LLMTALLY_PRICES": path, "XDG_CONFIG_HOME": str(tmp_path)}
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "0.0036"
+
+    def test_a_thousand_entries_load(self, tmp_path: Path) -> None:
+        text = "".join(f"[[price]]\nmodel = 'm{i}'\ninput = '0.{i}'\noutput = '1'\n\n" for i in range(1000))
+        path = write(tmp_path, text)
+        llmtally.configure(prices=path)
+        assert len(user_prices.entries()) == 1000
+        assert call("m999").cost == (1000 * Decimal("0.999") + 200) / M
