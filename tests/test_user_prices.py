@@ -176,3 +176,31 @@ class TestPriceFile:
         llmtally.configure(prices=path)
         assert len(user_prices.entries()) == 1000
         assert call("m999").cost == (1000 * Decimal("0.999") + 200) / M
+
+
+class TestPriceCommand:
+    def test_catalogue_price(self, capsys: pytest.CaptureFixture[str]) -> None:
+        from llmtally.cli import cli_logic
+
+        assert cli_logic(["price", "gpt-4o", "--provider", "openai"]) == 0
+        out = capsys.readouterr().out
+        assert "openai/gpt-4o" in out and "genai-prices" in out and "$2.5/input MTok" in out
+        assert "when service_tier=priority" in out and "service_tier=default" not in out
+
+    def test_did_you_mean(self, capsys: pytest.CaptureFixture[str]) -> None:
+        from llmtally.cli import cli_logic
+
+        assert cli_logic(["price", "gpt4o"]) == 1
+        err = capsys.readouterr().err
+        assert "no price known for 'gpt4o'" in err and "did you mean gpt-4o" in err
+
+    def test_your_price_and_where_it_is(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        from llmtally.cli import cli_logic
+
+        path = write(tmp_path, "[[price]]\nmodel = 'acme'\ninput = '3'\noutput = '4'\n")
+        assert cli_logic(["price", "acme", "--prices", path]) == 0
+        out = capsys.readouterr().out
+        assert f"your price ({path} line 1)" in out and "$3/input MTok" in out
+        bad = write(tmp_path, "[[price]]\nmodel = 'acme'\ninput = 'x'\n")
+        assert cli_logic(["price", "acme", "--prices", bad]) == 2
+        assert "line 3, field 'input'" in capsys.readouterr().err

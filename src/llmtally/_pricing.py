@@ -26,7 +26,7 @@ from ._core.usage import KINDS, Usage
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["cost_of", "price_usage", "resolve", "warm"]
+__all__ = ["cost_of", "describe", "price_usage", "resolve", "similar_models", "warm"]
 
 
 log = logging.getLogger("llmtally")
@@ -476,3 +476,41 @@ def cost_of(
         web_searches,
     )
     return price_usage(usage, model, provider=provider, at=at)[0]
+
+
+def describe(model: str, provider: str | None = None, at: datetime | None = None) -> list[str] | None:
+    """What ``llmtally price`` prints: the price in force for ``model``, unit by unit (tiers and
+    variants too), and where it comes from; ``None`` if no price is known."""
+    ts = _timestamp(at)
+    mine = _user_price(model, provider, ts) if user_prices.entries() else None
+    if mine is not None:
+        found = mine[1]
+        model_price = found.info.prices
+        lines = [f"{model}: your price ({found.source})"]
+    else:
+        resolved = resolve(model, provider)
+        if resolved is None:
+            return None
+        found = resolved
+        model_price = _model_price(found.info, ts)
+        lines = [f"{model}: {found.provider_id}/{found.model_id} ({found.source}, in force {ts.date()})"]
+    lines += [f"  {part}" for part in str(model_price).split(", ")]
+    for variant in getattr(found.info, "price_variants", None) or ():
+        if str(variant.prices):  # a variant that changes nothing says nothing
+            when = ", ".join(f"{k}={v}" for k, v in variant.when.items())
+            lines.append(f"  when {when}: {variant.prices}")
+    return lines
+
+
+def similar_models(model: str, provider: str | None = None, n: int = 3) -> list[str]:
+    """Catalogue model ids (and your own price names) close to ``model``: the "did you mean"."""
+    import difflib
+
+    names = {e.name for e in user_prices.entries() if e.kind == "model"}
+    for prov in _snapshot().providers:
+        if provider is None or prov.id == provider:
+            names.update(m.id for m in prov.models)
+    squashed = {name.replace("-", "").replace(".", "").lower(): name for name in names}
+    key = model.replace("-", "").replace(".", "").lower()
+    hits = [squashed[k] for k in difflib.get_close_matches(key, list(squashed), n=n, cutoff=0.75)]
+    return hits or difflib.get_close_matches(model, sorted(names), n=n)

@@ -86,6 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     est.add_argument("--max-output", type=int, default=0, metavar="N", help="the output allowance to price")
     est.add_argument("file", nargs="?", default="-", help="a text or JSON messages file (default: stdin)")
 
+    price = sub.add_parser(
+        "price",
+        help="the price in force for a model, unit by unit, and where it comes from",
+        description="Show the price llmtally would use for MODEL now: your own (price file, set_price) "
+        "or the bundled catalogue's, per unit, with tiers and service-tier variants.",
+    )
+    price.add_argument("model")
+    price.add_argument("--provider", default=None, help="a catalogue provider id (openai, anthropic, ...)")
+    price.add_argument(
+        "--prices", metavar="FILE", help="a price file to read first (default: LLMTALLY_PRICES)"
+    )
+
     cost = sub.add_parser(
         "cost",
         help="price a usage from the bundled catalogue",
@@ -125,6 +137,8 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         return _budget(args)
     if args.command == "estimate":
         return _estimate(args)
+    if args.command == "price":
+        return _price(args)
     if args.command == "cost":
         from .._core.money import format_usd
         from .._pricing import cost_of
@@ -144,6 +158,29 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         print(f"${format_usd(price)}")
         return 0
     parser.print_help()
+    return 0
+
+
+def _price(args: argparse.Namespace) -> int:
+    from .._pricing import describe, similar_models
+    from .._runtime import RUNTIME
+
+    try:
+        if args.prices is not None:
+            RUNTIME.configure(prices=args.prices)
+        else:
+            RUNTIME._configure_from_env()  # LLMTALLY_PRICES, or the default price file
+    except ValueError as exc:
+        print(f"llmtally price: {exc}", file=sys.stderr)
+        return 2
+    lines = describe(args.model, args.provider)
+    if lines is None:
+        hint = similar_models(args.model, args.provider)
+        where = f" from provider {args.provider!r}" if args.provider else ""
+        more = f"; did you mean {', '.join(hint)}?" if hint else ""
+        print(f"llmtally price: no price known for {args.model!r}{where}{more}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
     return 0
 
 
