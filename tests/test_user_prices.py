@@ -204,3 +204,18 @@ class TestPriceCommand:
         bad = write(tmp_path, "[[price]]\nmodel = 'acme'\ninput = 'x'\n")
         assert cli_logic(["price", "acme", "--prices", bad]) == 2
         assert "line 3, field 'input'" in capsys.readouterr().err
+
+
+def test_a_fine_tune_is_priced_from_its_base_unless_overridden() -> None:
+    name = "ft:gpt-4.1-mini-2025-04-14:acme::abc123"
+    t = call(name)
+    base = llmtally.cost_of(
+        "gpt-4.1-mini-2025-04-14", provider="openai", input_tokens=1000, output_tokens=200
+    )
+    assert t.unpriced_requests == 0 and t.cost == base
+    assert t.calls[0].price_source is not None and t.calls[0].price_source.endswith(f"the base of {name}")
+    # The catalogue's own fine-tune prices where it has them (ft:gpt-4o-mini-2024-...: 2x the base).
+    listed = call("ft:gpt-4o-mini-2024-07-18:acme::x1")
+    assert listed.cost == (1000 * Decimal("0.3") + 200 * Decimal("1.2")) / M
+    llmtally.set_price(name, input="0.8", output="3.2")
+    assert call(name).cost == (1000 * Decimal("0.8") + 200 * Decimal("3.2")) / M
