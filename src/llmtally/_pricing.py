@@ -26,7 +26,7 @@ from ._core.usage import KINDS, Usage
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["cost_of", "describe", "price_usage", "resolve", "similar_models", "warm"]
+__all__ = ["cost_of", "describe", "price_usage", "reset_caches", "resolve", "similar_models", "warm"]
 
 
 log = logging.getLogger("llmtally")
@@ -85,9 +85,18 @@ _NO_USER: tuple[tuple[()], tuple[()]] = ((), ())
 
 
 def _snapshot() -> Any:
+    """The catalogue in force: the one ``llmtally prices update`` kept, else genai-prices' bundled one."""
     from genai_prices import data_snapshot
 
-    return data_snapshot.get_snapshot()
+    from . import _catalogue
+
+    return _catalogue.snapshot() or data_snapshot.get_snapshot()
+
+
+def _bundled() -> Any:
+    from genai_prices import data_snapshot
+
+    return data_snapshot._bundled_snapshot()
 
 
 def provider_ids() -> frozenset[str]:
@@ -150,7 +159,10 @@ def _lookup(model: str, provider: str | None, api_url: str | None, fallback: str
             prov, info = snap.find_provider_model(model, None, provider_id, url)
         except LookupError:
             continue
-        source = f"genai-prices {genai_prices.__version__}: {prov.id}/{info.id}"
+        if snap.from_auto_update or snap is not _bundled():
+            source = f"genai-prices catalogue of {snap.timestamp:%Y-%m-%d}: {prov.id}/{info.id}"
+        else:
+            source = f"genai-prices {genai_prices.__version__}: {prov.id}/{info.id}"
         return Resolved(prov.id, info.id, info, source)
     if model.startswith("ft:") and model.count(":") >= 2:
         # An OpenAI fine-tune the catalogue does not list, ft:BASE:org:name:id: its base model's
@@ -520,3 +532,11 @@ def similar_models(model: str, provider: str | None = None, n: int = 3) -> list[
     key = model.replace("-", "").replace(".", "").lower()
     hits = [squashed[k] for k in difflib.get_close_matches(key, list(squashed), n=n, cutoff=0.75)]
     return hits or difflib.get_close_matches(model, sorted(names), n=n)
+
+
+def reset_caches() -> None:
+    """Forget every lookup and plan: after the catalogue in force changed (``prices update``)."""
+    with _lock:
+        for cache in (_resolved, _fixed, _variant_plans, _user_found, _entry_plans, _plans):
+            cache.clear()
+        _warned.clear()

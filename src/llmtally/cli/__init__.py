@@ -98,6 +98,16 @@ def _parser() -> argparse.ArgumentParser:
         "--prices", metavar="FILE", help="a price file to read first (default: LLMTALLY_PRICES)"
     )
 
+    prices = sub.add_parser(
+        "prices",
+        help="update the price catalogue (opt-in; never automatic)",
+        description="Fetch genai-prices' newest published catalogue, validate it and keep it in the user's "
+        "data directory (the previous one beside it); every process then prices from it. A download that "
+        "is not a valid catalogue changes nothing.",
+    )
+    prices.add_argument("action", choices=("update",))
+    prices.add_argument("--url", help="where to fetch it (default: LLMTALLY_PRICES_URL, else genai-prices')")
+
     cost = sub.add_parser(
         "cost",
         help="price a usage from the bundled catalogue",
@@ -139,6 +149,17 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         return _estimate(args)
     if args.command == "price":
         return _price(args)
+    if args.command == "prices":
+        from .._catalogue import CatalogueError, update
+        from .._pricing import reset_caches
+
+        try:
+            print("\n".join(update(args.url)))
+            reset_caches()
+        except CatalogueError as exc:
+            print(f"llmtally prices update: {exc}; the catalogue in force is unchanged", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "cost":
         from .._core.money import format_usd
         from .._pricing import cost_of
