@@ -219,3 +219,46 @@ def test_a_fine_tune_is_priced_from_its_base_unless_overridden() -> None:
     assert listed.cost == (1000 * Decimal("0.3") + 200 * Decimal("1.2")) / M
     llmtally.set_price(name, input="0.8", output="3.2")
     assert call(name).cost == (1000 * Decimal("0.8") + 200 * Decimal("3.2")) / M
+
+
+def test_an_azure_deployment_priced_as_its_model(tmp_path: Path) -> None:
+    """A deployment whose answers name only the deployment: the price file says which model it is."""
+    fake = FakeProvider(handler=lambda req: Reply(prompt_tokens=1000, completion_tokens=200))
+    with fake.serve() as url:
+        client = openai.AzureOpenAI(azure_endpoint=url, api_key="k", api_version="2024-10-21", max_retries=0)
+
+        def ask() -> llmtally.Tally:
+            with llmtally.track() as t:
+                client.chat.completions.create(
+                    model="prod-4o-eastus", messages=[{"role": "user", "content": "hi"}]
+                )
+            return t
+
+        assert ask().unpriced_requests == 1
+        path = write(tmp_path, "[[price]]\nmodel = 'prod-4o-eastus'\nsame_as = 'gpt-4o'\n")
+        llmtally.configure(prices=path)
+        t = ask()
+    assert t.cost == llmtally.cost_of("gpt-4o", provider="azure", input_tokens=1000, output_tokens=200)
+    assert t.calls[0].price_source is not None and "prod-4o-eastus is gpt-4o" in t.calls[0].price_source
+    with pytest.raises(ValueError, match="give prices or same_as, not both"):
+        llmtally.set_price("x", same_as="gpt-4o", input="1")
+
+
+class TestCostCommand:
+    def test_every_unit(self, capsys: pytest.CaptureFixture[str]) -> None:
+        from llmtally.cli import cli_logic
+
+        argv = ["cost", "claude-sonnet-4-5", "--provider", "anthropic", "-i", "1000", "-o", "2000"]
+        assert cli_logic([*argv, "--web-searches", "3"]) == 0
+        with_searches = Decimal(capsys.readouterr().out.strip().lstrip("$"))
+        assert cli_logic(argv) == 0
+        assert with_searches - Decimal(capsys.readouterr().out.strip().lstrip("$")) == Decimal("0.03")
+
+    def test_the_usage_not_the_model_is_the_problem(self, capsys: pytest.CaptureFixture[str]) -> None:
+        from llmtally.cli import cli_logic
+
+        assert cli_logic(["cost", "gpt-4o", "-i", "100", "--cached", "500"]) == 2
+        err = capsys.readouterr().err
+        assert "this usage cannot be priced" in err and "no price known" not in err and "Usage(" not in err
+        assert cli_logic(["cost", "gpt4o", "-i", "100"]) == 1
+        assert "did you mean gpt-4o" in capsys.readouterr().err

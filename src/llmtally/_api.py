@@ -275,6 +275,7 @@ def set_price(
     provider: str | None = None,
     match: str = "model",
     valid_from: str | None = None,
+    same_as: str | None = None,
     **units: str | float | int,
 ) -> None:
     """Your own price for ``model``, in USD per million tokens (web searches: per thousand); it wins
@@ -287,7 +288,8 @@ def set_price(
     ``match`` is ``"model"`` (the exact name), ``"prefix"`` or ``"pattern"`` (a regular expression
     matching the whole name). The units are ``input``, ``output``, ``cached``, ``cache_write``,
     ``cache_write_1h``, ``input_audio``, ``cached_audio``, ``output_audio``, ``input_image`` and
-    ``web_searches``. A bad price raises ``ValueError`` naming it.
+    ``web_searches``. ``same_as="gpt-4o"`` prices the name as that model instead (an Azure
+    deployment's name, an alias). A bad price raises ``ValueError`` naming it.
     """
     from ._core import user_prices
 
@@ -300,6 +302,8 @@ def set_price(
         item["provider"] = provider
     if valid_from is not None:
         item["valid_from"] = valid_from
+    if same_as is not None:
+        item["same_as"] = same_as
     entry = user_prices.parse_entry(item, "set_price", 0)
     user_prices.set_entries(calls=(*user_prices.entries_set_by_calls(), entry))
 

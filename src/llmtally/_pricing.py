@@ -399,7 +399,13 @@ def _user_price(
         pass
     entry = user_prices.match(model, provider, day)
     found = None
-    if entry is not None:
+    if entry is not None and entry.same_as is not None:
+        target = resolve(entry.same_as, entry.provider or provider)
+        if target is not None:
+            source = f"{target.source}, as {entry.source} says {model} is {entry.same_as}"
+            plan = _plan(_model_price(target.info, at))
+            found = (plan, Resolved(target.provider_id, target.model_id, target.info, source))
+    elif entry is not None:
         plan, info = _entry_plan(entry)
         found = (plan, Resolved(entry.provider or provider or "user", model, info, entry.source))
     with _lock:

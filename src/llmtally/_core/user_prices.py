@@ -12,6 +12,10 @@ by what the user says::
     cached = "0.15"
     valid_from = "2026-01-01"                 # optional: calls before this date use the catalogue
 
+    [[price]]
+    model = "prod-gpt4o-eastus"               # an Azure deployment name, say
+    same_as = "gpt-4o"                        # priced as that model is (instead of prices)
+
 Units: ``input``, ``output``, ``cached``, ``cache_write``, ``cache_write_1h``, ``input_audio``,
 ``cached_audio``, ``output_audio``, ``input_image`` (per million tokens) and ``web_searches`` (per
 thousand); genai-prices' own keys (``input_mtok``, ...) are accepted too. A file is validated whole
@@ -62,7 +66,7 @@ UNITS: dict[str, str] = {
 }
 _KEYS = {*UNITS, *UNITS.values()}
 _MATCHERS = ("model", "prefix", "pattern")
-_OTHER = {"provider", "valid_from", "currency"}
+_OTHER = {"provider", "valid_from", "currency", "same_as"}
 
 
 class PriceFileError(ValueError):
@@ -80,6 +84,8 @@ class PriceEntry:
     provider: str | None = None
     valid_from: date | None = None
     regex: re.Pattern[str] | None = field(default=None, compare=False)
+    #: Priced as this model is, instead of by ``prices`` (an Azure deployment's model).
+    same_as: str | None = None
 
     def matches(self, model: str, provider: str | None) -> bool:
         if self.provider is not None and self.provider != provider:
@@ -212,9 +218,15 @@ def parse_entry(item: Any, path: str, line: int, field_line: Any = None) -> Pric
         if not amount.is_finite() or amount < 0:
             raise fail(key, f"{value!r} is not a price (a finite number, 0 or more)")
         prices.append((UNITS.get(key) or key, amount))
-    if not prices:
-        raise fail(None, f"no price given; give at least one of {', '.join(UNITS)}")
-    return PriceEntry(kind, name, tuple(prices), f"{path} line {line}", provider, valid_from, regex)
+    same_as = item.get("same_as")
+    if same_as is not None:
+        if not isinstance(same_as, str) or not same_as:
+            raise fail("same_as", "must be a model name such as 'gpt-4o'")
+        if prices:
+            raise fail("same_as", "give prices or same_as, not both")
+    elif not prices:
+        raise fail(None, f"no price given; give at least one of {', '.join(UNITS)}, or same_as")
+    return PriceEntry(kind, name, tuple(prices), f"{path} line {line}", provider, valid_from, regex, same_as)
 
 
 _HEADER = re.compile(r"\s*\[\[\s*price\s*\]\]")

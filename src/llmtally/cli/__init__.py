@@ -119,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     cost.add_argument("--cached", type=int, default=0, dest="cached_tokens")
     cost.add_argument("--cache-write", type=int, default=0, dest="cache_write_tokens")
     cost.add_argument("--reasoning", type=int, default=0, dest="reasoning_tokens")
+    cost.add_argument("--cache-write-1h", type=int, default=0, dest="cache_write_1h_tokens")
+    cost.add_argument("--input-audio", type=int, default=0, dest="input_audio_tokens")
+    cost.add_argument("--cached-audio", type=int, default=0, dest="cached_audio_tokens")
+    cost.add_argument("--output-audio", type=int, default=0, dest="output_audio_tokens")
+    cost.add_argument("--input-image", type=int, default=0, dest="input_image_tokens")
+    cost.add_argument("--web-searches", type=int, default=0, dest="web_searches")
     cost.add_argument("--provider", default=None)
     return parser
 
@@ -161,25 +167,40 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
             return 2
         return 0
     if args.command == "cost":
-        from .._core.money import format_usd
-        from .._pricing import cost_of
-
-        price = cost_of(
-            args.model,
-            provider=args.provider,
-            input_tokens=args.input_tokens,
-            output_tokens=args.output_tokens,
-            cached_tokens=args.cached_tokens,
-            cache_write_tokens=args.cache_write_tokens,
-            reasoning_tokens=args.reasoning_tokens,
-        )
-        if price is None:
-            print(f"llmtally: no price known for model {args.model!r}", file=sys.stderr)
-            return 1
-        print(f"${format_usd(price)}")
-        return 0
+        return _cost(args)
     parser.print_help()
     return 0
+
+
+def _cost(args: argparse.Namespace) -> int:
+    import logging
+
+    from .._core.money import format_usd
+    from .._pricing import cost_of, describe, similar_models
+
+    units = {k: v for k, v in vars(args).items() if k.endswith("_tokens") or k == "web_searches"}
+    quiet = logging.getLogger("llmtally")
+    was, quiet.disabled = quiet.disabled, True  # this command says what went wrong, once
+    try:
+        price = cost_of(args.model, provider=args.provider, **units)
+    finally:
+        quiet.disabled = was
+    if price is not None:
+        print(f"${format_usd(price)}")
+        return 0
+    if describe(args.model, args.provider) is not None:
+        # The model is priced: the usage is what cannot be (a part larger than its whole).
+        print(
+            f"llmtally cost: this usage cannot be priced: a part of the input or output is larger than "
+            f"the whole (--input {args.input_tokens} includes --cached, --cache-write, --input-audio and "
+            f"--input-image; --output {args.output_tokens} includes --reasoning and --output-audio)",
+            file=sys.stderr,
+        )
+        return 2
+    hint = similar_models(args.model, args.provider)
+    more = f"; did you mean {', '.join(hint)}?" if hint else ""
+    print(f"llmtally cost: no price known for model {args.model!r}{more}", file=sys.stderr)
+    return 1
 
 
 def _price(args: argparse.Namespace) -> int:
