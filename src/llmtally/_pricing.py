@@ -356,12 +356,10 @@ def _price_in_context(
     ts = _timestamp(at)
     standard = _model_price(info, ts)
     wanted = dict(context)
-    variants = tuple(
-        v
-        for v in info.price_variants or ()
-        if (v.constraint is None or v.constraint.active(ts))
-        and all(wanted.get(k) == value for k, value in v.when.items())
-    )
+    matching = [
+        v for v in info.price_variants or () if all(wanted.get(k) == value for k, value in v.when.items())
+    ]
+    variants = tuple(v for v in matching if v.constraint is None or v.constraint.active(ts))
     try:
         if not variants:  # a context this model's prices do not vary by: its standard prices
             plan = _plan(standard)
@@ -374,7 +372,7 @@ def _price_in_context(
                 with _lock:
                     _variant_plans[variant_key] = cached
             plan = cached[1]
-        if not isinstance(info.prices, list) and all(v.constraint is None for v in info.price_variants or ()):
+        if not isinstance(info.prices, list) and all(v.constraint is None for v in matching):
             with _lock:  # the same for every call in this context: the fast path from now on
                 _fixed[key] = (plan, found)
         return _apply(plan, usage), found

@@ -66,14 +66,14 @@ def chat_usage(u: Any) -> Usage | None:
         # DeepSeek reports cache hits at the top level.
         cached = as_int(u["prompt_cache_hit_tokens"])
     audio_in = audio_out = 0
-    if type(details) is dict and "audio_tokens" in details:  # prompt_tokens_details
+    if type(details) is dict and details.get("audio_tokens"):  # prompt_tokens_details; 0 mostly
         audio_in = min(as_int(details["audio_tokens"]), prompt)
     details = u.get("completion_tokens_details")
     if type(details) is dict:
         reasoning = details.get("reasoning_tokens")
         if type(reasoning) is not int or reasoning < 0:
             reasoning = 0
-        if "audio_tokens" in details:
+        if details.get("audio_tokens"):
             audio_out = as_int(details["audio_tokens"])
     elif "reasoning_tokens" in u:  # xAI's native usage: reasoning at the top level, beside the output
         reasoning = as_int(u["reasoning_tokens"])
