@@ -132,7 +132,7 @@ class TestPriceFile:
             ),
             ("[[price]]\nmodel = 'x'\ninput = '-2'\n", r"line 3, field 'input': '-2' is not a price"),
             ("[[price]]\nmodel = 'x'\ninput = '1'\nvalid_from = 'soon'\n", r"line 4, field 'valid_from'"),
-            ("[[price]]\nmodel = 'x'\ninput = '1'\ncurrency = 'CNY'\n", r"field 'currency'"),
+            ("[[price]]\nmodel = 'x'\ninput = '1'\ncurrency = 'RMB!'\n", r"line 4, field 'currency'"),
             ("[[price]]\nmodel = 'x'\n", r"line 1: no price given"),
             ("[model]\nx = 1\n", "unknown table 'model'"),
             ("[[price]\nmodel = ", "not a TOML price file"),

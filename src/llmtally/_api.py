@@ -232,6 +232,8 @@ def configure(
     otel: bool | MeterProvider | None = None,
     providers: Mapping[str, str] | None = None,
     prices: str | None = None,
+    currency: str | None = None,
+    rates: Mapping[str, str | float | int] | None = None,
 ) -> None:
     """Set where llmtally records calls, which provider a gateway serves, and your own prices.
 
@@ -261,11 +263,22 @@ def configure(
     replaces the file set before (``""`` for none). ``LLMTALLY_PRICES`` in the environment, else
     ``~/.config/llmtally/prices.toml`` if it exists, is read when nothing is configured. A file that
     cannot be used raises ``ValueError`` naming the file, line and field, and changes nothing.
+
+    ``currency`` is the display currency of tallies, budgets and reports (USD unless set) and
+    ``rates`` what one unit of another currency is worth in it (``{"CNY": "0.138"}``; no rate is
+    ever fetched): a call priced in a currency without a rate is unpriced, never 0
+    (``LLMTALLY_CURRENCY``, ``LLMTALLY_RATES="CNY=0.138,EUR=1.08"`` in the environment).
     """
     from ._runtime import RUNTIME
 
     RUNTIME.configure(
-        ledger=ledger, flush_interval=flush_interval, otel=otel, providers=providers, prices=prices
+        ledger=ledger,
+        flush_interval=flush_interval,
+        otel=otel,
+        providers=providers,
+        prices=prices,
+        currency=currency,
+        rates=rates,
     )
 
 

@@ -71,6 +71,8 @@ class Resolved:
     model_id: str
     info: Any  # genai_prices.types.ModelInfo
     source: str
+    #: The currency of the prices (the catalogue's are USD; a price file's may be any).
+    currency: str = "USD"
 
 
 _lock = threading.Lock()
@@ -405,7 +407,8 @@ def _user_price(
             found = (plan, Resolved(target.provider_id, target.model_id, target.info, source))
     elif entry is not None:
         plan, info = _entry_plan(entry)
-        found = (plan, Resolved(entry.provider or provider or "user", model, info, entry.source))
+        resolved = Resolved(entry.provider or provider or "user", model, info, entry.source, entry.currency)
+        found = (plan, resolved)
     with _lock:
         if len(_user_found) > 65_536:
             _user_found.clear()

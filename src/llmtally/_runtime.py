@@ -64,6 +64,7 @@ class Runtime:
         #: ``configure(providers=...)`` was called: ``LLMTALLY_PROVIDERS`` no longer applies.
         self._providers_configured = False
         self._prices_configured = False
+        self._currency_configured = False
 
     # -- start / stop -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,9 +116,13 @@ class Runtime:
         otel: Any = None,
         providers: Any = None,
         prices: str | None = None,
+        currency: str | None = None,
+        rates: Any = None,
     ) -> None:
         """See ``llmtally.configure``."""
         with self._lock:
+            if currency is not None or rates is not None:
+                self._configure_currency(currency, rates)  # raises before anything changes
             if prices is not None:
                 self._configure_prices(prices)  # raises before anything changes
             if providers is not None:
@@ -143,6 +148,15 @@ class Runtime:
         self._set_sinks()
         if old is not None:
             old.close()
+
+    def _configure_currency(self, code: str | None, rates: Any) -> None:
+        from ._core import currency
+
+        shown, table = currency.parse(
+            code or currency.display(), currency.rates() if rates is None else rates
+        )
+        currency.set_currency(shown, table)
+        self._currency_configured = True
 
     def _configure_prices(self, path: str) -> None:
         from ._core import user_prices
@@ -199,9 +213,17 @@ class Runtime:
     def _configure_from_env(self) -> None:
         """Honour ``LLMTALLY_LEDGER`` and ``LLMTALLY_PROVIDERS`` unless ``configure()`` chose; a bad
         value is logged, not raised."""
+        from ._core.currency import ENV_CURRENCY, ENV_RATES
         from ._core.gateways import ENV_PROVIDERS
         from ._core.user_prices import ENV_PRICES, default_path
 
+        code, rates = os.environ.get(ENV_CURRENCY), os.environ.get(ENV_RATES)
+        if (code or rates) and not self._currency_configured:
+            try:
+                with self._lock:
+                    self._configure_currency(code, rates or {})
+            except ValueError as exc:
+                log.error("llmtally: %s/%s: %s; costs stay in USD", ENV_CURRENCY, ENV_RATES, exc)
         prices = os.environ.get(ENV_PRICES)
         if not self._prices_configured and (prices or os.path.exists(default_path())):
             try:

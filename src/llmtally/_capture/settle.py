@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import wire
+from .._core import currency
 from .._core.money import ZERO
 from .._core.pipeline import PIPELINE
 from .._core.usage import NO_TAGS, Call, Usage
@@ -99,6 +100,8 @@ def settle(ex: Exchange) -> None:
                                 source.source,
                                 source.provider_id,
                             )
+                            if cost is not None and source.currency != currency.display():
+                                _convert(call, cost, source.currency)
                     except Exception:
                         _failed_step(ex, "price")
                 if result.cost is not None:
@@ -125,6 +128,16 @@ def settle(ex: Exchange) -> None:
             _release(ex, call)
     # 6. deliver: into every scope the call was made in, and to every sink.
     PIPELINE.deliver(call, ex.scopes)
+
+
+def _convert(call: Call, cost: Any, code: str) -> None:
+    """Priced in another currency than the display one: kept as priced, counted converted; without a
+    rate for it, unpriced (never 0)."""
+    call.native_cost, call.native_currency = cost, code
+    call.cost = currency.convert(cost, code)
+    call.currency = currency.display()
+    if call.cost is None:
+        call.price_source = f"{call.price_source}; no rate from {code} to {call.currency}: unpriced"
 
 
 def _plain_call(ex: Exchange, provider: str) -> Call:

@@ -292,7 +292,20 @@ class Tally(_TallyFields):
                     )
                 )
             cost = t.cost
-            lines.append((0, "Total Cost (USD)", f"${format_usd(cost) if cost is not None else '0'}"))
+            from . import currency
+
+            shown = currency.display()
+            amount = format_usd(cost) if cost is not None else "0"
+            lines.append(
+                (0, f"Total Cost ({shown})", f"${amount}" if shown == "USD" else f"{amount} {shown}")
+            )
+            converted = sorted({c.native_currency for c in self._calls if c.native_currency})
+            if converted:  # say the rates used
+                table = currency.rates()
+                said = [f"1 {code} = {table[code]} {shown}" for code in converted if code in table]
+                missing = [code for code in converted if code not in table]
+                text = ", ".join(said + [f"no rate for {code}: unpriced" for code in missing])
+                lines.append((0, "Rates", text))
         return lines
 
     def __str__(self) -> str:

@@ -176,6 +176,8 @@ class Call:
         "estimated",
         "latency",
         "model",
+        "native_cost",
+        "native_currency",
         "ok",
         "price_source",
         "provider",
@@ -216,6 +218,8 @@ class Call:
         span: object = None,
         computed_cost: Decimal | None = None,
         context: tuple[tuple[str, str], ...] | None = None,
+        native_cost: Decimal | None = None,
+        native_currency: str | None = None,
     ) -> None:
         self.provider = provider
         self.endpoint = endpoint
@@ -242,6 +246,9 @@ class Call:
         #: How the response says it was served, where that changes the price: the service tier,
         #: the speed (``(("service_tier", "flex"),)``); ``None`` when it says nothing.
         self.context = context
+        #: The cost in the price's own currency, when that is not the display currency (``cost``).
+        self.native_cost = native_cost
+        self.native_currency = native_currency
 
     @property
     def priced(self) -> bool:

@@ -11,6 +11,7 @@ by what the user says::
     output = "1.20"
     cached = "0.15"
     valid_from = "2026-01-01"                 # optional: calls before this date use the catalogue
+    currency = "USD"                          # optional: any ISO 4217 code (rates: configure())
 
     [[price]]
     model = "prod-gpt4o-eastus"               # an Azure deployment name, say
@@ -86,6 +87,8 @@ class PriceEntry:
     regex: re.Pattern[str] | None = field(default=None, compare=False)
     #: Priced as this model is, instead of by ``prices`` (an Azure deployment's model).
     same_as: str | None = None
+    #: The ISO 4217 currency of ``prices``.
+    currency: str = "USD"
 
     def matches(self, model: str, provider: str | None) -> bool:
         if self.provider is not None and self.provider != provider:
@@ -194,8 +197,8 @@ def parse_entry(item: Any, path: str, line: int, field_line: Any = None) -> Pric
     if provider is not None and (not isinstance(provider, str) or not provider):
         raise fail("provider", "must be a provider id such as 'openai'")
     currency = item.get("currency", "USD")
-    if currency != "USD":
-        raise fail("currency", "only USD prices are supported yet")
+    if not isinstance(currency, str) or re.fullmatch(r"[A-Z]{3}", currency) is None:
+        raise fail("currency", f"{currency!r} is not an ISO 4217 code such as 'USD' or 'CNY'")
     valid_from = item.get("valid_from")
     if valid_from is not None:
         if isinstance(valid_from, str):
@@ -226,7 +229,8 @@ def parse_entry(item: Any, path: str, line: int, field_line: Any = None) -> Pric
             raise fail("same_as", "give prices or same_as, not both")
     elif not prices:
         raise fail(None, f"no price given; give at least one of {', '.join(UNITS)}, or same_as")
-    return PriceEntry(kind, name, tuple(prices), f"{path} line {line}", provider, valid_from, regex, same_as)
+    source = f"{path} line {line}"
+    return PriceEntry(kind, name, tuple(prices), source, provider, valid_from, regex, same_as, currency)
 
 
 _HEADER = re.compile(r"\s*\[\[\s*price\s*\]\]")

@@ -56,6 +56,8 @@ ADDED_COLUMNS: dict[int, tuple[tuple[str, str], ...]] = {
     3: (("computed_cost", "TEXT"),),
     # How the call was served where that changed its price: JSON, {"service_tier": "flex"}.
     5: (("price_context", "TEXT"),),
+    # The cost in the price's own currency, when it is not the display currency (``cost``'s).
+    6: (("native_cost", "TEXT"), ("native_currency", "TEXT")),
 }
 #: Bumped with every change to the columns; each backend migrates older ledgers forward.
 SCHEMA_VERSION = max((*ADDED_KINDS, *ADDED_COLUMNS), default=1)
@@ -248,6 +250,10 @@ def _other(call: Call, name: str) -> Any:
         return None if call.computed_cost is None else str(call.computed_cost)
     if name == "price_context":
         return None if not call.context else json.dumps(dict(call.context), sort_keys=True)
+    if name == "native_cost":
+        return None if call.native_cost is None else str(call.native_cost)
+    if name == "native_currency":
+        return call.native_currency
     raise KeyError(name)  # pragma: no cover - a column added without its value here
 
 
