@@ -287,3 +287,14 @@ def test_responses_cache_writes() -> None:
     assert r is not None and r.usage is not None and r.usage.cache_write_tokens == 16_000
     assert ours(r.usage, "gpt-6-sol", "openai") == theirs(body, "gpt-6-sol", "openai", "responses")
     assert ours(r.usage, "gpt-6-sol", "openai") != ours(Usage(20_000, 1_000), "gpt-6-sol", "openai")
+
+
+def test_cost_of_takes_the_context() -> None:
+    flex = llmtally.cost_of("o3", input_tokens=10_000, output_tokens=2_000, context={"service_tier": "flex"})
+    standard = llmtally.cost_of("o3", input_tokens=10_000, output_tokens=2_000)
+    expected = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=10_000, output_tokens=2_000),
+        "o3",
+        price_context={"service_tier": "flex"},
+    ).total_price
+    assert flex == expected and standard is not None and flex is not None and flex < standard

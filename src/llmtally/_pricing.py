@@ -24,7 +24,7 @@ from ._core import user_prices
 from ._core.usage import KINDS, Usage
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 __all__ = ["cost_of", "describe", "price_usage", "reset_caches", "resolve", "similar_models", "warm"]
 
@@ -473,6 +473,7 @@ def cost_of(
     input_image_tokens: int = 0,
     web_searches: int = 0,
     at: datetime | None = None,
+    context: Mapping[str, str] | None = None,
 ) -> Decimal | None:
     """The price in USD of one call's usage, or ``None`` if the model's price is unknown.
 
@@ -480,8 +481,9 @@ def cost_of(
     ``cache_write_1h_tokens`` were written with a one-hour lifetime, and the ``input_audio_tokens``
     and ``input_image_tokens``; ``cached_audio_tokens`` are the audio part of ``cached_tokens``;
     ``output_tokens`` includes ``reasoning_tokens`` and ``output_audio_tokens``. ``web_searches``
-    are server-side searches, priced per search. ``at`` picks the price in force then (now by
-    default)::
+    are server-side searches, priced per search. ``context`` is how the call was served where that
+    changes the price (``{"service_tier": "flex"}``, ``{"speed": "fast"}``). ``at`` picks the price
+    in force then (now by default)::
 
         >>> llmtally.cost_of("gpt-4", input_tokens=11, output_tokens=13)
         Decimal('0.00111')
@@ -500,7 +502,8 @@ def cost_of(
         input_image_tokens,
         web_searches,
     )
-    return price_usage(usage, model, provider=provider, at=at)[0]
+    ctx = tuple(sorted(context.items())) if context else None
+    return price_usage(usage, model, provider=provider, at=at, context=ctx)[0]
 
 
 def describe(model: str, provider: str | None = None, at: datetime | None = None) -> list[str] | None:
