@@ -298,3 +298,21 @@ def test_cost_of_takes_the_context() -> None:
         price_context={"service_tier": "flex"},
     ).total_price
     assert flex == expected and standard is not None and flex is not None and flex < standard
+
+
+def test_a_bedrock_custom_model_is_priced_from_its_base() -> None:
+    from urllib.parse import quote
+
+    from llmtally.wire.bedrock import bedrock_model
+
+    arn = "arn:aws:bedrock:us-east-1:123456789012:custom-model/amazon.nova-pro-v1:0/a1b2c3"
+    model = bedrock_model(f"/model/{quote(arn, safe='')}/converse")
+    assert model == "custom-model/amazon.nova-pro-v1:0/a1b2c3"
+    cost, found = price_usage(Usage(1000, 200), model, "aws")
+    assert found is not None and found.model_id == "amazon.nova-pro-v1:0"  # the catalogue's own match
+    assert cost == price_usage(Usage(1000, 200), "amazon.nova-pro-v1:0", "aws")[0]
+    # Other ARNs (inference profiles, provisioned throughput): their resource name, as before.
+    assert (
+        bedrock_model("/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.x-v1/converse")
+        == "us.x-v1"
+    )

@@ -166,6 +166,11 @@ def _lookup(model: str, provider: str | None, api_url: str | None, fallback: str
         else:
             source = f"genai-prices {genai_prices.__version__}: {prov.id}/{info.id}"
         return Resolved(prov.id, info.id, info, source)
+    if model.startswith("custom-model/") and model.count("/") >= 2:
+        # A Bedrock custom model (custom-model/BASE/ID, from its ARN): its base model's price.
+        base = _lookup(model.split("/")[1], provider, api_url, fallback)
+        if base is not None:
+            return Resolved(base.provider_id, base.model_id, base.info, f"{base.source}, the base of {model}")
     if model.startswith("ft:") and model.count(":") >= 2:
         # An OpenAI fine-tune the catalogue does not list, ft:BASE:org:name:id: its base model's
         # price, said so (fine-tuned inference may cost more: set_price says otherwise).

@@ -57,6 +57,9 @@ def bedrock_model(path: str) -> str | None:
         return None
     model = unquote(m.group(1))
     if model.startswith("arn:"):
+        resource = model.split(":", 5)[-1]
+        if resource.startswith("custom-model/") and resource.count("/") >= 2:
+            return resource  # custom-model/BASE/ID: priced from its base unless its own price is set
         model = model.rsplit("/", 1)[-1]
     return model or None
 
