@@ -356,7 +356,7 @@ class TestControl:
         assert not hasattr(HTTPConnectionPool.urlopen.__wrapped__, "__llmtally_original__")
 
 
-@pytest.mark.parametrize("step", ["finish", "interrupted"])
+@pytest.mark.parametrize("step", ["_finish", "_queue"])
 def test_a_failure_inside_llmtally_never_reaches_the_reader(
     served: tuple[FakeProvider, str], monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:

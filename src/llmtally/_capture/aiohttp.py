@@ -134,10 +134,7 @@ def _make_request(orig: Any, tap: type) -> Any:
         try:
             response = await orig(self, method, str_or_url, **kwargs)
         except BaseException as exc:
-            try:
-                ex.failed(exc)
-            except Exception:
-                log.exception("llmtally: could not record a failed request")
+            ex.failed(exc)
             raise
         finally:
             outer.reset(seam)

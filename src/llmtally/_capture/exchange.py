@@ -280,9 +280,14 @@ class Exchange:
             log.exception("llmtally: could not read the headers of a response")
 
     def failed(self, exc: BaseException) -> None:
-        """The request raised before any response (connection error, timeout, cancellation)."""
-        self.error = _QUERY.sub("?***", f"{type(exc).__name__}: {exc}")[:300]
-        self._queue(State.FAILED)
+        """The request raised before any response (connection error, timeout, cancellation).
+
+        Never raises: an adapter calls it on its way to re-raising the caller's exception."""
+        try:
+            self.error = _QUERY.sub("?***", f"{type(exc).__name__}: {exc}")[:300]
+            self._queue(State.FAILED)
+        except Exception:
+            log.exception("llmtally: could not record a failed request")
 
     def body(self, status: int, content: bytes, content_type: str, awaiting: Any = None) -> None:
         """The whole response body is in memory.
@@ -404,7 +409,14 @@ class Exchange:
 
     def finish(self, flush: bool = True) -> None:
         """The stream ended or was closed: queue the call with what it carried (settled now if
-        something needs it now, unless ``flush`` is false: see `collected`)."""
+        something needs it now, unless ``flush`` is false: see `collected`). Never raises: it runs
+        inside the caller's read, close or release."""
+        try:
+            self._finish(flush)
+        except Exception:
+            log.exception("llmtally: could not end the metering of a stream; the caller's read is untouched")
+
+    def _finish(self, flush: bool) -> None:
         state = self.state
         if state is State.COLLECTING:
             whole = self._decoder
@@ -434,7 +446,10 @@ class Exchange:
         were produced (and are billed), so its partial usage and cost are kept."""
         if self.state in _OVER:
             return
-        self.error = f"stream interrupted: {type(exc).__name__}: {exc}"[:300]
+        try:
+            self.error = _QUERY.sub("?***", f"stream interrupted: {type(exc).__name__}: {exc}")[:300]
+        except Exception:  # an exception whose str() fails: its type is enough
+            self.error = f"stream interrupted: {type(exc).__name__}"
         self.finish()
         if self.state is State.SENDING:  # pragma: no cover - a tap exists only once streaming
             self._queue(State.FAILED)

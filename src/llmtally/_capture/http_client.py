@@ -65,10 +65,7 @@ def _make_request(orig: Any) -> Any:
 def _failed(conn: Any, exc: BaseException) -> None:
     ex = conn.__dict__.pop(_EX, None)
     if ex is not None:
-        try:
-            ex.failed(exc)
-        except Exception:
-            log.exception("llmtally: could not record a failed request")
+        ex.failed(exc)
 
 
 def _make_getresponse(orig: Any, taps: dict[type, type]) -> Any:
@@ -111,18 +108,13 @@ def _respond(ex: Exchange, response: Any, taps: dict[type, type]) -> None:
 
 
 def _end(response: Any, exc: BaseException | None = None) -> None:
-    """The body ended (or failed with ``exc``); never raises: the caller's read, close or error
-    comes out as http.client made it."""
-    try:
-        tap = response.__dict__.pop(_EX, None)
-        if tap is None:
-            return
+    """The body ended (or failed with ``exc``): the exchange's end, which never raises."""
+    tap = response.__dict__.pop(_EX, None)
+    if tap is not None:
         if exc is None:
             tap.ex.finish()
         else:
             tap.ex.interrupted(exc)
-    except Exception:
-        log.exception("llmtally: could not end the metering of a stream; the caller's read is untouched")
 
 
 def _read(

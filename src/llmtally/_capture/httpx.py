@@ -62,13 +62,6 @@ def _respond(ex: Exchange, response: Any, stream: bool, module: Any, awaiting: d
         log.exception("llmtally: could not meter a response; the caller gets it untouched")
 
 
-def _failed(ex: Exchange, exc: BaseException) -> None:
-    try:
-        ex.failed(exc)
-    except Exception:
-        log.exception("llmtally: could not record a failed request")
-
-
 def _make_sync_send(orig: Any, module: Any, awaiting: dict[int, Exchange]) -> Any:
     def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         scopes = _scopes.get()
@@ -82,7 +75,7 @@ def _make_sync_send(orig: Any, module: Any, awaiting: dict[int, Exchange]) -> An
         try:
             response = orig(self, request, *args, **kwargs)
         except BaseException as exc:
-            _failed(ex, exc)
+            ex.failed(exc)
             raise
         finally:
             outer.reset(seam)
@@ -112,7 +105,7 @@ def _make_async_send(orig: Any, module: Any, awaiting: dict[int, Exchange]) -> A
         try:
             response = await orig(self, request, *args, **kwargs)
         except BaseException as exc:
-            _failed(ex, exc)
+            ex.failed(exc)
             raise
         finally:
             outer.reset(seam)

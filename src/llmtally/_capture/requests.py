@@ -70,10 +70,7 @@ def _make_send(orig: Any) -> Any:
         try:
             response = orig(self, request, **kwargs)
         except BaseException as exc:
-            try:
-                ex.failed(exc)
-            except Exception:
-                log.exception("llmtally: could not record a failed request")
+            ex.failed(exc)
             raise
         finally:
             outer.reset(seam)

@@ -118,18 +118,13 @@ def _closed(fp: Any) -> bool:
 
 
 def _end(response: Any, exc: BaseException | None = None) -> None:
-    """The body ended (or failed with ``exc``); never raises: the caller's read, close or error
-    comes out as urllib3 made it."""
-    try:
-        tap = response.__dict__.pop(_EX, None)
-        if tap is None:
-            return
+    """The body ended (or failed with ``exc``): the exchange's end, which never raises."""
+    tap = response.__dict__.pop(_EX, None)
+    if tap is not None:
         if exc is None:
             tap.ex.finish()
         else:
             tap.ex.interrupted(exc)
-    except Exception:
-        log.exception("llmtally: could not end the metering of a stream; the caller's read is untouched")
 
 
 def _closing(response: Any) -> None:
@@ -242,10 +237,7 @@ def _make_urlopen(orig: Any, taps: dict[type, type]) -> Any:
         try:
             response = orig(self, method, url, body, *args, **kwargs)
         except BaseException as exc:
-            try:
-                ex.failed(exc)
-            except Exception:
-                log.exception("llmtally: could not record a failed request")
+            ex.failed(exc)
             raise
         finally:
             outer.reset(seam)
@@ -288,10 +280,7 @@ def _make_manager_urlopen(orig: Any, taps: dict[type, type]) -> Any:
             try:
                 response = orig(self, method, url, *args, **kwargs)
             except BaseException as exc:
-                try:
-                    ex.failed(exc)
-                except Exception:
-                    log.exception("llmtally: could not record a failed request")
+                ex.failed(exc)
                 raise
         finally:
             outer.reset(seam)
