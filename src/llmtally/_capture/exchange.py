@@ -153,8 +153,17 @@ def end_when_collected(response: Any, ex: Exchange) -> None:
 
 #: Exchanges whose bodies are being read (streams, and bodies read after the response returned).
 _live: dict[int, Exchange] = {}
-if hasattr(os, "register_at_fork"):  # a child's copies are the parent's to end
-    os.register_at_fork(after_in_child=_live.clear)
+#: This process's id, kept current across forks (read on every call: cheaper than os.getpid()).
+_pid = [os.getpid()]
+
+
+def _forked() -> None:
+    _live.clear()  # a child's copies are the parent's to end
+    _pid[0] = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def end_streams() -> None:
@@ -174,7 +183,7 @@ def collected(ex: Exchange) -> None:
     lock: settling (which may write to that store) waits for the next flush, a safe point. In a
     forked child, a copy of the parent's response is the parent's to count."""
     try:
-        if ex.pid == os.getpid():
+        if ex.pid == _pid[0]:
             ex.finish(flush=False)
     except Exception:
         log.exception("llmtally: could not end the metering of a dropped response")
@@ -215,7 +224,7 @@ class Exchange:
         self.path = path
         self._request_body = request_body
         self.scopes = scopes
-        self.pid = os.getpid()
+        self.pid = _pid[0]
         #: The provider configured for this URL when the request was made (``configure(providers=)``).
         self.gateway = gateways.provider_for(host, path) if gateways.configured() else None
         self.state = State.SENDING
