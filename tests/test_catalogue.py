@@ -117,3 +117,19 @@ def test_the_default_url_is_genai_prices() -> None:
     from genai_prices.update_prices import DEFAULT_UPDATE_URL
 
     assert _catalogue.DEFAULT_URL == DEFAULT_UPDATE_URL
+
+
+def test_hostile_names_in_a_download_reach_the_terminal_escaped(
+    served: tuple[dict[str, bytes | int], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer, url = served
+    hostile = json.loads(json.dumps(CATALOGUE))
+    hostile[0]["models"].append(
+        {"id": "evil\x1b]0;owned\x07\x1b[2J", "match": {"equals": "evil"}, "prices": {"input_mtok": 1}}
+    )
+    answer["body"] = json.dumps(hostile).encode()
+    assert cli_logic(["prices", "update", "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "evil\\x1b]0;owned\\x07\\x1b[2J" in out
+    assert cli_logic(["price", "evil", "--provider", "openai"]) == 0, capsys.readouterr().err
+    assert "\x1b" not in capsys.readouterr().out

@@ -160,7 +160,7 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         from .._pricing import reset_caches
 
         try:
-            print("\n".join(update(args.url)))
+            print("\n".join(_printable(line) for line in update(args.url)))
             reset_caches()
         except CatalogueError as exc:
             print(f"llmtally prices update: {exc}; the catalogue in force is unchanged", file=sys.stderr)
@@ -170,6 +170,11 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         return _cost(args)
     parser.print_help()
     return 0
+
+
+def _printable(text: str) -> str:
+    """Model names from a downloaded catalogue reach the terminal: control characters escaped."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _cost(args: argparse.Namespace) -> int:
@@ -199,7 +204,7 @@ def _cost(args: argparse.Namespace) -> int:
         return 2
     hint = similar_models(args.model, args.provider)
     more = f"; did you mean {', '.join(hint)}?" if hint else ""
-    print(f"llmtally cost: no price known for model {args.model!r}{more}", file=sys.stderr)
+    print(_printable(f"llmtally cost: no price known for model {args.model!r}{more}"), file=sys.stderr)
     return 1
 
 
@@ -220,9 +225,9 @@ def _price(args: argparse.Namespace) -> int:
         hint = similar_models(args.model, args.provider)
         where = f" from provider {args.provider!r}" if args.provider else ""
         more = f"; did you mean {', '.join(hint)}?" if hint else ""
-        print(f"llmtally price: no price known for {args.model!r}{where}{more}", file=sys.stderr)
+        print(_printable(f"llmtally price: no price known for {args.model!r}{where}{more}"), file=sys.stderr)
         return 1
-    print("\n".join(lines))
+    print("\n".join(_printable(line) for line in lines))
     return 0
 
 
