@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -231,3 +232,115 @@ def test_the_table_shows_a_unit_only_where_some_call_had_it() -> None:
         out = io.StringIO()
         render(rows, ["model"], "csv", out)
         assert "web_searches" in out.getvalue().splitlines()[0]
+
+
+class TestCurrencies:
+    """A ledger holds calls recorded in several display currencies: a report adds up each apart and
+    converts at the rates given, says them, and never adds a cost it cannot convert."""
+
+    @staticmethod
+    def mixed(tmp_path: Path) -> tuple[str, list[Call]]:
+        calls = [make_call(0, "gpt-4", 1000, 100), make_call(0, "gpt-4o-mini", 5000, 500)]
+        eur = [make_call(0, "gpt-4", 2000, 200), make_call(1, "gpt-4o-mini", 800, 80)]
+        for c in eur:
+            assert c.cost is not None
+            c.cost, c.currency = c.cost * Decimal("0.92"), "EUR"
+        path = tmp_path / "mixed.db"
+        led = SQLiteLedger(str(path))
+        led.write([to_row(c) for c in calls + eur])
+        led.close()
+        return f"sqlite:///{path}", calls + eur
+
+    def test_converted_at_the_rates_given(self, tmp_path: Path) -> None:
+        url, calls = self.mixed(tmp_path)
+        rows = llmtally.report(ledger=url, by=["model"], currency="USD", rates={"EUR": "1.08"})
+        want: dict[str, Decimal] = {}
+        for c in calls:
+            assert c.cost is not None
+            want[c.model or ""] = want.get(c.model or "", Decimal(0)) + (
+                c.cost * Decimal("1.08") if c.currency == "EUR" else c.cost
+            )
+        assert {r.keys[0]: r.cost for r in rows} == want
+        assert rows.currency == "USD" and rows.rates == {"EUR": Decimal("1.08")}
+        assert all(r.unpriced_requests == 0 and not r.unconverted for r in rows)
+
+    def test_no_rate_is_unpriced_and_kept_apart(self, tmp_path: Path) -> None:
+        url, calls = self.mixed(tmp_path)
+        rows = {r.keys[0]: r for r in llmtally.report(ledger=url, by=["model"], currency="USD", rates={})}
+        gpt4_eur = calls[2].cost
+        assert rows["gpt-4"].cost == calls[0].cost and rows["gpt-4"].unconverted == {"EUR": gpt4_eur}
+        assert rows["gpt-4"].requests == 2 and rows["gpt-4"].unpriced_requests == 1
+
+    def test_a_report_in_eur(self, tmp_path: Path) -> None:
+        url, calls = self.mixed(tmp_path)
+        rows = llmtally.report(ledger=url, by=["currency"], currency="EUR", rates="USD=0.92")
+        got = {r.keys[0]: r.cost for r in rows}
+        usd = sum((c.cost or Decimal(0) for c in calls if c.currency == "USD"), Decimal(0))
+        eur = sum((c.cost or Decimal(0) for c in calls if c.currency == "EUR"), Decimal(0))
+        assert got == {"USD": usd * Decimal("0.92"), "EUR": eur}
+
+    def test_the_command_says_the_currency_and_rates(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        url, _ = self.mixed(tmp_path)
+        assert cli_logic(["report", "--ledger", url, "--rates", "EUR=1.08"]) == 0
+        out = capsys.readouterr().out
+        assert "Cost (USD)" in out and "1 EUR = 1.08 USD" in out and "Not converted" not in out
+        assert cli_logic(["report", "--ledger", url]) == 0
+        out = capsys.readouterr().out
+        assert "Not converted" in out and "No rate to USD for EUR" in out
+        from llmtally._runtime import RUNTIME
+
+        monkeypatch.setattr(RUNTIME, "_currency_configured", False)  # a fresh `llmtally` process
+        monkeypatch.setenv("LLMTALLY_CURRENCY", "EUR")
+        monkeypatch.setenv("LLMTALLY_RATES", "USD=0.92")
+        assert cli_logic(["report", "--ledger", url, "--format", "json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["currency"] == "EUR" and doc["rates"] == {"USD": "0.92"}
+        assert doc["totals"]["unconverted"] == {} and doc["totals"]["unpriced_requests"] == 0
+        assert cli_logic(["report", "--ledger", url, "--format", "csv", "--currency", "GBP"]) == 0
+        rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+        assert {r["currency"] for r in rows} == {"GBP"} and all("EUR" in r["unconverted"] for r in rows)
+        assert cli_logic(["report", "--ledger", url, "--rates", "EUR=-1"]) == 2
+        assert "must be a positive number" in capsys.readouterr().err
+
+    def test_the_rollup_keeps_currencies_apart(self, tmp_path: Path) -> None:
+        url, calls = self.mixed(tmp_path)
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        got = dict(conn.execute("SELECT currency, SUM(cost_pico) FROM calls_hourly GROUP BY 1").fetchall())
+        conn.close()
+        for code in ("USD", "EUR"):
+            want = sum((c.cost or Decimal(0) for c in calls if c.currency == code), Decimal(0))
+            assert Decimal(got[code]) * Decimal("1e-12") == want
+
+    def test_a_schema_6_rollup_is_rebuilt_by_currency(self, tmp_path: Path) -> None:
+        from llmtally.ledger._records import NAMES, columns_at
+        from llmtally.ledger.sqlite import _MIGRATIONS
+
+        _, calls = self.mixed(tmp_path)
+        path = tmp_path / "v6.db"
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE llmtally_schema (version INTEGER NOT NULL, applied_at REAL NOT NULL)")
+        for version in range(1, 7):
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO llmtally_schema VALUES (?, 0)", (version,))
+        names = [n for n, _ in columns_at(6)]
+        at = [NAMES.index(n) for n in names]
+        rows = [tuple(row[i] for i in at) for row in map(to_row, calls)]
+        conn.executemany(f"INSERT INTO calls ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", rows)
+        conn.commit()
+        conn.close()
+        # Read before migrating: no currency in that rollup, so the calls are read instead.
+        before = llmtally.report(ledger=f"sqlite:///{path}", by=["model"], currency="USD", rates={})
+        SQLiteLedger(str(path)).close()
+        after = llmtally.report(ledger=f"sqlite:///{path}", by=["model"], currency="USD", rates={})
+        assert [(r.keys, r.cost, r.unconverted, r.requests) for r in before] == [
+            (r.keys, r.cost, r.unconverted, r.requests) for r in after
+        ]
+        conn = sqlite3.connect(path)
+        n, eur = conn.execute(
+            "SELECT SUM(requests), SUM(cost_pico) FROM calls_hourly WHERE currency = 'EUR'"
+        ).fetchone()
+        conn.close()
+        assert n == 2 and Decimal(eur) * Decimal("1e-12") == sum((c.cost or 0 for c in calls[2:]), Decimal(0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,19 @@ class TestSameAsSQLite:
         rows = llmtally.report(ledger=pg, by=by)
         assert rows == llmtally.report(ledger=lite, by=by)
         assert sum(r.requests for r in rows) == len(CALLS)
+
+    def test_mixed_currencies(self, db: str, tmp_path: Path) -> None:
+        from test_report import TestCurrencies
+
+        lite, calls = TestCurrencies.mixed(tmp_path)
+        write_postgres(db, calls)
+        for by in (["model"], ["currency"], ["day", "model"]):
+            for rates in ({}, {"EUR": "1.08"}):
+                rows = llmtally.report(ledger=db, by=by, currency="USD", rates=rates)
+                assert rows == llmtally.report(ledger=lite, by=by, currency="USD", rates=rates)
+                assert rows.rates == ({"EUR": Decimal("1.08")} if rates else {})
+        (row,) = llmtally.report(ledger=db, by=["currency"], currency="USD", rates={}, top=1)
+        assert row.keys == ("USD",) and not row.unconverted
 
     def test_values(self, ledgers: tuple[str, str]) -> None:
         # Not only equal to SQLite's: right (the types too, Decimal cost and int counts).

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from ._core.usage import Call, ModelTotals, Usage
     from ._limits import BudgetExceeded, Estimate
     from ._pricing import cost_of
-    from ._report import ReportRow
+    from ._report import Report, ReportRow
     from .ledger import LedgerError
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "Estimate",
     "LedgerError",
     "ModelTotals",
+    "Report",
     "ReportRow",
     "Tally",
     "Usage",
@@ -84,6 +85,7 @@ _LAZY = {
     "Estimate": "._limits",
     "LedgerError": ".ledger",
     "ModelTotals": "._core.usage",
+    "Report": "._report",
     "ReportRow": "._report",
     "Usage": "._core.usage",
     "cost_of": "._pricing",

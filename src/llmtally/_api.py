@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
     from ._limits import Estimate
-    from ._report import ReportRow
+    from ._report import Report
 
     F = TypeVar("F", bound=Callable[..., Any])
     Amount = Decimal | str | int | float
@@ -210,19 +210,26 @@ def report(
     until: str | float | datetime | None = None,
     by: Sequence[str] = ("model",),
     top: int | None = None,
-) -> list[ReportRow]:
+    currency: str | None = None,
+    rates: Mapping[str, object] | str | None = None,
+) -> Report:
     """Totals per group over the ledger's calls in ``[since, until)``, most expensive first.
 
-    ``by``: any of ``model``, ``provider``, ``endpoint``, ``day``, ``hour``, ``scope``, ``tag:KEY``.
-    ``top`` keeps the N most expensive groups. ``ledger`` defaults to the one configured, then
-    ``LLMTALLY_LEDGER``, then the default SQLite file.
+    ``by``: any of ``model``, ``provider``, ``endpoint``, ``day``, ``hour``, ``scope``, ``currency``,
+    ``tag:KEY``. ``top`` keeps the N most expensive groups. ``ledger`` defaults to the one
+    configured, then ``LLMTALLY_LEDGER``, then the default SQLite file. Costs are in ``currency``
+    (default: the display currency), others converted at ``rates`` (default: those configured);
+    the result's ``.currency`` and ``.rates`` say which.
     """
     from ._report import report as _report
     from ._runtime import RUNTIME
 
     url = RUNTIME.ledger_url(ledger)
     assert url is not None
-    return _report(url, since=since, until=until, by=by, top=top)
+    if currency is None:
+        currency, configured = RUNTIME.money()
+        rates = configured if rates is None else rates
+    return _report(url, since=since, until=until, by=by, top=top, currency=currency, rates=rates)
 
 
 def configure(

@@ -30,6 +30,9 @@ from ._core.pipeline import PIPELINE
 from .ledger import ENV_LEDGER, LedgerError, open_ledger, redact_url
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from decimal import Decimal
+
     from ._capture import Adapter
     from ._core.pipeline import Sink
     from ._otel import OTelSink
@@ -157,6 +160,20 @@ class Runtime:
         )
         currency.set_currency(shown, table)
         self._currency_configured = True
+
+    def money(self) -> tuple[str, Mapping[str, Decimal]]:
+        """The display currency and rates: as configured, else ``LLMTALLY_CURRENCY`` /
+        ``LLMTALLY_RATES`` (a bad value raises ``ValueError`` naming it), else USD."""
+        from ._core import currency
+
+        if not self._currency_configured:
+            code, rates = os.environ.get(currency.ENV_CURRENCY), os.environ.get(currency.ENV_RATES)
+            if code or rates:
+                try:
+                    return currency.parse(code or "USD", rates or {})
+                except ValueError as exc:
+                    raise ValueError(f"{currency.ENV_CURRENCY}/{currency.ENV_RATES}: {exc}") from None
+        return currency.display(), currency.rates()
 
     def _configure_prices(self, path: str) -> None:
         from ._core import user_prices

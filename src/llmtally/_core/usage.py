@@ -137,6 +137,22 @@ class Usage:
     web_searches: int = _kind(
         "Web Searches", "Searches", price="web_searches", span="llmtally.usage.web_searches", tokens=False
     )
+    #: Images the model drew (Gemini's image models), priced far above text output.
+    output_image_tokens: int = _kind(
+        "Image Output Tokens",
+        "Image out",
+        within="completion_tokens",
+        price="output_image_tokens",
+        span="llmtally.usage.output_image_tokens",
+    )
+    #: Perplexity's citation tokens: output, priced apart by its deep-research model.
+    citation_tokens: int = _kind(
+        "Citation Tokens",
+        "Citations",
+        within="completion_tokens",
+        price="output_citation_tokens",
+        span="llmtally.usage.citation_tokens",
+    )
 
     @property
     def total_tokens(self) -> int:

@@ -10,6 +10,12 @@ Costs are exact: the ledger keeps each call's cost in integer picodollars, summe
 back into a Decimal. Calls whose price is unknown are counted apart (``unpriced_requests``), never
 as $0 in disguise; calls counted offline are ``estimated_requests``.
 
+A report is in one currency (``currency=``, else the display currency configured): the ledger sums
+each currency apart, and costs recorded in another currency are converted at the rates the user
+set (``rates=``, else those configured), which the report keeps in ``Report.rates``. Costs in a
+currency with no rate stay out of ``cost``: they are in ``unconverted`` and their calls are counted
+as unpriced, never as 0.
+
 A report reads any ``Ledger`` (SQLite, PostgreSQL) through its ``sums()``, opened read-only: it
 never creates or migrates anything. Which ledger is decided by the caller (``_runtime.ledger_url``).
 """
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,7 +35,7 @@ from .._core.usage import COUNT_NAMES, TOKEN_NAMES, Totals
 from ..ledger import LedgerError, open_ledger, redact_url
 from ..ledger._records import SUMS
 
-__all__ = ["FIELDS", "ReportRow", "parse_time", "report", "spend_over_time", "totals"]
+__all__ = ["FIELDS", "Report", "ReportRow", "parse_time", "report", "spend_over_time", "totals"]
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -49,13 +55,34 @@ class ReportRow(Totals):
 
     keys: tuple[str, ...] = ()
     cost: Decimal = field(default_factory=Decimal)
+    #: The currency of ``cost``.
+    currency: str = "USD"
+    #: Costs recorded in currencies with no rate to ``currency``: not in ``cost``, their calls unpriced.
+    unconverted: dict[str, Decimal] = field(default_factory=dict)
 
     def as_dict(self, by: Sequence[str]) -> dict[str, object]:
         out: dict[str, object] = dict(zip(by, self.keys, strict=False))
         for name in FIELDS:
             out[name] = getattr(self, name)
         out["cost"] = str(self.cost)
+        out["currency"] = self.currency
+        out["unconverted"] = {code: str(amount) for code, amount in sorted(self.unconverted.items())}
         return out
+
+
+class Report(list[ReportRow]):
+    """A report's rows, most expensive first, with the currency they are in and the rates used."""
+
+    def __init__(
+        self,
+        rows: Sequence[ReportRow] = (),
+        currency: str = "USD",
+        rates: Mapping[str, Decimal] | None = None,
+    ) -> None:
+        super().__init__(rows)
+        self.currency = currency
+        #: {currency: units of ``currency`` per one of it}, for every currency converted.
+        self.rates: dict[str, Decimal] = dict(rates or {})
 
 
 def parse_time(text: str | float | datetime | None, *, now: float | None = None) -> float | None:
@@ -103,12 +130,49 @@ def _key(group: str, value: Any) -> str:
     return str(value)
 
 
-def _row(values: Sequence[Any], groups: Sequence[str]) -> ReportRow:
-    n = len(groups)
-    keys = tuple(_key(g, v) for g, v in zip(groups, values[:n], strict=True))
-    sums = dict(zip(SUMS, (int(v or 0) for v in values[n:]), strict=True))
-    cost = from_pico(sums.pop("cost_pico"))
-    return ReportRow(keys=keys, cost=cost, **sums)
+def _money_in(currency: str | None, rates: Mapping[str, object] | None) -> tuple[str, dict[str, Decimal]]:
+    """The report's currency and rates: as given (validated), else those configured."""
+    from .._core import currency as money
+
+    code = currency or money.display()
+    if rates is None:
+        rates = money.rates() if code == money.display() else {}
+    return money.parse(code, rates)
+
+
+def _rows(
+    url: str, since: Any, until: Any, groups: Sequence[str], currency: str | None, rates: Any
+) -> Report:
+    """The ledger's sums per group and currency, each group's costs converted into one currency."""
+    code, table = _money_in(currency, rates)
+    asked = list(groups)
+    split = "currency" not in asked
+    query = [*asked, "currency"] if split else asked
+    at = query.index("currency")
+    n = len(asked)
+    rows: dict[tuple[str, ...], ReportRow] = {}
+    used: dict[str, Decimal] = {}
+    for values in _sums(url, since, until, query):
+        keys = tuple(_key(g, v) for g, v in zip(asked, values[:n], strict=False))
+        sums = dict(zip(SUMS, (int(v or 0) for v in values[len(query) :]), strict=True))
+        pico = sums.pop("cost_pico")
+        row = rows.get(keys)
+        if row is None:
+            row = rows[keys] = ReportRow(keys=keys, currency=code)
+        for name, value in sums.items():
+            setattr(row, name, getattr(row, name) + value)
+        recorded = str(values[at] or "USD")
+        amount = from_pico(pico)
+        if recorded == code:
+            row.cost += amount
+        elif recorded in table:
+            used[recorded] = table[recorded]
+            row.cost += amount * table[recorded]
+        else:
+            # No rate: these calls' cost is not known in the report's currency.
+            row.unpriced_requests += sums["requests"] - sums["unpriced_requests"]
+            row.unconverted[recorded] = row.unconverted.get(recorded, Decimal(0)) + amount
+    return Report(list(rows.values()), code, used)
 
 
 def report(
@@ -118,31 +182,49 @@ def report(
     until: str | float | datetime | None = None,
     by: Sequence[str] = ("model",),
     top: int | None = None,
-) -> list[ReportRow]:
+    currency: str | None = None,
+    rates: Mapping[str, object] | str | None = None,
+) -> Report:
     """Totals per group over the calls in ``[since, until)`` of the ledger at ``url``, most
-    expensive first; ``top`` keeps the N most expensive groups."""
-    groups = list(by)
-    rows = [_row(values, groups) for values in _sums(url, since, until, groups)]
+    expensive first; ``top`` keeps the N most expensive groups.
+
+    Costs are in ``currency`` (default: the display currency configured), costs recorded in other
+    currencies converted at ``rates`` ({"USD": "0.92"} or "USD=0.92": units of ``currency`` per
+    one; default: the rates configured).
+    """
+    rows = _rows(url, since, until, by, currency, rates)
     rows.sort(key=lambda r: (-r.cost, -r.requests, r.keys))
-    return rows[:top] if top else rows
+    if top:
+        del rows[top:]
+    return rows
 
 
 def totals(rows: Sequence[ReportRow]) -> ReportRow:
     """The sum of rows (a report's totals line)."""
-    total = ReportRow(keys=("TOTAL",))
+    total = ReportRow(keys=("TOTAL",), currency=rows[0].currency if rows else "USD")
     for r in rows:
         for name in FIELDS:
             setattr(total, name, getattr(total, name) + getattr(r, name))
         total.cost += r.cost
+        for code, amount in r.unconverted.items():
+            total.unconverted[code] = total.unconverted.get(code, Decimal(0)) + amount
     return total
 
 
 def spend_over_time(
-    url: str, *, since: Any = None, until: Any = None, stack_by: str | None = "model"
-) -> tuple[str, list[ReportRow]]:
+    url: str,
+    *,
+    since: Any = None,
+    until: Any = None,
+    stack_by: str | None = "model",
+    currency: str | None = None,
+    rates: Mapping[str, object] | str | None = None,
+) -> tuple[str, Report]:
     """Cost per time bucket (hours for two days or less, else days), split by ``stack_by``."""
     span = len(_sums(url, since, until, ["hour"]))
     bucket = "hour" if span <= 48 else "day"
     groups = [bucket] + ([stack_by] if stack_by and stack_by not in ("day", "hour") else [])
     # In time order (then by stack), whichever database grouped them: charts come out the same.
-    return bucket, sorted((_row(v, groups) for v in _sums(url, since, until, groups)), key=lambda r: r.keys)
+    rows = _rows(url, since, until, groups, currency, rates)
+    rows.sort(key=lambda r: r.keys)
+    return bucket, rows

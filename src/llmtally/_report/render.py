@@ -6,12 +6,13 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any, TextIO
 
 from .._core.money import format_usd
 from .._core.usage import KINDS
-from . import FIELDS, ReportRow, spend_over_time, totals
+from . import FIELDS, Report, ReportRow, spend_over_time, totals
 
 __all__ = ["render", "write_chart"]
 
@@ -23,25 +24,43 @@ _NUMBERS = (
 )
 
 
-def _money(value: Any) -> str:
-    return f"${format_usd(value)}"
+def _money(value: Any, currency: str = "USD") -> str:
+    return f"${format_usd(value)}" if currency == "USD" else f"{format_usd(value)} {currency}"
+
+
+def _unconverted(amounts: Mapping[str, Decimal]) -> str:
+    return "; ".join(f"{format_usd(amount)} {code}" for code, amount in sorted(amounts.items()))
+
+
+def _money_of(rows: Sequence[ReportRow]) -> tuple[str, Mapping[str, Decimal]]:
+    """The report's currency and the rates it used (a plain list of rows: its rows' currency)."""
+    if isinstance(rows, Report):
+        return rows.currency, rows.rates
+    return (rows[0].currency if rows else "USD"), {}
 
 
 def render(rows: Sequence[ReportRow], by: Sequence[str], fmt: str, out: TextIO | None = None) -> None:
     out = out or sys.stdout
+    currency, rates = _money_of(rows)
     if fmt == "json":
-        doc = {"by": list(by), "rows": [r.as_dict(by) for r in rows], "totals": totals(rows).as_dict([])}
+        doc = {
+            "by": list(by),
+            "currency": currency,
+            "rates": {code: str(rate) for code, rate in sorted(rates.items())},
+            "rows": [r.as_dict(by) for r in rows],
+            "totals": totals(rows).as_dict([]),
+        }
         json.dump(doc, out, indent=2)
         out.write("\n")
         return
     if fmt == "csv":
-        fields = [*by, *FIELDS, "cost"]
+        fields = [*by, *FIELDS, "cost", "currency", "unconverted"]
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for r in _progress(rows, "writing CSV"):
-            writer.writerow(r.as_dict(by))
+            writer.writerow({**r.as_dict(by), "unconverted": _unconverted(r.unconverted)})
         return
-    _table(rows, by, out)
+    _table(rows, by, out, currency, rates)
 
 
 def _progress(rows: Sequence[ReportRow], what: str) -> Any:
@@ -52,7 +71,9 @@ def _progress(rows: Sequence[ReportRow], what: str) -> Any:
     return track(rows, description=what, console=None, transient=True)
 
 
-def _table(rows: Sequence[ReportRow], by: Sequence[str], out: TextIO) -> None:
+def _table(
+    rows: Sequence[ReportRow], by: Sequence[str], out: TextIO, currency: str, rates: Mapping[str, Decimal]
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -66,14 +87,17 @@ def _table(rows: Sequence[ReportRow], by: Sequence[str], out: TextIO) -> None:
         table.add_column(key, footer="Total" if i == 0 else "")
     for name, label in numbers:
         table.add_column(label, justify="right", footer=f"{getattr(total, name):,}")
-    table.add_column("Cost (USD)", justify="right", footer=_money(total.cost))
+    table.add_column(f"Cost ({currency})", justify="right", footer=_money(total.cost, currency))
+    if total.unconverted:
+        table.add_column("Not converted", justify="right", footer=_unconverted(total.unconverted))
     table.add_column("Unpriced", justify="right", footer=f"{total.unpriced_requests:,}")
     table.add_column("Estimated", justify="right", footer=f"{total.estimated_requests:,}")
     for r in rows:
         table.add_row(
             *r.keys,
             *(f"{getattr(r, name):,}" for name, _ in numbers),
-            _money(r.cost),
+            _money(r.cost, currency),
+            *([_unconverted(r.unconverted)] if total.unconverted else []),
             f"{r.unpriced_requests:,}" if r.unpriced_requests else "",
             f"{r.estimated_requests:,}" if r.estimated_requests else "",
         )
@@ -88,9 +112,26 @@ def _table(rows: Sequence[ReportRow], by: Sequence[str], out: TextIO) -> None:
         console.print(
             f"{total.estimated_requests} calls carried no usage; their tokens were counted offline."
         )
+    if rates:
+        said = ", ".join(f"1 {code} = {format_usd(rate)} {currency}" for code, rate in sorted(rates.items()))
+        console.print(f"Costs recorded in other currencies converted at: {said}.")
+    if total.unconverted:
+        console.print(
+            f"No rate to {currency} for {', '.join(sorted(total.unconverted))}: those calls are counted "
+            f"as unpriced (set LLMTALLY_RATES or --rates, e.g. {min(total.unconverted)}=RATE)."
+        )
 
 
-def write_chart(path: str, *, ledger: str, since: Any, until: Any, stack_by: str | None) -> None:
+def write_chart(
+    path: str,
+    *,
+    ledger: str,
+    since: Any,
+    until: Any,
+    stack_by: str | None,
+    currency: str | None = None,
+    rates: Mapping[str, object] | None = None,
+) -> None:
     """Spend over time, stacked by ``stack_by``, as a PNG or a self-contained HTML page (inline SVG)."""
     if not (path.endswith(".png") or path.endswith(".html")):
         raise ValueError(f"--chart writes .png or .html files, not {path!r}")
@@ -101,7 +142,9 @@ def write_chart(path: str, *, ledger: str, since: Any, until: Any, stack_by: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bucket, rows = spend_over_time(ledger, since=since, until=until, stack_by=stack_by)
+    bucket, rows = spend_over_time(
+        ledger, since=since, until=until, stack_by=stack_by, currency=currency, rates=rates
+    )
     times = sorted({r.keys[0] for r in rows})
     series: dict[str, dict[str, float]] = {}
     for r in rows:
@@ -117,7 +160,7 @@ def write_chart(path: str, *, ledger: str, since: Any, until: Any, stack_by: str
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_xticks(range(len(times)))
     ax.set_xticklabels(times, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("Cost (USD)")
+    ax.set_ylabel(f"Cost ({rows.currency})")
     ax.set_title(f"LLM spend per {bucket}" + (f", by {stack_by}" if stack_by and len(order) > 1 else ""))
     if len(order) > 1:
         ax.legend(fontsize=8)

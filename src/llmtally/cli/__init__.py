@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--format", choices=("table", "csv", "json"), default="table")
     rep.add_argument("--chart", metavar="FILE", help="also write spend over time to FILE.png or FILE.html")
     rep.add_argument("--top", type=int, metavar="N", help="only the N most expensive groups")
+    rep.add_argument(
+        "--currency", metavar="CODE", help="the report's currency (default: LLMTALLY_CURRENCY, else USD)"
+    )
+    rep.add_argument(
+        "--rates",
+        metavar="CODE=RATE,...",
+        help="units of the report's currency per unit of each other currency recorded, e.g. USD=0.92 "
+        "(default: LLMTALLY_RATES)",
+    )
 
     bud = sub.add_parser(
         "budget",
@@ -299,7 +308,7 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .._report import report, totals
+    from .._report import Report, report, totals
     from .._report.render import render, write_chart
     from .._runtime import RUNTIME
     from ..ledger import LedgerError
@@ -308,15 +317,29 @@ def _report(args: argparse.Namespace) -> int:
     url = RUNTIME.ledger_url(args.ledger)
     assert url is not None
     try:
-        rows = report(url, since=args.since, until=args.until, by=by)
+        currency, rates = RUNTIME.money()
+        if args.currency and args.currency.strip().upper() != currency:
+            # The configured rates are per the configured currency: not for another one.
+            currency, rates = args.currency.strip().upper(), {}
+        if args.rates is not None:
+            rates = args.rates
+        rows = report(url, since=args.since, until=args.until, by=by, currency=currency, rates=rates)
         if args.top is not None and len(rows) > args.top:
             # The totals stay those of everything: the groups past the top N are summed in one row.
             rest = totals(rows[args.top :])
             rest.keys = (f"({len(rows) - args.top} others)",) + ("",) * (len(by) - 1)
-            rows = [*rows[: args.top], rest]
+            rows = Report([*rows[: args.top], rest], rows.currency, rows.rates)
         render(rows, by, args.format)
         if args.chart:
-            write_chart(args.chart, ledger=url, since=args.since, until=args.until, stack_by=by[0])
+            write_chart(
+                args.chart,
+                ledger=url,
+                since=args.since,
+                until=args.until,
+                stack_by=by[0],
+                currency=currency,
+                rates=rates,
+            )
             print(f"chart written to {args.chart}", file=sys.stderr)
     except (LedgerError, ValueError, RuntimeError) as exc:
         print(f"llmtally report: {exc}", file=sys.stderr)

@@ -14,9 +14,9 @@ from typing import Any
 
 from ._records import SUMS
 
-__all__ = ["GROUPS", "check_group", "grouped", "merge", "sums_of_calls", "sums_of_rollup"]
+__all__ = ["GROUPS", "check_group", "grouped", "merge", "sum_of_calls", "sums_of_calls", "sums_of_rollup"]
 
-GROUPS = ("model", "provider", "endpoint", "day", "hour", "scope", "tag:KEY")
+GROUPS = ("model", "provider", "endpoint", "day", "hour", "scope", "currency", "tag:KEY")
 _TAG_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
@@ -32,24 +32,23 @@ def check_group(key: str) -> str | None:
     return None
 
 
-def sums_of_calls(columns: Collection[str]) -> str:
-    """The SUMS over the ``calls`` table; a kind whose column the ledger lacks (an older schema,
+def sum_of_calls(name: str, columns: Collection[str]) -> str:
+    """One of SUMS over the ``calls`` table; a kind whose column the ledger lacks (an older schema,
     read without migrating it) sums to 0."""
-    out = []
-    for name in SUMS:
-        if name == "requests":
-            out.append("COUNT(*)")
-        elif name == "failed_requests":
-            out.append("SUM(1 - ok)")
-        elif name == "unpriced_requests":
-            out.append("SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END)")
-        elif name == "estimated_requests":
-            out.append("SUM(estimated)")
-        elif name in columns:
-            out.append(f"SUM(COALESCE({name}, 0))")
-        else:
-            out.append("0")
-    return ", ".join(out)
+    if name == "requests":
+        return "COUNT(*)"
+    if name == "failed_requests":
+        return "SUM(1 - ok)"
+    if name == "unpriced_requests":
+        return "SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END)"
+    if name == "estimated_requests":
+        return "SUM(estimated)"
+    return f"SUM(COALESCE({name}, 0))" if name in columns else "0"
+
+
+def sums_of_calls(columns: Collection[str]) -> str:
+    """The SUMS over the ``calls`` table."""
+    return ", ".join(sum_of_calls(name, columns) for name in SUMS)
 
 
 def sums_of_rollup(columns: Collection[str]) -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "ADDED_COLUMNS",
     "ADDED_KINDS",
     "COLUMNS",
+    "ROLLUP_BY_CURRENCY",
     "SCHEMA_VERSION",
     "SUMS",
     "LedgerError",
@@ -49,6 +50,7 @@ ADDED_KINDS: dict[int, tuple[str, ...]] = {
         "input_image_tokens",
         "web_searches",
     ),
+    8: ("output_image_tokens", "citation_tokens"),
 }
 #: Schema version -> the other columns it added, (name, SQL type); not summed by the rollup.
 ADDED_COLUMNS: dict[int, tuple[tuple[str, str], ...]] = {
@@ -59,8 +61,11 @@ ADDED_COLUMNS: dict[int, tuple[tuple[str, str], ...]] = {
     # The cost in the price's own currency, when it is not the display currency (``cost``'s).
     6: (("native_cost", "TEXT"), ("native_currency", "TEXT")),
 }
+#: The version whose hourly rollup (SQLite's) is keyed by currency as well: rebuilt from the calls,
+#: so that a report never adds up costs in two currencies. No column of ``calls`` changed.
+ROLLUP_BY_CURRENCY = 7
 #: Bumped with every change to the columns; each backend migrates older ledgers forward.
-SCHEMA_VERSION = max((*ADDED_KINDS, *ADDED_COLUMNS), default=1)
+SCHEMA_VERSION = max((*ADDED_KINDS, *ADDED_COLUMNS, ROLLUP_BY_CURRENCY))
 
 _missing = set(TOKEN_NAMES) - set(V1_KINDS) - {k for kinds in ADDED_KINDS.values() for k in kinds}
 if _missing:  # pragma: no cover - a developer added a kind without its migration
@@ -126,6 +131,12 @@ SUMS: tuple[str, ...] = (
     "unpriced_requests",
     "estimated_requests",
 )
+
+
+def sums_at(version: int) -> tuple[str, ...]:
+    """The SUMS of schema ``version``: those of the kinds it had."""
+    later = {k for v, kinds in ADDED_KINDS.items() if v > version for k in kinds}
+    return tuple(s for s in SUMS if s not in later)
 
 
 def columns_at(version: int) -> tuple[tuple[str, str], ...]:

@@ -72,6 +72,7 @@ def _group_sql(key: str) -> tuple[str, list[Any]]:
         "day": "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
         "hour": "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:00')",
         "scope": "scope_path",
+        "currency": "currency",
     }[key], []
 
 

@@ -20,8 +20,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._read import check_group, grouped, merge, sums_of_calls, sums_of_rollup
-from ._records import ADDED_KINDS, NAMES, SCHEMA_VERSION, SUMS, LedgerError, added_at, columns_at
+from ._read import check_group, grouped, merge, sum_of_calls, sums_of_calls, sums_of_rollup
+from ._records import (
+    ADDED_KINDS,
+    NAMES,
+    ROLLUP_BY_CURRENCY,
+    SCHEMA_VERSION,
+    SUMS,
+    LedgerError,
+    added_at,
+    columns_at,
+    sums_at,
+)
 
 __all__ = ["ROLLUP_KEYS", "SQLiteLedger", "rollup"]
 
@@ -29,7 +39,17 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 #: Seconds a write waits for another process's lock before it fails (and the batch is spooled).
 BUSY_TIMEOUT = 30.0
 #: The rollup's key columns; its other columns are SUMS.
-ROLLUP_KEYS = ("hour", "model", "provider", "endpoint", "scope_path", "tags")
+ROLLUP_KEYS = ("hour", "model", "provider", "endpoint", "scope_path", "tags", "currency")
+#: Each key as the rollup computes it from a row of ``calls`` (what ``rollup()`` does in Python).
+_ROLLUP_KEY_SQL = (
+    "CAST(started_at / 3600 AS INTEGER) * 3600",
+    "COALESCE(NULLIF(model, ''), NULLIF(requested_model, ''), 'unknown')",
+    "COALESCE(NULLIF(provider, ''), 'unknown')",
+    "endpoint",
+    "scope_path",
+    "COALESCE(tags, '')",
+    "currency",
+)
 
 
 def _migrations() -> dict[int, list[str]]:
@@ -52,7 +72,27 @@ def _migrations() -> dict[int, list[str]]:
             *(f"ALTER TABLE calls ADD COLUMN {name} {kind}" for name, kind in (*kinds, *others)),
             *(f"ALTER TABLE calls_hourly ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0" for name, _ in kinds),
         ]
+    steps[ROLLUP_BY_CURRENCY] += _rollup_by_currency()
     return steps
+
+
+def _rollup_by_currency() -> list[str]:
+    """Rebuild the rollup with the currency among its keys, from the calls (which hold every call)."""
+    sums = sums_at(ROLLUP_BY_CURRENCY)
+    calls = {name for name, _ in columns_at(ROLLUP_BY_CURRENCY)}
+    keys = ", ".join(ROLLUP_KEYS)
+    return [
+        "CREATE TABLE calls_hourly_new (hour INTEGER NOT NULL, "
+        + ", ".join(f"{k} TEXT NOT NULL" for k in ROLLUP_KEYS[1:])
+        + ", "
+        + ", ".join(f"{name} INTEGER NOT NULL" for name in sums)
+        + f", PRIMARY KEY ({keys})) WITHOUT ROWID",
+        f"INSERT INTO calls_hourly_new ({keys}, {', '.join(sums)}) "
+        f"SELECT {', '.join(_ROLLUP_KEY_SQL)}, {', '.join(sum_of_calls(n, calls) for n in sums)} "
+        f"FROM calls GROUP BY {', '.join(str(i + 1) for i in range(len(ROLLUP_KEYS)))}",
+        "DROP TABLE calls_hourly",
+        "ALTER TABLE calls_hourly_new RENAME TO calls_hourly",
+    ]
 
 
 _MIGRATIONS = _migrations()
@@ -92,7 +132,7 @@ def _compile_rollup() -> Any:
         "    for r in rows:",
         f"        key = (int(r[{c['started_at']}] // 3600 * 3600), "
         f"r[{c['model']}] or r[{c['requested_model']}] or 'unknown', r[{c['provider']}] or 'unknown', "
-        f"r[{c['endpoint']}], r[{c['scope_path']}], r[{c['tags']}] or '')",
+        f"r[{c['endpoint']}], r[{c['scope_path']}], r[{c['tags']}] or '', r[{c['currency']}])",
         "        acc = sums.get(key)",
         "        if acc is None:",
         f"            acc = sums[key] = [0] * {len(SUMS)}",
@@ -121,6 +161,7 @@ def _group_sql(key: str) -> str:
         "day": "strftime('%Y-%m-%d', started_at, 'unixepoch')",
         "hour": "strftime('%Y-%m-%d %H:00', started_at, 'unixepoch')",
         "scope": "scope_path",
+        "currency": "currency",
     }[key]
 
 
@@ -132,7 +173,7 @@ def _hourly_sql(key: str) -> str:
         return "strftime('%Y-%m-%d %H:00', hour, 'unixepoch')"
     if key.startswith("tag:"):
         return _group_sql(key).replace("json_extract(tags,", "json_extract(NULLIF(tags, ''),")
-    if key in ("model", "provider", "endpoint"):
+    if key in ("model", "provider", "endpoint", "currency"):
         return key
     return _group_sql(key)  # scope: scope_path; anything else raises
 
@@ -284,7 +325,8 @@ class SQLiteLedger:
             if not calls:
                 raise LedgerError(f"{self.path} has no calls table: not an llmtally ledger")
             hourly = self._columns(conn, "calls_hourly")
-            if not hourly:
+            if not hourly or ("currency" in groups and "currency" not in hourly):
+                # No rollup, or one from before it had the currency (a ledger read without migrating).
                 return self._calls(conn, exprs, calls, start, end)
             # Whole hours from the hourly sums; the partial hours at the window's edges from the calls.
             first = None if start is None else -(-start // 3600) * 3600

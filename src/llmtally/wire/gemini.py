@@ -60,7 +60,9 @@ def gemini_usage(u: Any) -> Usage | None:
         usage.input_audio_tokens = min(sum(_modality(d, "AUDIO") for d in inputs), prompt)
         usage.input_image_tokens = min(sum(_modality(d, "IMAGE", "DOCUMENT") for d in inputs), prompt)
         usage.cached_audio_tokens = min(_modality(u.get("cacheTokensDetails"), "AUDIO"), cached)
-        usage.output_audio_tokens = min(_modality(u.get("candidatesTokensDetails"), "AUDIO"), completion)
+        drawn = u.get("candidatesTokensDetails")
+        usage.output_audio_tokens = min(_modality(drawn, "AUDIO"), completion)
+        usage.output_image_tokens = min(_modality(drawn, "IMAGE", "DOCUMENT"), completion)
     return usage
 
 

@@ -80,6 +80,9 @@ def chat_usage(u: Any) -> Usage | None:
         completion += reasoning
     if not cached and "cached_prompt_text_tokens" in u:  # xAI's native usage
         cached = as_int(u["cached_prompt_text_tokens"])
+    if "citation_tokens" in u or "num_search_queries" in u:
+        # Perplexity: citation tokens beside the completion (as its reasoning), and the searches run.
+        return _perplexity(u, prompt, completion, cached, reasoning)
     if reasoning and type(details) is dict and u.get("total_tokens") == prompt + completion + reasoning:
         # xAI's chat API counts reasoning beside the completion too (its total says so).
         completion += reasoning
@@ -99,6 +102,20 @@ def chat_usage(u: Any) -> Usage | None:
         cached if cached <= prompt else prompt,
         written,
         reasoning if reasoning <= completion else completion,
+    )
+
+
+def _perplexity(u: dict[str, Any], prompt: int, completion: int, cached: int, reasoning: int) -> Usage:
+    citations = as_int(u.get("citation_tokens"))
+    completion += citations
+    return Usage(
+        prompt,
+        completion,
+        min(cached, prompt),
+        0,
+        min(reasoning, completion),
+        citation_tokens=citations,
+        web_searches=as_int(u.get("num_search_queries")),
     )
 
 
