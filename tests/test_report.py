@@ -328,7 +328,8 @@ class TestCurrencies:
         names = [n for n, _ in columns_at(6)]
         at = [NAMES.index(n) for n in names]
         rows = [tuple(row[i] for i in at) for row in map(to_row, calls)]
-        conn.executemany(f"INSERT INTO calls ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", rows)
+        insert = f"INSERT INTO calls ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        conn.executemany(insert, rows)
         conn.commit()
         conn.close()
         # Read before migrating: no currency in that rollup, so the calls are read instead.

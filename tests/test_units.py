@@ -97,6 +97,22 @@ class TestOpenAICompatible:
         )
         assert ours(u, "grok-4", "x-ai") == theirs(body, "grok-4", "x-ai", flavor)
 
+    @pytest.mark.parametrize("model", ["sonar-deep-research", "sonar-pro"])
+    def test_perplexity_citations_searches_and_reasoning(self, model: str) -> None:
+        body = {"model": model, "usage": {
+            "prompt_tokens": 100, "completion_tokens": 1000, "total_tokens": 36100, "citation_tokens": 5000,
+            "num_search_queries": 20, "reasoning_tokens": 30000}}  # fmt: skip
+        r = ChatCompletions().body(body)
+        assert r is not None and r.usage is not None
+        u = r.usage
+        assert (u.completion_tokens, u.citation_tokens, u.reasoning_tokens, u.web_searches) == (
+            36000,
+            5000,
+            30000,
+            20,
+        )
+        assert ours(u, model, "perplexity") == theirs(body, model, "perplexity")
+
     def test_openai_reasoning_stays_inside(self) -> None:
         """OpenAI's completion already includes reasoning (its total = prompt + completion)."""
         usage = {"prompt_tokens": 10, "completion_tokens": 500, "total_tokens": 510,
@@ -120,6 +136,19 @@ class TestGemini:
         u = r.usage
         assert (u.input_audio_tokens, u.input_image_tokens, u.cached_audio_tokens) == (700, 200, 150)
         assert ours(u, "gemini-2.5-flash", "google") == theirs(body, "gemini-2.5-flash", "google")
+
+    def test_image_output(self) -> None:
+        """Gemini's image models bill drawn images far above text: the issue's "nano banana" case."""
+        body = {"modelVersion": "gemini-2.5-flash-image", "usageMetadata": {
+            "promptTokenCount": 33, "candidatesTokenCount": 1780, "thoughtsTokenCount": 529,
+            "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1120},
+                                        {"modality": "TEXT", "tokenCount": 660}]}}  # fmt: skip
+        r = GenerateContent().body(body)
+        assert r is not None and r.usage is not None and r.usage.output_image_tokens == 1120
+        cost = ours(r.usage, "gemini-2.5-flash-image", "google")
+        assert cost == theirs(body, "gemini-2.5-flash-image", "google")
+        as_text = Usage(33, 2309, reasoning_tokens=529)
+        assert cost > 2 * ours(as_text, "gemini-2.5-flash-image", "google")
 
 
 def test_cost_of_takes_every_unit() -> None:

@@ -27,8 +27,12 @@ def cohere_usage(u: Any) -> Usage | None:
     if not isinstance(u, dict):
         return None
     counts = u.get("billed_units")
-    if not isinstance(counts, dict):
-        counts = u.get("tokens")
+    if isinstance(counts, dict):
+        # What Cohere bills. Its ``cached_tokens`` count cache hits among all the prompt's tokens
+        # (``tokens.input_tokens``, the preamble included), not among these: no part of them is
+        # known to be cached, and Cohere prices no cache reads.
+        return Usage(as_int(counts.get("input_tokens")), as_int(counts.get("output_tokens")))
+    counts = u.get("tokens")
     if not isinstance(counts, dict):
         return None
     prompt = as_int(counts.get("input_tokens"))
