@@ -345,3 +345,16 @@ class TestCurrencies:
         ).fetchone()
         conn.close()
         assert n == 2 and Decimal(eur) * Decimal("1e-12") == sum((c.cost or 0 for c in calls[2:]), Decimal(0))
+
+
+def test_by_price_source_says_which_prices_were_used(tmp_path: Path) -> None:
+    calls = [make_call(0, "gpt-4", 1000, 100), make_call(0, "my-finetune", 10, 1, priced=False)]
+    calls[0].price_source = "genai-prices catalogue: openai/gpt-4"
+    path = tmp_path / "sources.db"
+    led = SQLiteLedger(str(path))
+    led.write([to_row(c) for c in calls])
+    led.close()
+    rows = {r.keys[0]: r for r in llmtally.report(ledger=f"sqlite:///{path}", by=["price_source"])}
+    assert set(rows) == {"genai-prices catalogue: openai/gpt-4", "(no price)"}
+    assert rows["(no price)"].unpriced_requests == 1 and rows["(no price)"].cost == 0
+    assert rows["genai-prices catalogue: openai/gpt-4"].cost == calls[0].cost

@@ -73,6 +73,8 @@ class TestSameAsSQLite:
             ["provider"],
             ["endpoint"],
             ["day", "model"],
+            ["currency"],
+            ["price_source", "model"],
         ],
     )
     def test_groups(self, ledgers: tuple[str, str], by: list[str]) -> None:

@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
         "--by",
         action="append",
         metavar="GROUP",
-        help="model, provider, endpoint, day, hour, scope or tag:KEY (repeatable; default: model)",
+        help="model, provider, endpoint, day, hour, scope, currency, price_source or tag:KEY "
+        "(repeatable; default: model)",
     )
     rep.add_argument("--format", choices=("table", "csv", "json"), default="table")
     rep.add_argument("--chart", metavar="FILE", help="also write spend over time to FILE.png or FILE.html")

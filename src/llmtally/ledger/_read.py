@@ -14,9 +14,20 @@ from typing import Any
 
 from ._records import SUMS
 
-__all__ = ["GROUPS", "check_group", "grouped", "merge", "sum_of_calls", "sums_of_calls", "sums_of_rollup"]
+__all__ = [
+    "CALLS_ONLY",
+    "GROUPS",
+    "check_group",
+    "grouped",
+    "merge",
+    "sum_of_calls",
+    "sums_of_calls",
+    "sums_of_rollup",
+]
 
-GROUPS = ("model", "provider", "endpoint", "day", "hour", "scope", "currency", "tag:KEY")
+GROUPS = ("model", "provider", "endpoint", "day", "hour", "scope", "currency", "price_source", "tag:KEY")
+#: Groups the hourly rollup does not keep: a report by them reads the calls.
+CALLS_ONLY = ("price_source",)
 _TAG_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 

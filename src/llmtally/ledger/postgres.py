@@ -73,6 +73,7 @@ def _group_sql(key: str) -> tuple[str, list[Any]]:
         "hour": "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:00')",
         "scope": "scope_path",
         "currency": "currency",
+        "price_source": "COALESCE(price_source, '(no price)')",
     }[key], []
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._read import check_group, grouped, merge, sum_of_calls, sums_of_calls, sums_of_rollup
+from ._read import CALLS_ONLY, check_group, grouped, merge, sum_of_calls, sums_of_calls, sums_of_rollup
 from ._records import (
     ADDED_KINDS,
     NAMES,
@@ -162,6 +162,7 @@ def _group_sql(key: str) -> str:
         "hour": "strftime('%Y-%m-%d %H:00', started_at, 'unixepoch')",
         "scope": "scope_path",
         "currency": "currency",
+        "price_source": "COALESCE(price_source, '(no price)')",
     }[key]
 
 
@@ -325,7 +326,11 @@ class SQLiteLedger:
             if not calls:
                 raise LedgerError(f"{self.path} has no calls table: not an llmtally ledger")
             hourly = self._columns(conn, "calls_hourly")
-            if not hourly or ("currency" in groups and "currency" not in hourly):
+            if (
+                not hourly
+                or ("currency" in groups and "currency" not in hourly)
+                or any(g in CALLS_ONLY for g in groups)
+            ):
                 # No rollup, or one from before it had the currency (a ledger read without migrating).
                 return self._calls(conn, exprs, calls, start, end)
             # Whole hours from the hourly sums; the partial hours at the window's edges from the calls.
