@@ -16,6 +16,7 @@ import pytest
 
 import llmtally
 from llmtally._core import user_prices
+from llmtally._core.usage import Usage
 from llmtally.testing import FakeProvider, Reply
 
 M = Decimal(1_000_000)
@@ -262,3 +263,17 @@ class TestCostCommand:
         assert "this usage cannot be priced" in err and "no price known" not in err and "Usage(" not in err
         assert cli_logic(["cost", "gpt4o", "-i", "100"]) == 1
         assert "did you mean gpt-4o" in capsys.readouterr().err
+
+
+def test_per_request_and_image_output_prices(tmp_path: Path) -> None:
+    """A per-request fee and drawn images: units a price file can give like the catalogue's."""
+    from llmtally._pricing import price_usage
+
+    path = tmp_path / "prices.toml"
+    path.write_text(
+        "[[price]]\nmodel = 'my-painter'\ninput = '1'\noutput = '2'\noutput_image = '30'\nrequests = '5'\n"
+    )
+    llmtally.configure(prices=str(path))
+    cost, found = price_usage(Usage(1_000_000, 2_000_000, output_image_tokens=1_000_000), "my-painter")
+    # 1M input at $1, 1M text output at $2, 1M image output at $30, one request at $5 per thousand.
+    assert found is not None and cost == Decimal("1") + Decimal("2") + Decimal("30") + Decimal("0.005")

@@ -298,8 +298,8 @@ def set_price(
     same_as: str | None = None,
     **units: str | float | int,
 ) -> None:
-    """Your own price for ``model``, in USD per million tokens (web searches: per thousand); it wins
-    over the catalogue and over price files::
+    """Your own price for ``model``, in USD per million tokens (web searches, requests: per
+    thousand); it wins over the catalogue and over price files::
 
         llmtally.set_price("ft:gpt-4o-mini:acme::7Hz", input="0.30", output="1.20", cached="0.15")
         llmtally.set_price("llama3.2", provider="ollama", input=0, output=0)  # a local model: free
@@ -307,9 +307,10 @@ def set_price(
 
     ``match`` is ``"model"`` (the exact name), ``"prefix"`` or ``"pattern"`` (a regular expression
     matching the whole name). The units are ``input``, ``output``, ``cached``, ``cache_write``,
-    ``cache_write_1h``, ``input_audio``, ``cached_audio``, ``output_audio``, ``input_image`` and
-    ``web_searches``. ``same_as="gpt-4o"`` prices the name as that model instead (an Azure
-    deployment's name, an alias). A bad price raises ``ValueError`` naming it.
+    ``cache_write_1h``, ``input_audio``, ``cached_audio``, ``output_audio``, ``input_image``,
+    ``output_image``, ``citations``, ``web_searches`` and ``requests``. ``same_as="gpt-4o"``
+    prices the name as that model instead (an Azure deployment's name, an alias). A bad price
+    raises ``ValueError`` naming it.
     """
     from ._core import user_prices
 

@@ -18,11 +18,11 @@ by what the user says::
     same_as = "gpt-4o"                        # priced as that model is (instead of prices)
 
 Units: ``input``, ``output``, ``cached``, ``cache_write``, ``cache_write_1h``, ``input_audio``,
-``cached_audio``, ``output_audio``, ``input_image`` (per million tokens) and ``web_searches`` (per
-thousand); genai-prices' own keys (``input_mtok``, ...) are accepted too. A file is validated whole
-when it is loaded: an error names the file, the line and the field, and nothing of that file is
-used (the prices in force stay as they were). Later entries win over earlier ones, and
-``set_price`` over files.
+``cached_audio``, ``output_audio``, ``input_image``, ``output_image``, ``citations`` (per million
+tokens), ``web_searches`` and ``requests`` (per thousand); genai-prices' own keys (``input_mtok``,
+...) are accepted too. A file is validated whole when it is loaded: an error names the file, the
+line and the field, and nothing of that file is used (the prices in force stay as they were).
+Later entries win over earlier ones, and ``set_price`` over files.
 
 This module is stdlib-only: it parses and matches; ``_pricing`` turns an entry into a price plan.
 """
@@ -63,7 +63,10 @@ UNITS: dict[str, str] = {
     "cached_audio": "cache_audio_read_mtok",
     "output_audio": "output_audio_mtok",
     "input_image": "input_image_mtok",
+    "output_image": "output_image_mtok",
+    "citations": "output_citation_mtok",
     "web_searches": "web_searches_kcount",
+    "requests": "requests_kcount",
 }
 _KEYS = {*UNITS, *UNITS.values()}
 _MATCHERS = ("model", "prefix", "pattern")
