@@ -57,7 +57,15 @@ SEED = 20240601
 
 
 #: With --every-unit: models that price audio, images or web searches join the draw.
-UNIT_MODELS = ["gpt-audio", "gpt-4o-audio-preview", "gpt-realtime", "claude-sonnet-4-5", "gemini-2.5-flash"]
+UNIT_MODELS = [
+    "gpt-audio",
+    "gpt-4o-audio-preview",
+    "gpt-realtime",
+    "claude-sonnet-4-5",
+    "gemini-2.5-flash",
+    "gemini-2.5-flash-image",
+    "sonar-deep-research",
+]
 
 
 def draw(n: int, seed: int = SEED, every_unit: bool = False) -> list[tuple[str, dict[str, int]]]:
@@ -96,8 +104,11 @@ def draw(n: int, seed: int = SEED, every_unit: bool = False) -> list[tuple[str, 
                 usage["cached_tokens"] = cached
                 usage["cache_write_tokens"] = 0
             out_audio = rng.randint(0, output - reasoning)
+            out_image = rng.randint(0, output - reasoning - out_audio)
+            citations = rng.randint(0, output - reasoning - out_audio - out_image)
             usage |= {"input_audio_tokens": audio, "input_image_tokens": image,
                       "cached_audio_tokens": cached_audio, "output_audio_tokens": out_audio,
+                      "output_image_tokens": out_image, "citation_tokens": citations,
                       "web_searches": rng.randint(0, 5)}  # fmt: skip
         pairs.append((model, usage))
     return pairs
@@ -129,6 +140,8 @@ def contenders(
                         "cache_audio_read_tokens": u["cached_audio_tokens"],
                         "cache_image_read_tokens": 0,
                         "output_audio_tokens": u["output_audio_tokens"],
+                        "output_image_tokens": u["output_image_tokens"],
+                        "output_citation_tokens": u["citation_tokens"],
                         "web_searches": u["web_searches"],
                     }
                     if "web_searches" in u
@@ -314,7 +327,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--no-peers", action="store_true", help="only llmtally and genai-prices")
     ap.add_argument(
-        "--every-unit", action="store_true", help="audio, image, cached audio, web searches too (no peers)"
+        "--every-unit",
+        action="store_true",
+        help="audio, image in and out, cached audio, citations, web searches too (no peers)",
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
