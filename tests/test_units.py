@@ -345,3 +345,21 @@ def test_a_bedrock_custom_model_is_priced_from_its_base() -> None:
         bedrock_model("/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.x-v1/converse")
         == "us.x-v1"
     )
+
+
+def test_cost_of_and_the_cost_command_take_image_output_and_citations(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from llmtally.cli import cli_logic
+
+    painted = llmtally.cost_of(
+        "gemini-2.5-flash-image", input_tokens=33, output_tokens=2309, output_image_tokens=1120
+    )
+    assert painted == ours(Usage(33, 2309, output_image_tokens=1120), "gemini-2.5-flash-image", "google")
+    args = ["cost", "gemini-2.5-flash-image", "-i", "33", "-o", "2309", "--output-image", "1120"]
+    assert cli_logic(args) == 0 and str(painted) in capsys.readouterr().out
+    deep = {"provider": "perplexity", "input_tokens": 10, "output_tokens": 5000}
+    cited = llmtally.cost_of("sonar-deep-research", citation_tokens=4000, **deep)  # type: ignore[arg-type]
+    plain = llmtally.cost_of("sonar-deep-research", **deep)  # type: ignore[arg-type]
+    assert cited == ours(Usage(10, 5000, citation_tokens=4000), "sonar-deep-research", "perplexity")
+    assert cited is not None and plain is not None and cited < plain

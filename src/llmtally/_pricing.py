@@ -477,6 +477,8 @@ def cost_of(
     output_audio_tokens: int = 0,
     input_image_tokens: int = 0,
     web_searches: int = 0,
+    output_image_tokens: int = 0,
+    citation_tokens: int = 0,
     at: datetime | None = None,
     context: Mapping[str, str] | None = None,
 ) -> Decimal | None:
@@ -485,7 +487,8 @@ def cost_of(
     ``input_tokens`` is all input including ``cached_tokens`` and ``cache_write_tokens``, of which
     ``cache_write_1h_tokens`` were written with a one-hour lifetime, and the ``input_audio_tokens``
     and ``input_image_tokens``; ``cached_audio_tokens`` are the audio part of ``cached_tokens``;
-    ``output_tokens`` includes ``reasoning_tokens`` and ``output_audio_tokens``. ``web_searches``
+    ``output_tokens`` includes ``reasoning_tokens``, ``output_audio_tokens``, ``output_image_tokens``
+    (drawn images) and ``citation_tokens`` (Perplexity's). ``web_searches``
     are server-side searches, priced per search. ``context`` is how the call was served where that
     changes the price (``{"service_tier": "flex"}``, ``{"speed": "fast"}``). ``at`` picks the price
     in force then (now by default)::
@@ -506,6 +509,8 @@ def cost_of(
         output_audio_tokens,
         input_image_tokens,
         web_searches,
+        output_image_tokens,
+        citation_tokens,
     )
     ctx = tuple(sorted(context.items())) if context else None
     return price_usage(usage, model, provider=provider, at=at, context=ctx)[0]

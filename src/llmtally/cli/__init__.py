@@ -134,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     cost.add_argument("--cached-audio", type=int, default=0, dest="cached_audio_tokens")
     cost.add_argument("--output-audio", type=int, default=0, dest="output_audio_tokens")
     cost.add_argument("--input-image", type=int, default=0, dest="input_image_tokens")
+    cost.add_argument("--output-image", type=int, default=0, dest="output_image_tokens")
+    cost.add_argument("--citations", type=int, default=0, dest="citation_tokens")
     cost.add_argument("--web-searches", type=int, default=0, dest="web_searches")
     cost.add_argument("--provider", default=None)
     return parser
