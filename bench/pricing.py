@@ -64,7 +64,6 @@ UNIT_MODELS = [
     "claude-sonnet-4-5",
     "gemini-2.5-flash",
     "gemini-2.5-flash-image",
-    "sonar-deep-research",
 ]
 
 
