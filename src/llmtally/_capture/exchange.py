@@ -384,6 +384,7 @@ class Exchange:
         return None
 
     def _begin_stream(self, framing: Any) -> None:
+        wire.bad_count()  # forget what a parse before this stream left noted on this thread
         self.stream_parser = self.parser.stream(self.request_body())
         self._sse = framing
         self.state = State.STREAMING
@@ -399,6 +400,9 @@ class Exchange:
                 if self.stream_parser is None:
                     return
             self._feed_decoded(chunk)
+            bad = wire.bad_count()
+            if bad is not wire.NOTHING:
+                self._bad(bad)
         except Exception as exc:
             log.warning(
                 "llmtally: could not read the stream of POST %s%s (%s: %s); counting it from what was read",
@@ -409,6 +413,12 @@ class Exchange:
             )
             self._decoder = None
             self._queue(State.STREAMED)
+
+    def _bad(self, value: Any) -> None:
+        """A usage value in the stream that is no token count: its usage will be counted offline."""
+        stream = self.stream_parser
+        if stream is not None and stream.result.bad is wire.NOTHING:
+            stream.result.bad = value
 
     def _feed_decoded(self, chunk: bytes) -> None:
         stream = self.stream_parser
@@ -446,6 +456,9 @@ class Exchange:
         try:
             for name, data in self._sse.close():
                 self.stream_parser.event(name, data)  # type: ignore[union-attr]
+            bad = wire.bad_count()
+            if bad is not wire.NOTHING:
+                self._bad(bad)
         except Exception:
             log.exception("llmtally: could not read the end of a stream; counting it from what was read")
         self._queue(State.STREAMED, flush)

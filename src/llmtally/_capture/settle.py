@@ -236,6 +236,7 @@ def _names_and_tags(scopes: Any) -> tuple[tuple[str, ...], Any]:
 def _read(ex: Exchange, call: Call) -> wire.Result | None:
     """What the response says about itself; ``_NOT_A_CALL`` for another API on the same path."""
     result: wire.Result | None
+    wire.bad_count()  # forget what another parse on this thread left noted
     if ex.state is State.STREAMED:
         call.stream = True
         stream = ex.stream_parser
@@ -248,6 +249,9 @@ def _read(ex: Exchange, call: Call) -> wire.Result | None:
             return _NOT_A_CALL
     if result.usage is None and ex.headers:
         result.usage = ex.parser.headers_usage(ex.headers)  # Bedrock's counts, where bodies have none
+    bad = wire.bad_count()
+    if bad is not wire.NOTHING and result.bad is wire.NOTHING:
+        result.bad = bad
     call.model = result.model or call.requested_model
     call.request_id = result.request_id
     return result
@@ -289,6 +293,18 @@ def _parse_body(ex: Exchange) -> wire.Result | None:
 def _count(ex: Exchange, call: Call, result: wire.Result) -> None:
     """The usage the response reported; counted offline where it reported none."""
     usage = result.usage
+    if result.bad is not wire.NOTHING and usage is not None:
+        # Not a silent 0: the limits keep counting what the call most likely used.
+        log.warning(
+            "llmtally: POST %s%s reported a usage value that is no token count (%.80r); its tokens "
+            "are counted offline and marked estimated",
+            ex.host,
+            ex.path,
+            result.bad,
+        )
+        usage = None
+        if not call.stream:
+            result.text = _answer_text(ex)
     if usage is None:
         call.usage = _estimate(ex, result, call.model)
         call.estimated = True
@@ -300,6 +316,18 @@ def _count(ex: Exchange, call: Call, result: wire.Result) -> None:
         usage.completion_tokens = max(usage.completion_tokens, _output_estimate(ex, result, call.model))
         call.estimated = True
     call.usage = usage
+
+
+def _answer_text(ex: Exchange) -> list[str]:
+    """The answer's text of a body whose usage is not to be believed, to count its output offline:
+    the parsers keep the text only of a body without usage, so read it again without."""
+    obj = ex.parsed if ex.parsed is not None else wire.loads_body(ex.content or b"")
+    if not isinstance(obj, dict):
+        return []
+    bare = {k: v for k, v in obj.items() if k not in ("usage", "usageMetadata", "meta")}
+    result = ex.parser.body(bare)
+    wire.bad_count()
+    return list(result.text) if result is not None else []
 
 
 def _host(host: str) -> tuple[str | None, str]:

@@ -6,7 +6,7 @@ provider's own host, Azure deployments, proxies and OpenAI-compatible servers.
 
 from __future__ import annotations
 
-from ._base import Parser, Result, StreamParser, loads, loads_body
+from ._base import NOTHING, Parser, Result, StreamParser, bad_count, loads, loads_body
 from ._eventstream import EventStreamDecoder
 from ._ndjson import NDJSONDecoder
 from ._sse import SSEDecoder
@@ -18,12 +18,14 @@ from .ollama import OllamaChat, OllamaEmbed, OllamaGenerate
 from .openai import ChatCompletions, Completions, Embeddings, Responses
 
 __all__ = [
+    "NOTHING",
     "EventStreamDecoder",
     "NDJSONDecoder",
     "Parser",
     "Result",
     "SSEDecoder",
     "StreamParser",
+    "bad_count",
     "loads",
     "loads_body",
     "looks_like_llm",

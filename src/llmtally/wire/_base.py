@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,26 +15,71 @@ if TYPE_CHECKING:
     from decimal import Decimal
 
 __all__ = [
+    "MAX_COUNT",
     "Parser",
     "Result",
     "StreamParser",
     "as_int",
     "as_str",
+    "bad_count",
     "key_string",
     "loads",
     "loads_body",
     "object_after",
+    "odd_count",
 ]
 
 _DECODER = json.JSONDecoder()
 _STRING_VALUE = re.compile(rb'\s*:\s*"([^"\\]{0,256})"')
 
 
+#: More tokens than any call has (contexts hold millions): a larger count is garbage, and would
+#: overflow the ledger's integers once priced (picodollars) or summed.
+MAX_COUNT = 10**9
+#: The first bad count the parsers met on this thread since ``bad_count()`` last looked.
+_seen = threading.local()
+_NOTHING = object()
+
+
 def as_int(value: Any) -> int:
-    """A token count from a response: a non-negative int, or 0 for anything else (null, garbage)."""
-    if type(value) is int and value >= 0:
+    """A token count from a response: a non-negative int (0 when absent or null).
+
+    An exact integer sent as a float or a string (``12.0``, ``"12"``) is that integer. Anything else
+    (negative, fractional, huge, not a number) reads as 0 *and is noted*: whoever drives the parser
+    asks ``bad_count()`` afterwards, and counts that call's usage offline, marked estimated, rather
+    than as a silent 0.
+    """
+    if type(value) is int and 0 <= value <= MAX_COUNT:
         return value
+    return odd_count(value)
+
+
+def odd_count(value: Any, stated: bool = False) -> int:
+    """``as_int``'s slow path, for counts that are not plain in-range ints. A ``null`` is an absent
+    count (0), unless ``stated``: a response that gives its very token count as null."""
+    if value is None and not stated:
+        return 0
+    if type(value) is float and value.is_integer() and 0 <= value <= MAX_COUNT:
+        return int(value)
+    if type(value) is str and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())
+        if number <= MAX_COUNT:
+            return number
+    if getattr(_seen, "bad", _NOTHING) is _NOTHING:
+        _seen.bad = value
     return 0
+
+
+def bad_count() -> Any:
+    """The first bad count noted on this thread since the last call (then forgotten), or
+    ``NOTHING``."""
+    bad = getattr(_seen, "bad", _NOTHING)
+    if bad is not _NOTHING:
+        _seen.bad = _NOTHING
+    return bad
+
+
+NOTHING = _NOTHING
 
 
 def as_str(value: Any) -> str | None:
@@ -145,6 +191,9 @@ class Result:
     #: How the response says it was served, in the catalogue's price-variant terms
     #: (``(("service_tier", "flex"),)``, ``(("speed", "fast"),)``): it selects the prices.
     context: tuple[tuple[str, str], ...] | None = None
+    #: The first usage value that was no token count (``as_int``), if any: the usage is not to be
+    #: believed, and the call is counted offline.
+    bad: Any = _NOTHING
 
 
 class StreamParser:

@@ -183,6 +183,5 @@ def _token_count(prediction: Any) -> int | None:
     embeddings = prediction.get("embeddings") if isinstance(prediction, dict) else None
     stats = embeddings.get("statistics") if isinstance(embeddings, dict) else None
     count = stats.get("token_count") if isinstance(stats, dict) else None
-    if type(count) is float and count.is_integer() and count >= 0:
-        return int(count)  # predictions are a protobuf Struct: its numbers are doubles
-    return count if type(count) is int and count >= 0 else None
+    # Predictions are a protobuf Struct: its numbers are doubles, which as_int takes when exact.
+    return None if count is None else as_int(count)

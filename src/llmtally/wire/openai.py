@@ -20,7 +20,19 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .._core.usage import Usage
-from ._base import Parser, Result, StreamParser, as_int, as_str, key_string, loads, object_after, served_as
+from ._base import (
+    MAX_COUNT,
+    Parser,
+    Result,
+    StreamParser,
+    as_int,
+    as_str,
+    key_string,
+    loads,
+    object_after,
+    odd_count,
+    served_as,
+)
 
 if TYPE_CHECKING:
     from decimal import Decimal
@@ -47,19 +59,19 @@ def chat_usage(u: Any) -> Usage | None:
         return None
     # as_int written out: this runs for nearly every call, cold.
     prompt = u.get("prompt_tokens")
-    if type(prompt) is not int or prompt < 0:
-        prompt = 0
+    if type(prompt) is not int or not 0 <= prompt <= MAX_COUNT:
+        prompt = odd_count(prompt, "prompt_tokens" in u)
     completion = u.get("completion_tokens")
-    if type(completion) is not int or completion < 0:
-        completion = 0
+    if type(completion) is not int or not 0 <= completion <= MAX_COUNT:
+        completion = odd_count(completion, "completion_tokens" in u)
     cached: Any = 0
     written = 0
     reasoning: Any = 0
     details = u.get("prompt_tokens_details")
     if type(details) is dict:
         cached = details.get("cached_tokens")
-        if type(cached) is not int or cached < 0:
-            cached = 0
+        if type(cached) is not int or not 0 <= cached <= MAX_COUNT:
+            cached = odd_count(cached)
         if "cache_write_tokens" in details:  # OpenRouter, Azure: cache writes, part of the prompt
             written = min(as_int(details["cache_write_tokens"]), prompt - min(cached, prompt))
     if not cached and "prompt_cache_hit_tokens" in u:
@@ -71,8 +83,8 @@ def chat_usage(u: Any) -> Usage | None:
     details = u.get("completion_tokens_details")
     if type(details) is dict:
         reasoning = details.get("reasoning_tokens")
-        if type(reasoning) is not int or reasoning < 0:
-            reasoning = 0
+        if type(reasoning) is not int or not 0 <= reasoning <= MAX_COUNT:
+            reasoning = odd_count(reasoning)
         if details.get("audio_tokens"):
             audio_out = as_int(details["audio_tokens"])
     elif "reasoning_tokens" in u:  # xAI's native usage: reasoning at the top level, beside the output
