@@ -124,7 +124,9 @@ def _key(group: str, value: Any) -> str:
             names = json.loads(value) if value else []
         except ValueError:
             return str(value)
-        return " > ".join(names) if names else "(no scope)"
+        if not isinstance(names, list):  # not written by llmtally: shown as it is, never a crash
+            return str(value)
+        return " > ".join(map(str, names)) if names else "(no scope)"
     if value is None or value == "":
         return "(none)"
     return str(value)
