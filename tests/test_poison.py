@@ -3,13 +3,22 @@ are no token count make the call an offline estimate; exact integers sent as flo
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from _postgres import PostgresServer, postgres_fixture
 
 import llmtally
+from llmtally._core.usage import Call, Usage
+from llmtally.ledger import _writer as writer_module
+from llmtally.ledger import open_ledger, to_row
+from llmtally.ledger._records import NAMES
+from llmtally.ledger._writer import Writer
 from llmtally.testing import FakeProvider, Reply
 from llmtally.wire import NOTHING, bad_count
 from llmtally.wire._base import MAX_COUNT, as_int
@@ -72,3 +81,179 @@ def test_poison_through_the_sdk_is_estimated_not_zero(
 def test_an_exact_float_is_exact(stream: bool) -> None:
     (call,) = calls(12.0, stream=stream)
     assert not call.estimated and call.usage is not None and call.usage.prompt_tokens == 12
+
+
+# ---- the ledger: a bad record is set apart, the good ones are written, now and later ----
+
+postgres = postgres_fixture()
+
+
+def good_call(i: int) -> Call:
+    call = Call("openai", "chat.completions", "gpt-4o")
+    call.started_at, call.latency = 1_790_000_000.0 + i, 0.25
+    call.usage, call.ok, call.status = Usage(10 + i, 5), True, 200
+    return call
+
+
+def poisoned(row: tuple[object, ...], column: str, value: object) -> tuple[object, ...]:
+    at = NAMES.index(column)
+    return (*row[:at], value, *row[at + 1 :])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path, isolated_spool: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        yield server.new_database("poison")
+
+
+def stored_ids(url: str) -> list[str]:
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            return sorted(r[0] for r in conn.execute("SELECT id FROM calls"))
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return sorted(r[0] for r in conn.execute("SELECT id FROM calls").fetchall())
+
+
+def write_batches(url: str, *batches: list[tuple[object, ...]]) -> Writer:
+    """Each batch written as the writer writes one."""
+    led = open_ledger(url)
+    assert led is not None
+    writer = Writer(led, interval=60)
+    for rows in batches:
+        _write(writer, rows)
+    return writer
+
+
+def _write(writer: Writer, rows: list[tuple[object, ...]]) -> None:
+    # The writer's own path for one batch (``_write`` takes Calls; these are rows already).
+    try:
+        writer._catch_up()
+        writer._write_rows(list(rows))  # type: ignore[arg-type]
+    except Exception as exc:
+        writer._failed(exc)
+        writer._keep(list(rows))  # type: ignore[arg-type]
+
+
+class TestBadRecordsNeverBlockGoodOnes:
+    @pytest.mark.parametrize(
+        ("column", "value"),
+        [("prompt_tokens", 2**63), ("cost_pico", 2**64), ("model", "nul\x00inside"), ("started_at", None)],
+    )
+    def test_a_poison_row_is_set_apart_and_the_rest_written(
+        self, ledger_url: str, column: str, value: object
+    ) -> None:
+        rows = [to_row(good_call(i)) for i in range(5)]
+        bad = poisoned(to_row(good_call(99)), column, value)
+        batch = [*rows[:2], bad, *rows[2:]]
+        writer = write_batches(ledger_url, batch, [to_row(good_call(i)) for i in range(5, 8)])
+        try:
+            stored = stored_ids(ledger_url)
+            if column == "model" and ledger_url.startswith("sqlite"):
+                # SQLite stores a NUL inside text: no poison there, and nothing is set apart.
+                assert len(stored) == 9 and writer.spool is not None and writer.spool.quarantined() == []
+                return
+            want = sorted(str(r[0]) for r in batch if r is not bad)
+            assert set(want) <= set(stored) and str(bad[0]) not in stored and len(stored) == 8
+            assert writer.spool is not None and not writer.spool.pending()  # nothing left waiting
+            (dead,) = writer.spool.quarantined()
+            assert dead["record"]["id"] == bad[0] and column in dead["reason"]
+        finally:
+            writer.close()
+
+    def test_a_refusal_no_check_names_is_found_by_splitting(
+        self, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The ledger refuses a row for a reason check_row does not know: halving finds it."""
+        monkeypatch.setattr(writer_module, "check_row", lambda row: None)
+        rows = [to_row(good_call(i)) for i in range(9)]
+        bad = poisoned(to_row(good_call(99)), "completion_tokens", 2**63)
+        writer = write_batches(ledger_url, [*rows[:4], bad, *rows[4:]])
+        try:
+            assert len(stored_ids(ledger_url)) == 9
+            assert writer.spool is not None
+            (dead,) = writer.spool.quarantined()
+            assert dead["record"]["id"] == bad[0] and "refused by the ledger" in dead["reason"]
+        finally:
+            writer.close()
+
+    def test_an_outage_is_spooled_never_quarantined(
+        self, tmp_path: Path, isolated_spool: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A ledger that refuses everything (a locked file) is an outage: rows wait in the spool."""
+        import sqlite3
+
+        from llmtally.ledger import sqlite as sqlite_ledger
+
+        monkeypatch.setattr(sqlite_ledger, "BUSY_TIMEOUT", 0.1)
+        path = tmp_path / "locked.db"
+        url = f"sqlite:///{path}"
+        led = open_ledger(url)
+        assert led is not None
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        writer = Writer(led, interval=60)
+        try:
+            _write(writer, [to_row(good_call(i)) for i in range(4)])
+            assert writer.spool is not None and len(writer.spool.read()) == 4
+            assert writer.spool.quarantined() == []
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            writer.close()
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (b"null", "not a record but a JSON NoneType"),
+        (b"[1, 2, 3]", "not a record but a JSON list"),
+        (b'{"id": "x"}', "is missing"),
+        (b"{not json", "not JSON"),
+    ],
+)
+def test_a_spool_line_that_is_no_record_never_blocks_the_rest(ledger_url: str, line: bytes, why: str) -> None:
+    led = open_ledger(ledger_url)
+    assert led is not None
+    writer = Writer(led, interval=60)
+    try:
+        assert writer.spool is not None
+        good = [to_row(good_call(i)) for i in range(3)]
+        writer.spool.append(good[:2])
+        with open(writer.spool.path, "ab") as f:
+            f.write(line + b"\n")
+        writer.spool.append(good[2:])
+        wrong_type = poisoned(to_row(good_call(50)), "pid", "not a pid")
+        with open(writer.spool.path, "ab") as f:
+            f.write(json.dumps(dict(zip(NAMES, wrong_type, strict=True))).encode() + b"\n")
+        _write(writer, [to_row(good_call(9))])
+        assert len(stored_ids(ledger_url)) == 4 and not writer.spool.pending()
+        reasons = [d["reason"] for d in writer.spool.quarantined()]
+        assert len(reasons) == 2 and why in reasons[0] and "pid" in reasons[1]
+    finally:
+        writer.close()
+
+
+def test_a_huge_count_from_the_server_reaches_the_ledger_as_an_estimate(ledger_url: str) -> None:
+    """The issue's first row, end to end: once a server sent 2**63, the ledger took nothing again."""
+    llmtally.configure(ledger=ledger_url)
+    try:
+        for value in (2**63, 12):
+            fake = FakeProvider(handler=lambda req, v=value: Reply(prompt_tokens=v, completion_tokens=3))
+            with fake.serve() as url:
+                client = openai.OpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0)
+                client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        assert llmtally.flush()
+        (row,) = [r for r in llmtally.report(ledger=ledger_url, by=["model"])]
+        assert row.requests == 2 and row.estimated_requests == 1 and row.prompt_tokens < 10**6
+    finally:
+        llmtally.configure(ledger="none")

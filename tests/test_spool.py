@@ -109,23 +109,25 @@ class TestSpoolFile:
         got: list[Any] = []
         assert s.replay(got.extend) == 2
         assert [r[0] for r in got] == ["id-1", "id-2"]
-        assert "torn line" in caplog.text
+        assert "torn by a crash" in caplog.text
+        (dead,) = s.quarantined()  # kept apart with why, not dropped
+        assert dead["line"] == '{"id": "torn", "start' and "not JSON" in dead["reason"]
 
     def test_concurrent_appends_and_replays_lose_nothing(self) -> None:
         """4 processes append while this one replays in a loop: every row comes out exactly once."""
         s = Spool("postgresql://race")
         code = textwrap.dedent(
             """
-            import sys
+            import json, sys
             from llmtally.ledger._spool import Spool
             s, who = Spool("postgresql://race"), sys.argv[1]
-            row = tuple(sys.argv[2:])
+            row = tuple(json.loads(sys.argv[2]))
             for i in range(100):
                 s.append([(f"{who}-{i}-{j}",) + row[1:] for j in range(5)])
             """
         )
-        template = [str(v) for v in ROW]
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(w), *template]) for w in range(4)]
+        template = json.dumps(list(ROW))
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(w), template]) for w in range(4)]
         got: list[Any] = []
         while any(p.poll() is None for p in procs):
             s.replay(got.extend)

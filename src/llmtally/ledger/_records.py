@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import socket
@@ -32,8 +33,10 @@ __all__ = [
     "SUMS",
     "LedgerError",
     "added_at",
+    "check_row",
     "columns_at",
     "redact_url",
+    "refused",
     "to_row",
     "url_secrets",
 ]
@@ -158,7 +161,69 @@ _HOST = socket.gethostname()
 
 
 class LedgerError(Exception):
-    """The ledger cannot be used as configured: a bad URL, a file that is not an llmtally ledger, ..."""
+    """The ledger cannot be used as configured: a bad URL, a file that is not an llmtally ledger, ...
+
+    ``refused`` is true when the database refused the rows for what they hold (a value out of
+    range, a constraint), not for being unreachable: retrying them cannot help, isolating them can.
+    """
+
+    def __init__(self, *args: object, refused: bool = False) -> None:
+        super().__init__(*args)
+        self.refused = refused
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether a failed write was refused for what its rows hold (see ``LedgerError.refused``)."""
+    if isinstance(exc, LedgerError):
+        return exc.refused
+    if isinstance(exc, (OverflowError, TypeError, ValueError)):
+        return True  # a value the driver cannot even send
+    if type(exc).__module__ == "sqlite3":
+        name = type(exc).__name__
+        return name in ("IntegrityError", "DataError", "InterfaceError") or (
+            name == "ProgrammingError" and "binding" in str(exc)
+        )
+    return False
+
+
+_INT64 = 2**63
+
+
+def _column_check(name: str, kind: str) -> Any:
+    """A check of one column's value: the reason it cannot be stored, or None."""
+    required = "NOT NULL" in kind or "PRIMARY KEY" in kind
+    counts = name in TOKEN_NAMES
+
+    def check(value: Any) -> str | None:
+        if value is None:
+            return f"{name} is missing" if required else None
+        if kind.startswith("TEXT"):
+            if type(value) is not str:
+                return f"{name} is not text: {value!r:.80}"
+            return f"{name} holds a NUL character" if "\x00" in value else None
+        if kind.startswith("DOUBLE"):
+            if type(value) not in (int, float) or not math.isfinite(value):
+                return f"{name} is not a finite number: {value!r:.80}"
+            return None
+        if type(value) is not int or not -_INT64 <= value < _INT64 or (counts and value < 0):
+            return f"{name} is not {'a count' if counts else 'an integer'} the ledger can hold: {value!r:.80}"
+        return None
+
+    return check
+
+
+_CHECKS = tuple(_column_check(name, kind) for name, kind in COLUMNS)
+
+
+def check_row(row: Any) -> str | None:
+    """Why a record cannot be stored (a wrong type, a value out of range), or None if it can."""
+    if type(row) is not tuple or len(row) != len(_CHECKS):
+        return f"not a record of {len(_CHECKS)} columns"
+    for check, value in zip(_CHECKS, row, strict=True):
+        reason = check(value)
+        if reason is not None:
+            return str(reason)
+    return None
 
 
 # user:password@ in the authority, and password=... (or sslpassword=...) among the query parameters.

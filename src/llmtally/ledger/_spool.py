@@ -9,6 +9,12 @@ Several processes writing to one ledger share its spool file; every access holds
 ``flock`` on it (POSIX), so a replay never deletes lines another process has just appended.
 Replays write with ``ignore_duplicates``: a record that reached the ledger before its batch was
 reported failed (a lost COMMIT reply), or a replay cut short, is not written twice.
+
+Beside it, the *dead-letter file* ``<hash>.dead.jsonl`` holds what can never be written as it is:
+a spool line that is not a record (torn by a crash, or edited by hand), and records the ledger
+refused for what they hold. Each line says why, when, and for which ledger; ``llmtally ledger
+quarantined`` shows them and ``llmtally ledger reimport`` tries them again once fixed. Nothing in
+it blocks the records behind it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ._records import COLUMNS
+from ._records import COLUMNS, check_row
 
 __all__ = ["ENV_SPOOL_DIR", "Spool", "spool_dir"]
 
@@ -53,6 +59,7 @@ class Spool:
         self.url = url
         digest = hashlib.sha256(url.encode()).hexdigest()[:24]
         self.path = os.path.join(directory or spool_dir(), f"{digest}.jsonl")
+        self.dead_path = os.path.join(directory or spool_dir(), f"{digest}.dead.jsonl")
 
     def __repr__(self) -> str:
         return f"<Spool {self.path}>"
@@ -62,15 +69,16 @@ class Spool:
         return os.path.exists(self.path)
 
     @contextlib.contextmanager
-    def _locked(self, create: bool) -> Iterator[int | None]:
+    def _locked(self, create: bool, path: str | None = None) -> Iterator[int | None]:
         """The file open for read and append under an exclusive lock; ``None`` if it does not exist."""
+        path = path or self.path
         flags = os.O_RDWR | os.O_APPEND | getattr(os, "O_BINARY", 0)
         if create:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             flags |= os.O_CREAT
         while True:
             try:
-                fd = os.open(self.path, flags, 0o600)
+                fd = os.open(path, flags, 0o600)
             except FileNotFoundError:
                 yield None
                 return
@@ -80,7 +88,7 @@ class Spool:
                 # Whoever held the lock before may have replayed and deleted the file: then this
                 # descriptor is of an unlinked file, and the path must be opened again.
                 try:
-                    same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+                    same = os.path.samestat(os.fstat(fd), os.stat(path))
                 except FileNotFoundError:
                     same = False
                 if same:
@@ -90,11 +98,14 @@ class Spool:
                 os.close(fd)  # also releases the lock
 
     def append(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Add rows durably (fsync); ``OSError`` if they could not be."""
+        """Add rows durably (fsync), all or none; ``OSError`` if they could not be."""
         if not rows:
             return
         data = "".join(json.dumps(dict(zip(_NAMES, row, strict=True))) + "\n" for row in rows).encode()
-        with self._locked(create=True) as fd:
+        self._append(self.path, data)
+
+    def _append(self, path: str, data: bytes) -> None:
+        with self._locked(create=True, path=path) as fd:
             assert fd is not None
             size = os.lseek(fd, 0, os.SEEK_END)
             if size:
@@ -102,13 +113,74 @@ class Spool:
                 if os.read(fd, 1) != b"\n":
                     # A process died mid-append: end its torn line so it cannot swallow our first.
                     data = b"\n" + data
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                # A full disk: take back the part that was written, so that no torn line is left
+                # (the rows are kept elsewhere and come again whole).
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
+
+    def quarantine(self, entries: Sequence[tuple[Any, str]]) -> None:
+        """Put records (rows, or raw spool lines as bytes) in the dead-letter file, each with why;
+        ``OSError`` if they could not be."""
+        if not entries:
+            return
+        import time
+
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        lines = []
+        for item, reason in entries:
+            entry: dict[str, Any] = {"reason": reason, "at": now, "ledger": self.url}
+            if isinstance(item, bytes):
+                entry["line"] = item.decode("utf-8", "replace")
+            else:
+                entry["record"] = dict(zip(_NAMES, item, strict=False))
+            lines.append(json.dumps(entry, default=repr) + "\n")
+        self._append(self.dead_path, "".join(lines).encode())
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        """The dead-letter entries, oldest first (an unreadable line is shown as such)."""
+        with self._locked(create=False, path=self.dead_path) as fd:
+            return [] if fd is None else self._entries(fd)
+
+    def take_quarantined(self, keep: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> int:
+        """Hand the dead-letter entries to ``keep`` (under the file's lock); the entries it returns
+        stay, the others are gone. Returns how many went."""
+        with self._locked(create=False, path=self.dead_path) as fd:
+            if fd is None:
+                return 0
+            entries = self._entries(fd)
+            left = keep(entries)
+            data = "".join(json.dumps(e, default=repr) + "\n" for e in left).encode()
+            os.ftruncate(fd, 0)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
+            if not left and fcntl is not None:
+                os.unlink(self.dead_path)
+            return len(entries) - len(left)
+
+    @classmethod
+    def _entries(cls, fd: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for line in cls._lines(fd):
+            try:
+                entry = json.loads(line)
+            except (ValueError, RecursionError):
+                entry = None
+            if not isinstance(entry, dict):
+                entry = {"line": line.decode("utf-8", "replace"), "reason": "an unreadable dead-letter line"}
+            out.append(entry)
+        return out
 
     def read(self) -> list[tuple[Any, ...]]:
-        """The spooled rows (torn lines skipped), without removing them."""
+        """The spooled rows (lines that are no record skipped), without removing them."""
         with self._locked(create=False) as fd:
             return [] if fd is None else self._rows(fd)[0]
 
@@ -117,19 +189,23 @@ class Spool:
 
         Returns how many rows there were. If ``write`` raises, the file stays as it was (the chunks
         already written are written again next time, which ``ignore_duplicates`` makes harmless).
+        A line that is no record goes to the dead-letter file, never in the way of the others.
         """
         with self._locked(create=False) as fd:
             if fd is None:
                 return 0
-            rows, torn = self._rows(fd)
+            rows, rejects = self._rows(fd)
+            if rejects:
+                self.quarantine(rejects)  # first: if it cannot be, nothing is deleted
+                log.error(
+                    "llmtally: %d line(s) of the spool %s are no record (%s); kept apart in %s",
+                    len(rejects),
+                    self.path,
+                    rejects[0][1],
+                    self.dead_path,
+                )
             for start in range(0, len(rows), batch):
                 write(rows[start : start + batch])
-            if torn:
-                log.error(
-                    "llmtally: %d torn line(s) in the spool %s were unreadable and are dropped",
-                    torn,
-                    self.path,
-                )
             if fcntl is not None:
                 os.unlink(self.path)  # under the lock: nobody can be appending to it
                 return len(rows)
@@ -137,20 +213,31 @@ class Spool:
         return len(rows)
 
     @staticmethod
-    def _rows(fd: int) -> tuple[list[tuple[Any, ...]], int]:
+    def _lines(fd: int) -> list[bytes]:
         os.lseek(fd, 0, os.SEEK_SET)
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
+        return [line for line in b"".join(chunks).splitlines() if line.strip()]
+
+    @classmethod
+    def _rows(cls, fd: int) -> tuple[list[tuple[Any, ...]], list[tuple[bytes, str]]]:
+        """The spooled records, and the lines that are none, with why."""
         rows: list[tuple[Any, ...]] = []
-        torn = 0
-        for line in b"".join(chunks).splitlines():
-            if not line.strip():
-                continue
+        rejects: list[tuple[bytes, str]] = []
+        for line in cls._lines(fd):
             try:
                 record = json.loads(line)
-            except ValueError:
-                torn += 1
+            except (ValueError, RecursionError):
+                rejects.append((line, "not JSON (a line torn by a crash?)"))
                 continue
-            rows.append(tuple(record.get(name) for name in _NAMES))
-        return rows, torn
+            if type(record) is not dict:
+                rejects.append((line, f"not a record but a JSON {type(record).__name__}"))
+                continue
+            row = tuple(record.get(name) for name in _NAMES)
+            reason = check_row(row)
+            if reason is not None:
+                rejects.append((line, reason))
+                continue
+            rows.append(row)
+        return rows, rejects

@@ -12,6 +12,13 @@ delay (up to ``MAX_RETRY_DELAY``; a ``flush()`` tries at once, except the one at
 write that succeeds is preceded by a replay of the spool, which is then deleted: records arrive
 late but exactly once.
 Only if the spool itself cannot be written are records kept in memory (at most ``MAX_BACKLOG``).
+
+A record the ledger *refuses* for what it holds (``_records.refused``: a value out of range, a
+wrong type from a hand-edited spool) never blocks the others: the batch is split until the
+refused rows are found, they go to the dead-letter file with the reason (``_spool``), and the rest
+are written. Rows are only set apart when others of the same batch could be written, or when
+``check_row`` names what is wrong with them: a ledger that refuses everything is an outage, and
+its rows are spooled, never quarantined.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 from .._core.pipeline import PIPELINE
-from ._records import to_row
+from ._records import check_row, refused, to_row
 from ._spool import Spool
 
 if TYPE_CHECKING:
@@ -115,7 +122,7 @@ class Writer:
         try:
             self._catch_up()
             if rows:
-                self.ledger.write(rows)
+                self._write_rows(rows)
         except Exception as exc:
             self._failed(exc)
             self._keep(rows)
@@ -129,14 +136,83 @@ class Writer:
         """Replay the spool (this process's or another's), then rows kept in memory, if any."""
         spool = self.spool
         if spool is not None and spool.pending():
-            n = spool.replay(lambda chunk: self.ledger.write(chunk, ignore_duplicates=True), self.batch)
+            n = spool.replay(lambda chunk: self._write_rows(list(chunk), ignore_duplicates=True), self.batch)
             if n:
                 log.info("llmtally: replayed %d spooled records into the ledger %s", n, self.ledger)
         if self._backlog:
             # A failed write may have committed before it failed (lost reply): ids decide.
-            self.ledger.write(self._backlog, ignore_duplicates=True)
+            self._write_rows(self._backlog, ignore_duplicates=True)
             log.info("llmtally: wrote %d records kept in memory to the ledger", len(self._backlog))
             self._backlog = []
+
+    def _write_rows(self, rows: list[tuple[Any, ...]], ignore_duplicates: bool = False) -> None:
+        """Write rows, setting apart those the ledger refuses for what they hold; raises when the
+        ledger cannot be written at all (the caller spools)."""
+        try:
+            self.ledger.write(rows, ignore_duplicates=ignore_duplicates)
+            return
+        except Exception as exc:
+            first = exc
+        named = [(row, reason) for row in rows if (reason := check_row(row)) is not None]
+        if named:
+            self._quarantine(named)
+            bad = {id(row) for row, _ in named}
+            rows = [row for row in rows if id(row) not in bad]
+            if not rows:
+                return
+            try:
+                # The failed write wrote nothing (one transaction), but a lost reply is possible.
+                self.ledger.write(rows, ignore_duplicates=True)
+                return
+            except Exception as exc:
+                first = exc
+        if not refused(first) or len(rows) < 2:
+            raise first
+        self._split(rows, first)
+
+    def _split(self, rows: list[tuple[Any, ...]], first: Exception) -> None:
+        """Halve a refused batch until the refused rows are alone; quarantine them if the rest went
+        in (else it was no row's fault: raise, and the batch is spooled)."""
+        written = 0
+        alone: list[tuple[tuple[Any, ...], str]] = []
+        parts = [rows]
+        while parts:
+            part = parts.pop()
+            try:
+                self.ledger.write(part, ignore_duplicates=True)
+                written += len(part)
+            except Exception as exc:
+                if not refused(exc):
+                    raise
+                if len(part) == 1:
+                    alone.append((part[0], f"refused by the ledger: {type(exc).__name__}: {exc}"[:500]))
+                else:
+                    mid = len(part) // 2
+                    parts += [part[mid:], part[:mid]]
+        if not written:
+            raise first
+        self._quarantine(alone)
+
+    def _quarantine(self, entries: list[tuple[tuple[Any, ...], str]]) -> None:
+        if not entries:
+            return
+        where = self.spool.dead_path if self.spool is not None else "(nowhere: no spool directory)"
+        log.error(
+            "llmtally: %d record(s) cannot be stored in the ledger %s (%s); set apart in %s "
+            "(see `llmtally ledger quarantined`)",
+            len(entries),
+            self.ledger,
+            entries[0][1],
+            where,
+        )
+        if self.spool is not None:
+            try:
+                self.spool.quarantine(entries)
+                return
+            except OSError as exc:
+                log.error("llmtally: cannot write the dead-letter file %s (%s)", where, exc)
+        for row, reason in entries:  # the last resort: the log has them
+            log.error("llmtally: unstored record (%s): %r", reason, row)
 
     def _failed(self, exc: Exception) -> None:
         self._delay = min(max(2 * self._delay, self.interval, 0.5), MAX_RETRY_DELAY)

@@ -130,7 +130,9 @@ class PostgresLedger:
         return text
 
     def _error(self, doing: str, exc: BaseException) -> LedgerError:
-        return LedgerError(f"{doing} the PostgreSQL ledger {self.url}: {self._scrub(exc)}")
+        # A value out of range or a constraint: the rows were refused, the server is fine.
+        refused = isinstance(exc, (self._pg.DataError, self._pg.IntegrityError))
+        return LedgerError(f"{doing} the PostgreSQL ledger {self.url}: {self._scrub(exc)}", refused=refused)
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
