@@ -10,7 +10,7 @@ runtime starts on the first scope entered.
 from __future__ import annotations
 
 from ._core.scope import Suppressed, set_starter
-from ._core.tally import Tally
+from ._core.tally import KEEP_CALLS, Tally
 
 TYPE_CHECKING = False  # typing imports re (milliseconds); mypy reads it the same way.
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ def track(
     max_requests: int | None = None,
     on_exceed: Literal["raise", "warn"] = "raise",
     preflight: bool = False,
+    keep_calls: int | bool = KEEP_CALLS,
 ) -> Tally: ...
 
 
@@ -79,6 +80,7 @@ def track(  # noqa: F811 - overloads (typing.overload, under another name at run
     max_requests: int | None = None,
     on_exceed: Literal["raise", "warn"] = "raise",
     preflight: bool = False,
+    keep_calls: int | bool = KEEP_CALLS,
 ) -> F: ...
 
 
@@ -91,6 +93,7 @@ def track(  # noqa: F811
     max_requests: int | None = None,
     on_exceed: Literal["raise", "warn"] = "raise",
     preflight: bool = False,
+    keep_calls: int | bool = KEEP_CALLS,
 ) -> Tally | F:
     """A new scope: count every LLM call made while it is open.
 
@@ -105,7 +108,14 @@ def track(  # noqa: F811
         embed.tally         # every invocation's calls, added up
 
     Calls count in every enclosing scope, including calls made by asyncio tasks and by threads
-    started inside it.
+    started inside it. One scope object can be entered by many threads and tasks at once (a
+    decorated function under ``asyncio.gather`` or in a thread pool): its totals are those of all
+    its entries, and none of them stays open in another thread or task.
+
+    The totals count every call, however many. ``t.calls`` keeps the records (``llmtally.Call``)
+    of the most recent ``keep_calls`` calls only, 5000 unless given (about 4 MB), and
+    ``t.calls_dropped`` counts the older ones, so a scope open for a whole process uses constant
+    memory; ``keep_calls=True`` keeps them all, ``keep_calls=False`` none.
 
     Limits stop spending before it happens: with ``max_cost`` (USD, a Decimal or a string),
     ``max_tokens`` or ``max_requests``, a request sent once the scope has reached one is refused
@@ -127,8 +137,8 @@ def track(  # noqa: F811
         if preflight:
             raise ValueError("preflight=True prices each request against max_cost: give max_cost too")
     if callable(name):  # bare @track
-        return Tally(None, tags, limits).decorate(name)
-    return Tally(name, tags, limits)
+        return Tally(None, tags, limits, keep_calls).decorate(name)
+    return Tally(name, tags, limits, keep_calls)
 
 
 def get_openai_callback(name: str | None = None) -> Tally:

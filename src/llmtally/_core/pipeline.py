@@ -10,6 +10,10 @@ of calls is settled together, with warm caches.
 to every sink (the ledger writer, the OpenTelemetry exporter). The sinks, the eager flag and the
 span getter are written by ``_runtime`` alone; everything else only reads them.
 
+Memory stays bounded for a scope that is never read (``llmtally run``'s): the queue, by
+``FLUSH_AT``; a scope, because one whose list of calls passes its bound adds them up and keeps only
+its most recent records (``Tally._trim``).
+
 This module is loaded by ``import llmtally``: builtins only at the top.
 """
 
@@ -79,7 +83,10 @@ class Pipeline:
     def deliver(self, call: Call, scopes: Sequence[Tally]) -> None:
         """A settled call: into every scope it was made in, then to every sink (each guarded)."""
         for tally in scopes:
-            tally._calls.append(call)  # atomic; the totals catch up when the tally is read
+            calls = tally._calls
+            calls.append(call)  # atomic; the totals catch up when the tally is read
+            if len(calls) > tally._trim_at:  # a scope never read still holds a bounded list
+                tally._trim()
         for sink in self.sinks:
             try:
                 sink(call)

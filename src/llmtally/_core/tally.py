@@ -5,6 +5,11 @@ a decorator. Its totals are brought up to date when read: its counters are serve
 ``__getattr__``, which first settles the queued calls (``pipeline.flush``) and adds the new ones up
 (``usage.Totals``). Every public read flushes, so what a Tally shows is always complete.
 
+Its memory is bounded whether or not it is ever read (``llmtally run`` keeps one open for a whole
+process): ``pipeline.deliver`` appends each call to ``_calls``, and once that list passes
+``_trim_at`` it calls ``_trim``, which adds the calls up and forgets all but the most recent
+``keep_calls`` of them. The totals, the per-model totals and the currencies seen stay exact.
+
 This module is loaded by ``import llmtally``: builtins only at the top (threading, decimal,
 logging, dataclasses would add tens of milliseconds); the rest loads with the first read.
 """
@@ -34,7 +39,13 @@ if TYPE_CHECKING:
 else:
     _TallyFields = object
 
-__all__ = ["Tally"]
+__all__ = ["KEEP_CALLS", "Tally"]
+
+#: How many of its most recent calls a Tally keeps as records (``Tally.calls``) unless told
+#: otherwise: a ``Call`` takes about 0.8 KB, so about 4 MB, whatever the number of calls.
+KEEP_CALLS = 5000
+#: Kept when every call is asked for: past any list a process could hold.
+_ALL = 1 << 62
 
 
 class _Usage:
@@ -54,7 +65,7 @@ class _Usage:
         self.new_totals = Totals
         #: The totals of a Tally without calls (never added to: a Tally with calls has its own).
         self.empty = Totals()
-        self.fields = frozenset((*TOTAL_NAMES, "successful_requests", "calls"))
+        self.fields = frozenset((*TOTAL_NAMES, "successful_requests"))
 
 
 _usage = _Usage()
@@ -69,13 +80,18 @@ class Tally(_TallyFields):
     threads add to it.
 
     A Tally is a context manager (``with`` / ``async with``) and a decorator: entering it again,
-    or calling a function it decorates, adds to the same totals.
+    or calling a function it decorates, adds to the same totals. One Tally can be entered at once
+    by many threads and tasks (a decorated function under ``asyncio.gather`` or in a thread pool):
+    each entry is undone in its own thread or task, and the totals are those of all the entries.
+
+    ``calls`` holds the records of the most recent ``keep_calls`` calls (``KEEP_CALLS``, 5000,
+    unless given; ``True`` for all of them, ``False`` for none) and ``calls_dropped`` counts the
+    older ones it no longer holds; the totals, ``by_model`` and ``str(tally)`` count every call.
     """
 
     if TYPE_CHECKING:
         #: The exact sum over the priced calls: ``Decimal(0)`` until one is priced, never None.
         cost: Decimal
-        calls: list[Call]
 
     # Class-level defaults: a scope costs no more to open than it must.
     #: Limits (see ``_limits``): None for a scope without any, which is what the call path checks.
@@ -84,31 +100,63 @@ class Tally(_TallyFields):
     _warned = False
     _totals: Totals | None = None
     _by_model: dict[str, Totals] | None = None
-    _models_seen = 0
-    _seen = 0  # calls already added into _totals
+    _models_seen = 0  # calls of _calls already added into _by_model
+    _seen = 0  # calls of _calls already added into _totals
+    #: Records kept, and the length of ``_calls`` past which ``pipeline.deliver`` trims it: an
+    #: eighth more (at least 16), so that forgetting the oldest costs O(1) a call.
+    _keep = KEEP_CALLS
+    _trim_at = KEEP_CALLS + KEEP_CALLS // 8
+    _dropped = 0  # calls trimmed from the front of _calls
+    #: The native currencies of the trimmed calls (the summary names their rates).
+    _currencies: frozenset[str] | set[str] = frozenset()
+    _records: tuple[int, list[Call]] | None = None  # what ``calls`` last returned, and for which call
 
     def __init__(
-        self, name: str | None = None, tags: Mapping[str, object] | None = None, limits: Limits | None = None
+        self,
+        name: str | None = None,
+        tags: Mapping[str, object] | None = None,
+        limits: Limits | None = None,
+        keep_calls: int | bool = KEEP_CALLS,
     ) -> None:
         self.name = name
         self.tags: dict[str, object] = dict(tags) if tags else {}
         if limits is not None:
             self._limits = limits
-        #: Every settled call, appended by ``pipeline.deliver`` (list.append is atomic).
+        if keep_calls is not KEEP_CALLS:  # the default is the class attributes' already
+            self._keep_calls(keep_calls)
+        #: The settled calls not yet trimmed, appended by ``pipeline.deliver`` (list.append is
+        #: atomic); only ``_trim`` removes any, under ``_lock``, which every read by index holds.
         self._calls: list[Call] = []
         self._lock = allocate_lock()
 
+    def _keep_calls(self, keep: object) -> None:
+        if keep is True:
+            self._keep = self._trim_at = _ALL
+        elif keep is False:
+            self._keep, self._trim_at = 0, 16
+        elif isinstance(keep, int) and keep >= 0:
+            self._keep, self._trim_at = keep, keep + max(keep >> 3, 16)
+        else:
+            raise ValueError(f"keep_calls must be True, False or a whole number of calls >= 0, not {keep!r}")
+
     # -- the scope -----------------------------------------------------------------------------
+    # Metering never breaks the caller's code: a fault in opening or closing the scope is logged.
     def __enter__(self) -> Tally:
-        if not _state.started:
-            _state.start()
-        enter(self)
+        try:
+            if not _state.started:
+                _state.start()
+            enter(self)
+        except Exception:
+            _log_failure("open", self)
         return self
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        leave(self)
+        try:
+            leave(self)
+        except Exception:
+            _log_failure("close", self)
 
     async def __aenter__(self) -> Tally:
         return self.__enter__()
@@ -116,7 +164,7 @@ class Tally(_TallyFields):
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        leave(self)
+        self.__exit__(et, ev, tb)
 
     def decorate(self, func: F) -> F:
         """``func`` wrapped so that each invocation runs inside this scope; ``.tally`` is this Tally.
@@ -165,10 +213,7 @@ class Tally(_TallyFields):
                 _usage.load()
             if name not in _usage.fields:
                 raise AttributeError(f"'Tally' object has no attribute {name!r}")
-            totals = self._settled()
-            if name == "calls":
-                return self._calls
-            value = getattr(totals, name)
+            value = getattr(self._settled(), name)
             if name == "cost" and value is None:
                 return _usage.zero
             return value
@@ -197,6 +242,65 @@ class Tally(_TallyFields):
                 add(calls[i])
             self._seen = end
         return totals
+
+    def _trim(self) -> None:
+        """Add the calls up and forget all but the most recent ``_keep`` (``pipeline.deliver`` calls
+        it when ``_calls`` passes ``_trim_at``). Never raises: it runs inside settlement."""
+        try:
+            with self._lock:
+                calls = self._calls
+                end = len(calls)
+                drop = end - self._keep
+                if drop <= 0:  # another thread trimmed it first
+                    return
+                totals = self._totals
+                if totals is None:
+                    if not _usage.fields:
+                        _usage.load()
+                    totals = self._totals = _usage.new_totals()
+                add = totals.add
+                for i in range(self._seen, end):
+                    add(calls[i])
+                self._seen = end
+                seen = self._models_seen
+                if seen < drop:  # by_model must count the forgotten calls too
+                    self._add_to_models(calls, seen, drop)
+                    seen = self._models_seen = drop
+                currencies = {c.native_currency for c in calls[:drop] if c.native_currency}
+                if currencies:
+                    self._currencies = currencies.union(self._currencies)
+                # Calls appended meanwhile (by another thread) go after ``end``: every index shifts
+                # by ``drop``.
+                del calls[:drop]
+                self._seen = end - drop
+                self._models_seen = seen - drop
+                self._dropped += drop
+        except Exception:
+            _log_failure("add up the calls of", self)
+
+    @property
+    def calls(self) -> list[Call]:
+        """The records of the most recent calls, oldest first: at most ``keep_calls`` of them (see
+        ``calls_dropped``). A new list; read again, it is the same list until a call is added."""
+        self._settled()
+        with self._lock:
+            calls = self._calls
+            total = self._dropped + len(calls)
+            cached = self._records
+            if cached is not None and cached[0] == total:
+                return cached[1]
+            keep = self._keep
+            records = calls[-keep:] if keep else []
+            self._records = (total, records)
+            return records
+
+    @property
+    def calls_dropped(self) -> int:
+        """How many calls ``calls`` no longer holds (the oldest, past ``keep_calls``); they are still
+        in every total."""
+        self._settled()
+        with self._lock:
+            return self._dropped + max(len(self._calls) - self._keep, 0)
 
     # -- LangChain compatibility -------------------------------------------------------------
     @property
@@ -229,23 +333,28 @@ class Tally(_TallyFields):
 
     def _models(self) -> dict[str, Totals]:
         """The per-model breakdown, brought up to date from the calls (only when asked for)."""
-        from .usage import ModelTotals
-
         with self._lock:
-            by_model = self._by_model
-            if by_model is None:
-                by_model = self._by_model = {}
             calls = self._calls
             end = len(calls)
-            for i in range(self._models_seen, end):
-                call = calls[i]
-                model = call.model or call.requested_model or "unknown"
-                totals = by_model.get(model)
-                if totals is None:
-                    totals = by_model[model] = ModelTotals()
-                totals.add(call)
+            by_model = self._add_to_models(calls, self._models_seen, end)
             self._models_seen = end
             return by_model
+
+    def _add_to_models(self, calls: list[Call], start: int, end: int) -> dict[str, Totals]:
+        """Add ``calls[start:end]`` to the per-model totals; under ``_lock``."""
+        from .usage import ModelTotals
+
+        by_model = self._by_model
+        if by_model is None:
+            by_model = self._by_model = {}
+        for i in range(start, end):
+            call = calls[i]
+            model = call.model or call.requested_model or "unknown"
+            totals = by_model.get(model)
+            if totals is None:
+                totals = by_model[model] = ModelTotals()
+            totals.add(call)
+        return by_model
 
     # -- display -------------------------------------------------------------------------------
     def _summary(self) -> list[tuple[int, str, str]]:
@@ -299,7 +408,9 @@ class Tally(_TallyFields):
             lines.append(
                 (0, f"Total Cost ({shown})", f"${amount}" if shown == "USD" else f"{amount} {shown}")
             )
-            converted = sorted({c.native_currency for c in self._calls if c.native_currency})
+            converted = sorted(
+                self._currencies.union(c.native_currency for c in self._calls if c.native_currency)
+            )
             if converted:  # say the rates used
                 table = currency.rates()
                 said = [f"1 {code} = {table[code]} {shown}" for code in converted if code in table]
@@ -333,6 +444,14 @@ class Tally(_TallyFields):
         ]
         title = f"<caption>{html.escape(self.name)}</caption>" if self.name else ""
         return f"<table class='llmtally'>{title}{''.join(rows)}</table>"
+
+
+def _log_failure(doing: str, tally: Tally) -> None:
+    import logging
+
+    logging.getLogger("llmtally").exception(
+        "llmtally: could not %s the scope %r; the caller's code goes on", doing, tally.name
+    )
 
 
 def _generator(tally: Tally, func: Callable[..., Any]) -> Callable[..., Any]:
