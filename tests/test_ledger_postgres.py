@@ -289,9 +289,16 @@ class TestBadInput:
         err = self.raised(url, "password authentication failed", "wrong-pass-7f3a9")
         assert ":***@127.0.0.1" in str(err)
 
-    def test_refused_connection(self, postgres: PostgresServer) -> None:
+    def test_a_server_down_is_not_an_error_and_its_password_is_not_logged(
+        self, postgres: PostgresServer, caplog: pytest.LogCaptureFixture, isolated_spool: Path
+    ) -> None:
+        """Connection refused is a server down: configure() works, the records wait in the spool
+        (tests/test_outages.py sees them land once it is back), the password is in no message."""
         url = f"postgresql://{postgres.user}:{postgres.password}@127.0.0.1:{_free_port()}/x"
-        self.raised(url, "cannot connect to the PostgreSQL ledger .*Connection refused", postgres.password)
+        with caplog.at_level(logging.WARNING, logger="llmtally"):
+            llmtally.configure(ledger=url)
+        assert "Connection refused" in caplog.text and "spooled until it can be reached" in caplog.text
+        assert postgres.password not in caplog.text
 
     @pytest.mark.parametrize(
         "url, match",

@@ -28,6 +28,8 @@ ENV_URL = "LLMTALLY_PRICES_URL"
 _MAX_BYTES = 64 * 1024 * 1024
 
 _lock = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a fork while another thread held it must not hang the child
+    os.register_at_fork(after_in_child=_lock._at_fork_reinit)  # type: ignore[attr-defined]
 #: [the saved catalogue's snapshot, or False once looked for and not found / not usable]
 _loaded: list[Any] = [None]
 

@@ -14,6 +14,7 @@ The catalogue is the bundled snapshot: nothing is fetched at run time.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,6 +77,8 @@ class Resolved:
 
 
 _lock = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a fork while another thread held it must not hang the child
+    os.register_at_fork(after_in_child=_lock._at_fork_reinit)  # type: ignore[attr-defined]
 _resolved: dict[tuple[str | None, str | None, str | None, str], Resolved | None] = {}
 _plans: dict[int, _Plan] = {}
 #: (model, provider, api_url, fallback[, context]) -> the plan of a price that does not change in time.

@@ -318,7 +318,9 @@ class Runtime:
         writer = self.writer
         if writer is not None:
             try:
-                writer.flush(timeout=10, retry=False)
+                # Long enough for a write that waits on a locked SQLite file and then spools
+                # (sqlite.WRITE_TIMEOUT): the records are on disk either way when the process ends.
+                writer.flush(timeout=20, retry=False)
             except Exception:  # pragma: no cover
                 log.exception("llmtally: could not flush the ledger at exit")
 

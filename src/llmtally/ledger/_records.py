@@ -165,11 +165,14 @@ class LedgerError(Exception):
 
     ``refused`` is true when the database refused the rows for what they hold (a value out of
     range, a constraint), not for being unreachable: retrying them cannot help, isolating them can.
+    ``transient`` is true when the database could not be reached (a server down or restarting): the
+    records wait in the spool until it is back.
     """
 
-    def __init__(self, *args: object, refused: bool = False) -> None:
+    def __init__(self, *args: object, refused: bool = False, transient: bool = False) -> None:
         super().__init__(*args)
         self.refused = refused
+        self.transient = transient
 
 
 def refused(exc: BaseException) -> bool:

@@ -41,6 +41,26 @@ try:
 except ImportError:  # pragma: no cover - Windows: one process per spool file is assumed
     fcntl = None  # type: ignore[assignment]
 
+#: Spool and dead-letter files open in this process, with their locks held.
+_held: set[int] = set()
+
+
+def _close_inherited() -> None:
+    """In a forked child: close the copies of files a parent's thread had open and locked.
+
+    A lock taken with flock belongs to the open file, which the child shares: had the child kept its
+    copy, the parent's lock would outlive the parent's own close for as long as the child lives, and
+    every process using the spool would wait for it.
+    """
+    for fd in list(_held):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited)
+
 
 def spool_dir() -> str:
     """Where spool files go: ``LLMTALLY_SPOOL_DIR``, else ``spool/`` beside the default ledger."""
@@ -82,6 +102,7 @@ class Spool:
             except FileNotFoundError:
                 yield None
                 return
+            _held.add(fd)
             try:
                 if fcntl is not None:
                     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -95,6 +116,7 @@ class Spool:
                     yield fd
                     return
             finally:
+                _held.discard(fd)
                 os.close(fd)  # also releases the lock
 
     def append(self, rows: Sequence[tuple[Any, ...]]) -> None:

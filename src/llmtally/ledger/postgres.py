@@ -17,6 +17,7 @@ is retried once on the fresh connection.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,19 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["PostgresLedger"]
+
+log = logging.getLogger("llmtally")
+
+#: Words of a connection error that waiting will not cure: credentials, database or role, TLS.
+_NOT_TRANSIENT = (
+    "authentication",
+    "password",
+    "pg_hba.conf",
+    "does not exist",
+    "permission denied",
+    "ssl",
+    "invalid",  # a malformed option libpq only checks when it connects
+)
 
 # Taken (per transaction) while creating or migrating the schema: "llmtally" as a 64-bit integer.
 _LOCK_KEY = int.from_bytes(b"llmtally", "big")
@@ -115,7 +129,15 @@ class PostgresLedger:
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._pid = os.getpid()
-        self._conn = self._connect()
+        self._migrated = not create
+        try:
+            self._conn = self._connect()
+        except LedgerError as exc:
+            if self.readonly or not exc.transient:
+                raise  # a bad URL, refused credentials, no such database: said at once
+            # A server down or restarting: records are spooled until it is back, then migrated to.
+            log.warning("llmtally: %s; records are spooled until it can be reached", exc)
+            return
         if create:
             self.migrate()
 
@@ -139,7 +161,19 @@ class PostgresLedger:
             conn: psycopg.Connection[Any] = self._pg.connect(self._conninfo, **self._options)
         except self._pg.Error as exc:
             # from None: the driver's own exception may quote the password.
-            raise self._error("cannot connect to", exc) from None
+            error = self._error("cannot connect to", exc)
+            state = getattr(exc, "sqlstate", None)
+            # No answer at all, a connection exception (08...), a server starting or shutting down, or
+            # too many connections: it passes. Refused credentials (28...) or no such database do not.
+            # libpq reports errors met while connecting without a state: its text says which.
+            text = str(exc).lower()
+            refused = any(word in text for word in _NOT_TRANSIENT)
+            error.transient = isinstance(exc, self._pg.OperationalError) and (
+                (state is None and not refused)
+                or (state or "").startswith("08")
+                or state in ("57P01", "57P02", "57P03", "53300")
+            )
+            raise error from None
         if self.readonly:
             conn.read_only = True  # BEGIN READ ONLY: a report never writes
         self._pid = os.getpid()
@@ -173,6 +207,10 @@ class PostgresLedger:
                 raise
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        self._migrate_now(conn)
+        self._migrated = True
+
+    def _migrate_now(self, conn: psycopg.Connection[Any]) -> None:
         try:
             with conn.transaction():
                 # Several processes opening a new ledger at once: one creates it, the others wait
@@ -207,6 +245,12 @@ class PostgresLedger:
         if conn is not None:
             conn.close()
         self._conn = self._connect()
+        if not self._migrated:  # the server was down when the ledger was opened
+            try:
+                self._migrate(self._conn)
+            except BaseException:
+                self._drop()
+                raise
         return self._conn, True
 
     def _insert(self, conn: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]], ignore: bool) -> None:

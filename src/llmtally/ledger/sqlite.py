@@ -13,6 +13,8 @@ thousands of rows: whole hours from the rollup, the window's partial edges from 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -35,9 +37,14 @@ from ._records import (
 
 __all__ = ["ROLLUP_KEYS", "SQLiteLedger", "rollup"]
 
+log = logging.getLogger("llmtally")
+
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-#: Seconds a write waits for another process's lock before it fails (and the batch is spooled).
+#: Seconds a read or a budget update waits for another process's lock before it fails.
 BUSY_TIMEOUT = 30.0
+#: Seconds a batch of records waits for another process's lock before it is spooled instead: well
+#: under the time a flush (and the flush at exit) waits, so that a locked ledger spools, never loses.
+WRITE_TIMEOUT = 5.0
 #: The rollup's key columns; its other columns are SUMS.
 ROLLUP_KEYS = ("hour", "model", "provider", "endpoint", "scope_path", "tags", "currency")
 #: Each key as the rollup computes it from a row of ``calls`` (what ``rollup()`` does in Python).
@@ -149,6 +156,27 @@ def _compile_rollup() -> Any:
 rollup = _compile_rollup()
 
 
+def _locked(exc: BaseException | None) -> bool:
+    """Whether an error is another process holding the database (which passes), not a bad file."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+def _private_dirs(path: str) -> None:
+    """Create the missing directories of ``path`` readable by their owner only (spend history is
+    private); directories that exist are left as their owner made them."""
+    missing = []
+    path = path or "."
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+
+
 def _group_sql(key: str) -> str:
     """A group's expression over ``calls``."""
     tag = check_group(key)
@@ -197,9 +225,28 @@ class SQLiteLedger:
             if os.path.isdir(self.path):
                 raise LedgerError(f"the ledger path {self.path} is a directory")
             return
+        self._identity: tuple[int, int] | None = None
+        self._migrated = False
+        self._open()
+
+    def _open(self) -> None:
+        """Check the file, create it (0600, in directories made 0700) and migrate it, unless another
+        process holds it locked: then the first write does (the writer spools until it can)."""
         self._check_file()
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self.migrate()
+        _private_dirs(os.path.dirname(self.path))
+        if not os.path.exists(self.path):
+            with contextlib.suppress(FileExistsError):  # another process was first: its file, its mode
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            self.migrate()
+        except LedgerError as exc:
+            if not _locked(exc.__cause__):
+                raise
+            log.warning(
+                "llmtally: the SQLite ledger %s is locked by another process; records are spooled "
+                "until it can be written",
+                self.path,
+            )
 
     def __repr__(self) -> str:
         return f"<SQLiteLedger {self.path}>"
@@ -240,7 +287,11 @@ class SQLiteLedger:
                     conn = sqlite3.connect(
                         self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=True
                     )
-                    conn.execute("PRAGMA journal_mode=WAL")
+                    try:
+                        conn.execute("PRAGMA journal_mode=WAL")  # kept by the file once set
+                    except sqlite3.OperationalError as exc:
+                        if not _locked(exc):
+                            raise
                     conn.execute("PRAGMA synchronous=NORMAL")
                     conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
             except sqlite3.Error as exc:
@@ -264,6 +315,12 @@ class SQLiteLedger:
         """Create the ledger, or bring an older one to this llmtally's schema, in one transaction."""
         conn = self.connect()
         try:
+            if self._version(conn) == SCHEMA_VERSION:  # current: no write lock needed to know it
+                self._opened()
+                return
+        except sqlite3.DatabaseError:
+            pass  # said below, with the lock
+        try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path} is not a usable SQLite database: {exc}") from exc
@@ -286,6 +343,38 @@ class SQLiteLedger:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._opened()
+
+    def _opened(self) -> None:
+        self._migrated = True
+        with contextlib.suppress(OSError):
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
+
+    def _check_still_there(self) -> None:
+        """The file deleted or replaced under a running process: writing on would go to a file
+        nobody can read. Start a new ledger at the path (said so), or fail (and spool)."""
+        try:
+            st = os.stat(self.path)
+            if self._identity is None or (st.st_dev, st.st_ino) == self._identity:
+                return
+            what = "replaced"
+        except FileNotFoundError:
+            what = "deleted"
+        log.warning(
+            "llmtally: the SQLite ledger %s was %s while in use; records go to a new ledger there",
+            self.path,
+            what,
+        )
+        self.close()
+        self._local = threading.local()  # every thread opens the new file
+        self._identity, self._migrated = None, False
+        if not os.path.exists(self.path):
+            # The deleted ledger's write-ahead log must not be replayed into the new one.
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path + suffix)
+        self._open()
 
     def write(self, rows: Sequence[tuple[Any, ...]], *, ignore_duplicates: bool = False) -> None:
         """Append rows in one transaction (all or none).
@@ -293,7 +382,14 @@ class SQLiteLedger:
         With ``ignore_duplicates``, rows whose id is already in the ledger are skipped rather than
         failing the whole batch (a replayed spool may hold rows that were written before).
         """
+        self._check_still_there()
+        if not self._migrated:
+            self.migrate()
         conn = self.connect()
+        if not getattr(self._local, "writing", False):
+            # This thread writes batches: a lock held elsewhere for long means spool, not wait.
+            conn.execute(f"PRAGMA busy_timeout={int(WRITE_TIMEOUT * 1000)}")
+            self._local.writing = True
         conn.execute("BEGIN")
         try:
             if ignore_duplicates:
