@@ -229,29 +229,55 @@ def check_row(row: Any) -> str | None:
     return None
 
 
-# user:password@ in the authority, and password=... (or sslpassword=...) among the query parameters.
-_USERINFO_PASSWORD = re.compile(r"^([^:/?#]+://[^:@/?#]*):[^/?#]*@")
-_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
+# The password of a URL's user info: from the first ":" after the user name to the last "@" of the
+# URL. Hiding too much (an "@" later in a query) is safe; libpq accepts unencoded "#", "/" and "?"
+# in a password, so the usual URL grammar would hide too little.
+_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:@/]*):(.*)@", re.DOTALL)
+# password=... (or sslpassword=...) among a URL's query parameters.
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
+# password=... in a libpq key/value string (host=db password='it''s secret' dbname=x): a quoted
+# value with backslash escapes, or a bare one up to the next space.
+_CONNINFO_PASSWORD = re.compile(r"((?:^|\s)(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``: what messages, logs and spool names may show.
+    """The URL (or libpq key/value string) with any password replaced by ``***``: what messages,
+    logs and spool names may show.
 
     ``redact_url("postgresql://app:s3cret@db/prod")`` is ``"postgresql://app:***@db/prod"``.
     """
+    if "://" not in url.split("=", 1)[0]:  # key/value form: host=db password=...
+        return _CONNINFO_PASSWORD.sub(r"\1***", url)
     return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url, count=1))
 
 
 def url_secrets(url: str) -> list[str]:
-    """The passwords a URL holds, as written and percent-decoded, to scrub from driver messages."""
+    """The passwords a URL or key/value string holds, as written and decoded, to scrub from driver
+    messages."""
     from urllib.parse import unquote
 
     found: list[str] = []
-    m = _USERINFO_PASSWORD.match(url)
-    if m:
-        found.append(url[m.end(1) + 1 : m.end() - 1])
-    found += [url[q.end(1) : q.end()] for q in _QUERY_PASSWORD.finditer(url)]
+    if "://" not in url.split("=", 1)[0]:
+        for m in _CONNINFO_PASSWORD.finditer(url):
+            value = m.group(2)
+            found.append(value)
+            if value.startswith("'"):
+                found.append(re.sub(r"\\(.)", r"\1", value.strip("'")))
+    else:
+        m = _USERINFO_PASSWORD.match(url)
+        if m:
+            found.append(m.group(2))
+        found += [url[q.end(1) : q.end()] for q in _QUERY_PASSWORD.finditer(url)]
     found += [unquote(s) for s in found]
+    # libpq cuts an unencoded password at its "#", "/", "?" or "@" and quotes the rest in its
+    # message: scrub the pieces too.
+    found += [
+        piece
+        for s in list(found)
+        for cut in (r"[#/?]", r"[#/?@:&=]")
+        for piece in re.split(cut, s)
+        if len(piece) >= 3
+    ]
     # Longest first, so that a secret containing another is scrubbed whole.
     return sorted({s for s in found if s}, key=len, reverse=True)
 
