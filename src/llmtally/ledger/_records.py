@@ -264,9 +264,9 @@ def url_secrets(url: str) -> list[str]:
             if value.startswith("'"):
                 found.append(re.sub(r"\\(.)", r"\1", value.strip("'")))
     else:
-        m = _USERINFO_PASSWORD.match(url)
-        if m:
-            found.append(m.group(2))
+        userinfo = _USERINFO_PASSWORD.match(url)
+        if userinfo:
+            found.append(userinfo.group(2))
         found += [url[q.end(1) : q.end()] for q in _QUERY_PASSWORD.finditer(url)]
     found += [unquote(s) for s in found]
     # libpq cuts an unencoded password at its "#", "/", "?" or "@" and quotes the rest in its
