@@ -7,7 +7,8 @@ comes out of the SDK call. With ``on_exceed="warn"`` the request goes out and a 
 instead. With ``preflight=True`` the request's worst case (its input, counted offline, plus its
 whole output allowance) is priced too, and a request that could cross the limit is refused.
 A scope bound to a shared budget (``llmtally.budget``) also reserves the request's worst case in
-the ledger database, atomically, and releases it when the call settles.
+the ledger database, atomically, as a lease that ends with the call or with its process
+(``ledger.budgets``), and releases it when the call settles.
 
 Several threads or tasks in one scope check at the same time, so spend can pass a limit only by the
 calls already in flight when it was reached.
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +115,8 @@ class Shared:
     name: str
     store: BudgetStore
     period: str | None
+    #: The lease of a reservation held on the budget (``BudgetStore.reserve``), settled with the call.
+    lease: str | None = None
 
 
 def check_on_exceed(on_exceed: object) -> None:
@@ -283,8 +286,9 @@ def _reserve(shared: list[tuple[Tally, Limits]], ex: Exchange) -> None:
         for tally, limits in shared:
             budget = limits.shared
             assert budget is not None
-            if budget.store.reserve(budget.name, worst, budget.period):
-                made.append((budget, worst))
+            lease = budget.store.reserve(budget.name, worst, budget.period)
+            if lease is not None:
+                made.append((replace(budget, lease=lease), worst))
                 continue
             state = budget.store.get(budget.name)
             spent = state.spent + state.reserved if state else worst
@@ -303,9 +307,9 @@ def _reserve(shared: list[tuple[Tally, Limits]], ex: Exchange) -> None:
 
 def unreserve(made: list[tuple[Shared, Decimal]]) -> None:
     """Give reservations back unspent (the request was refused, or not answered)."""
-    for budget, amount in made:
+    for budget, _ in made:
         try:
-            budget.store.settle(budget.name, amount, ZERO)
+            budget.store.settle(budget.name, ZERO, lease=budget.lease, period=budget.period)
         except Exception:
             log.exception("llmtally: could not release a reservation in the shared budget %r", budget.name)
 
@@ -316,6 +320,6 @@ def release(reservations: list[tuple[Shared, Decimal]], call: Call) -> None:
     for budget, reserved in reservations:
         actual = call.cost if call.cost is not None else (reserved if call.ok else ZERO)
         try:
-            budget.store.settle(budget.name, reserved, actual)
+            budget.store.settle(budget.name, actual, lease=budget.lease, period=budget.period)
         except Exception:
             log.exception("llmtally: could not settle the shared budget %r", budget.name)
