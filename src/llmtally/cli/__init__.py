@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
         "(default: LLMTALLY_RATES)",
     )
 
+    from .ledger import add_parser as add_ledger_parser
+
+    add_ledger_parser(sub)
+
     bud = sub.add_parser(
         "budget",
         help="list, set or reset budgets shared through the ledger database",
@@ -180,13 +184,19 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "cost":
         return _cost(args)
+    if args.command == "ledger":
+        from .ledger import ledger_command
+
+        return ledger_command(args)
     parser.print_help()
     return 0
 
 
 def _printable(text: str) -> str:
     """Model names from a downloaded catalogue reach the terminal: control characters escaped."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    from .._core.text import printable
+
+    return printable(text)
 
 
 def _cost(args: argparse.Namespace) -> int:

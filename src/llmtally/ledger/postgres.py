@@ -275,7 +275,7 @@ class PostgresLedger:
             except self._pg.Error as exc:
                 if conn.broken:
                     self._drop()
-                raise self._error("cannot update budgets in", exc) from None
+                raise self._error("cannot use", exc) from None
 
     def sums(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
         """The report's rows: each group's values, then SUMS, over calls in ``[start, end)``."""

@@ -411,7 +411,7 @@ class SQLiteLedger:
         try:
             return list(self.connect().execute(sql, params).fetchall())
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"cannot update budgets in the SQLite ledger {self.path}: {exc}") from exc
+            raise LedgerError(f"cannot use the SQLite ledger {self.path}: {exc}") from exc
 
     def sums(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
         """The report's rows: each group's values, then SUMS, over calls in ``[start, end)``."""

@@ -1,0 +1,236 @@
+"""``llmtally ledger``: look after a ledger that grows for years.
+
+``status``       where it is, its schema, how many calls from when to when, what waits in the spool and
+                 what was set apart (the dead-letter file);
+``quarantined``  the records set apart, each with why (text the server sent is shown escaped);
+``reimport``     tries them again, once fixed (edit the dead-letter file: one JSON object a line);
+``check``        SQLite's integrity check and the hourly totals against the calls;
+``prune``        deletes calls older than a date, keeping their hourly totals in reports (SQLite) or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+__all__ = ["add_parser", "ledger_command"]
+
+
+def add_parser(sub: Any) -> None:
+    led = sub.add_parser(
+        "ledger",
+        help="the ledger's state, records set apart, integrity check, pruning",
+        description="Look after the ledger: status, quarantined, reimport, check, prune.",
+    )
+    led.add_argument("action", choices=("status", "quarantined", "reimport", "check", "prune"))
+    led.add_argument(
+        "--ledger", metavar="URL", help="the ledger (default: LLMTALLY_LEDGER, else the default file)"
+    )
+    led.add_argument("--before", metavar="WHEN", help="prune: calls started before this (2026-01-01, 90d)")
+    led.add_argument(
+        "--totals",
+        choices=("keep", "drop"),
+        default="keep",
+        help="prune: keep the pruned calls' hourly totals in reports (SQLite), or drop them too",
+    )
+    led.add_argument("--format", choices=("text", "json"), default="text", help="quarantined: text or json")
+
+
+def _say(text: str) -> None:
+    from .._core.text import printable
+
+    print("\n".join(printable(line) for line in text.split("\n")))
+
+
+def ledger_command(args: argparse.Namespace) -> int:
+    from .._runtime import RUNTIME
+    from ..ledger import LedgerError
+
+    url = RUNTIME.ledger_url(args.ledger)
+    assert url is not None
+    try:
+        return int(_ACTIONS[args.action](url, args))
+    except (LedgerError, ValueError, OSError) as exc:
+        from .._core.text import printable
+
+        print(f"llmtally ledger {args.action}: {printable(str(exc))}", file=sys.stderr)
+        return 2
+
+
+def _open(url: str, write: bool = False) -> Any:
+    from ..ledger import LedgerError, open_ledger, redact_url
+
+    ledger = open_ledger(url, create=write)
+    if ledger is None:
+        raise LedgerError(f"no ledger to look after ({redact_url(url)!r}); pass --ledger URL")
+    return ledger
+
+
+def _spool(ledger: Any) -> Any:
+    from ..ledger._spool import Spool
+
+    return Spool(ledger.url)
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+
+
+def _status(url: str, args: argparse.Namespace) -> int:
+    ledger = _open(url)
+    try:
+        (version,) = ledger.execute("SELECT MAX(version) FROM llmtally_schema")[0]
+        n, first, last = ledger.execute("SELECT COUNT(*), MIN(started_at), MAX(started_at) FROM calls")[0]
+        spool = _spool(ledger)
+        waiting = len(spool.read())
+        apart = len(spool.quarantined())
+    finally:
+        ledger.close()
+    _say(f"ledger: {ledger.url} (schema {version})")
+    _say(f"calls: {n:,}" + (f", from {_when(first)} to {_when(last)}" if n else ""))
+    _say(f"spool: {waiting:,} record(s) waiting for the ledger" + (f" in {spool.path}" if waiting else ""))
+    hint = " (`llmtally ledger quarantined` shows them)" if apart else ""
+    _say(f"set apart: {apart:,} record(s)" + (f" in {spool.dead_path}" if apart else "") + hint)
+    return 0
+
+
+def _quarantined(url: str, args: argparse.Namespace) -> int:
+    ledger = _open(url)
+    try:
+        entries = _spool(ledger).quarantined()
+    finally:
+        ledger.close()
+    if args.format == "json":
+        json.dump(entries, sys.stdout, indent=2, default=repr)
+        print()
+        return 0
+    if not entries:
+        _say("no record is set apart")
+        return 0
+    for e in entries:
+        record = e.get("record")
+        what = (
+            f"call {record.get('id')} ({record.get('model') or record.get('requested_model')})"
+            if isinstance(record, dict)
+            else f"line {str(e.get('line', ''))[:120]!r}"
+        )
+        _say(f"{e.get('at', '?')}  {what}: {e.get('reason', '?')}")
+    _say(f"{len(entries)} record(s); fix them in the dead-letter file, then `llmtally ledger reimport`")
+    return 0
+
+
+def _reimport(url: str, args: argparse.Namespace) -> int:
+    from ..ledger._records import NAMES, check_row, refused
+
+    ledger = _open(url, write=True)
+    written = 0
+
+    def retry(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        nonlocal written
+        left = []
+        for e in entries:
+            record = e.get("record")
+            if record is None and isinstance(e.get("line"), str):
+                try:
+                    record = json.loads(e["line"])
+                except ValueError:
+                    record = None
+            if not isinstance(record, dict):
+                left.append(e)
+                continue
+            row = tuple(record.get(name) for name in NAMES)
+            reason = check_row(row)
+            if reason is None:
+                try:
+                    ledger.write([row], ignore_duplicates=True)
+                    written += 1
+                    continue
+                except Exception as exc:
+                    if not refused(exc):
+                        raise  # the ledger itself failed: everything stays set apart
+                    reason = f"refused by the ledger: {type(exc).__name__}: {exc}"[:500]
+            left.append({**e, "reason": reason})
+        return left
+
+    try:
+        _spool(ledger).take_quarantined(retry)
+        left = len(_spool(ledger).quarantined())
+    finally:
+        ledger.close()
+    _say(f"reimported {written} record(s); {left} still set apart")
+    return 0 if not left else 1
+
+
+def _check(url: str, args: argparse.Namespace) -> int:
+    from ..ledger.sqlite import SQLiteLedger
+
+    ledger = _open(url)
+    problems: list[str] = []
+    try:
+        if isinstance(ledger, SQLiteLedger):
+            result = [r[0] for r in ledger.execute("PRAGMA integrity_check")]
+            if result != ["ok"]:
+                problems += [f"integrity: {r}" for r in result[:20]]
+            # The hourly totals of the hours that still have their calls (pruning may keep older ones).
+            sql = (
+                "SELECT h.hour, h.n, h.cost, c.n, c.cost FROM "
+                "(SELECT hour, SUM(requests) n, SUM(cost_pico) cost FROM calls_hourly GROUP BY hour) h "
+                "LEFT JOIN (SELECT CAST(started_at / 3600 AS INTEGER) * 3600 hour, COUNT(*) n, "
+                "SUM(COALESCE(cost_pico, 0)) cost FROM calls GROUP BY 1) c ON c.hour = h.hour "
+                "WHERE h.hour >= (SELECT CAST(MIN(started_at) / 3600 AS INTEGER) * 3600 FROM calls)"
+            )
+            for hour, n, cost, calls_n, calls_cost in ledger.execute(sql):
+                if (n, cost) != (calls_n or 0, calls_cost or 0):
+                    problems.append(
+                        f"hourly totals of {_when(hour)}: {n} calls, {cost} pico in the rollup; "
+                        f"{calls_n or 0} calls, {calls_cost or 0} pico in the calls"
+                    )
+        (n,) = ledger.execute("SELECT COUNT(*) FROM calls")[0]
+    finally:
+        ledger.close()
+    for p in problems:
+        _say(p)
+    verdict = "no problem found" if not problems else f"{len(problems)} problem(s)"
+    _say(f"{ledger.url}: {n:,} calls, {verdict}")
+    return 0 if not problems else 1
+
+
+def _prune(url: str, args: argparse.Namespace) -> int:
+    from .._report import parse_time
+    from ..ledger.sqlite import SQLiteLedger
+
+    if not args.before:
+        raise ValueError("prune needs --before WHEN (2026-01-01, 90d): calls started before it are deleted")
+    cutoff = parse_time(args.before)
+    assert cutoff is not None
+    cutoff = cutoff // 3600 * 3600  # whole hours: the hourly totals stay exact for what remains
+    ledger = _open(url, write=True)
+    try:
+        sqlite = isinstance(ledger, SQLiteLedger)
+        if args.totals == "keep" and not sqlite:
+            raise ValueError(
+                "a PostgreSQL ledger keeps no hourly totals: pruning takes the calls out of reports; "
+                "say so with --totals drop"
+            )
+        p = ledger.placeholder
+        (n,) = ledger.execute(f"SELECT COUNT(*) FROM calls WHERE started_at < {p}", (cutoff,))[0]
+        ledger.execute(f"DELETE FROM calls WHERE started_at < {p}", (cutoff,))
+        if sqlite and args.totals == "drop":
+            ledger.execute(f"DELETE FROM calls_hourly WHERE hour < {p}", (cutoff,))
+    finally:
+        ledger.close()
+    kept = "kept in reports" if args.totals == "keep" else "dropped"
+    _say(f"pruned {n:,} call(s) started before {_when(cutoff)}; their hourly totals are {kept}")
+    return 0
+
+
+_ACTIONS = {
+    "status": _status,
+    "quarantined": _quarantined,
+    "reimport": _reimport,
+    "check": _check,
+    "prune": _prune,
+}
