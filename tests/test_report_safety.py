@@ -317,3 +317,20 @@ def test_printable() -> None:
     assert printable("\x1b]0;t\x07\x9b\r\u202e\u200b\U000e0041\ud800\xa0") == (
         "\\x1b]0;t\\x07\\x9b\\x0d\\u202e\\u200b\\U000e0041\\ud800\\xa0"
     )
+
+
+def test_the_summary_and_budget_list_escape_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """print(tally) names unpriced models as servers sent them; `budget list` names budgets."""
+    hostile = "evil\x1b]0;pwned\x07\x1b[2J"
+    fake = FakeProvider(handler=lambda req: Reply(prompt_tokens=3, completion_tokens=2, model=hostile))
+    with fake.serve() as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0)
+        with llmtally.track() as t:
+            client.chat.completions.create(model="my-model", messages=[{"role": "user", "content": "hi"}])
+    summary = str(t)
+    assert "\x1b" not in summary and "\x07" not in summary and "evil\\x1b]0;pwned" in summary
+    ledger = f"sqlite:///{tmp_path / 'b.db'}"
+    assert cli_logic(["budget", "set", hostile, "--max-cost", "1", "--ledger", ledger]) == 0
+    assert cli_logic(["budget", "list", "--ledger", ledger]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "evil\\x1b" in out

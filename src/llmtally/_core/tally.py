@@ -360,6 +360,7 @@ class Tally(_TallyFields):
     def _summary(self) -> list[tuple[int, str, str]]:
         """(depth, label, value) lines of the summary, LangChain's labels in LangChain's order."""
         from .money import format_usd
+        from .text import printable
         from .usage import KINDS
 
         t = self._settled()
@@ -397,7 +398,9 @@ class Tally(_TallyFields):
                     (
                         0,
                         "Unpriced Requests",
-                        f"{t.unpriced_requests} ({', '.join(unpriced)}: price unknown, not in the total)",
+                        # Model names are what servers sent: shown, never acted on by a terminal.
+                        f"{t.unpriced_requests} ({', '.join(map(printable, unpriced))}: price unknown, "
+                        "not in the total)",
                     )
                 )
             cost = t.cost

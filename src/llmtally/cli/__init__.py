@@ -271,7 +271,7 @@ def _budget(args: argparse.Namespace) -> int:
                 since = datetime.fromtimestamp(b.window_start, tz=UTC).strftime("%Y-%m-%d")
                 window = f"per {b.period} since {since}" if b.period else "no period"
                 print(
-                    f"{b.name}: spent ${_money(b.spent)} of ${_money(b.max_cost)} ({window}); "
+                    f"{_printable(b.name)}: spent ${_money(b.spent)} of ${_money(b.max_cost)} ({window}); "
                     f"in flight ${_money(b.reserved)}"
                 )
             return 0
