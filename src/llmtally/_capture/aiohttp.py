@@ -51,13 +51,21 @@ def _begin(
         return None
 
 
-def _respond(ex: Exchange, response: Any, tap: type, decompressed: bool) -> None:
+def _respond(
+    ex: Exchange, response: Any, tap: type, decompress: bool | None, session: Any, decodes: frozenset[str]
+) -> None:
     try:
         headers = response.headers
         if ex.parser.headers:  # Bedrock's token counts
             ex.note_headers(headers.get)
-        # aiohttp decompresses before the reader, unless told not to: then the exchange inflates.
-        encoding = "" if decompressed else headers.get("content-encoding", "")
+        encoding = headers.get("content-encoding", "")
+        if encoding:
+            # aiohttp decompresses before the reader, unless told not to or the coding is not one
+            # it decodes (a stacked list): then the exchange inflates.
+            if decompress is None:
+                decompress = getattr(session, "_auto_decompress", True)
+            if decompress and (encoding in decodes or encoding.lower() in decodes):
+                encoding = ""
         if not ex.streaming(response.status, headers.get("content-type", ""), encoding):
             return
         reader = response.content
@@ -121,7 +129,16 @@ def _end_early(response: Any) -> None:
             ex.finish()
 
 
-def _make_request(orig: Any, tap: type) -> Any:
+def _decodes(module: Any) -> frozenset[str]:
+    """The codings aiohttp decompresses on its own: one coding, never a stacked list, and zstd only
+    from 3.12 (without its library, it refuses such a response)."""
+    codings = {"gzip", "deflate", "br"}
+    if hasattr(getattr(module, "compression_utils", None), "HAS_ZSTD"):
+        codings.add("zstd")
+    return frozenset(codings)
+
+
+def _make_request(orig: Any, tap: type, decodes: frozenset[str]) -> Any:
     async def _request(self: Any, method: str, str_or_url: Any, **kwargs: Any) -> Any:
         scopes = _scopes.get()
         if not scopes and not PIPELINE.sinks:
@@ -138,10 +155,7 @@ def _make_request(orig: Any, tap: type) -> Any:
             raise
         finally:
             outer.reset(seam)
-        decompress = kwargs.get("auto_decompress")
-        _respond(
-            ex, response, tap, getattr(self, "_auto_decompress", True) if decompress is None else decompress
-        )
+        _respond(ex, response, tap, kwargs.get("auto_decompress"), self, decodes)
         return response
 
     _request.__llmtally_original__ = orig  # type: ignore[attr-defined]
@@ -175,7 +189,7 @@ class AiohttpAdapter:
         if self._originals is not None or hasattr(session._request, "__llmtally_original__"):
             return
         request, release, close = session._request, response.release, response.close
-        session._request = _make_request(request, _make_tap(module.StreamReader))
+        session._request = _make_request(request, _make_tap(module.StreamReader), _decodes(module))
         response.release = _make_ending(release)
         response.close = _make_ending(close)
         self._originals = (module, request, release, close)

@@ -33,6 +33,7 @@ from .._core import gateways
 from .._core.pipeline import FLUSH_AT, PIPELINE
 from .._core.scope import _suppressed
 from .._limits import BudgetExceeded, check, unreserve
+from .codings import UNDECODABLE, UNREAD, decoder
 from .settle import settle
 from .state import State
 
@@ -298,11 +299,21 @@ class Exchange:
         except Exception:
             log.exception("llmtally: could not record a failed request")
 
-    def body(self, status: int, content: bytes, content_type: str, awaiting: Any = None) -> None:
+    def body(
+        self,
+        status: int,
+        content: bytes,
+        content_type: str,
+        awaiting: Any = None,
+        undone: Any = None,
+        of: Any = None,
+    ) -> None:
         """The whole response body is in memory.
 
         ``awaiting`` is ``(table, key)`` when the adapter will pass the SDK's decoded JSON to
         ``json()``: the exchange is filed under ``key`` until then, and removed at settlement.
+        ``undone(of)`` says which Content-Encoding the client left undone on it (one it has no
+        decoder for, or ``""``); it is asked only of a body that is not JSON, so JSON costs nothing.
         """
         self.status = status
         if status >= 300:
@@ -310,6 +321,11 @@ class Exchange:
             return
         # A JSON body needs no header lookup: most answers are JSON objects.
         if content[:1] != b"{" and _JSON_START.match(content) is None:
+            if undone is not None:
+                encoding = undone(of)
+                if encoding:
+                    self._encoded_body(status, content, content_type, awaiting, encoding)
+                    return
             framing = self._framing(content_type)
             if framing is None and self._sse_by_content(content):
                 framing = wire.SSEDecoder()
@@ -325,6 +341,33 @@ class Exchange:
             self._awaiting = awaiting
         self._queue(State.BODY)
 
+    def _encoded_body(
+        self, status: int, content: bytes, content_type: str, awaiting: Any, encoding: str
+    ) -> None:
+        coding = encoding.lower().strip()
+        decoded: bytes | None = content
+        try:
+            inflate = _inflater(coding) if coding and coding != "identity" else None
+            if inflate is UNDECODABLE:
+                decoded = None  # said once by the decoder: counted from the request
+            elif inflate is not None:
+                decoded = bytes(inflate.decompress(content))
+        except Exception as exc:
+            log.warning(
+                "llmtally: could not decode the %.40r body of POST %s%s (%s: %s); counted as an estimate",
+                coding,
+                self.host,
+                self.path,
+                type(exc).__name__,
+                exc,
+            )
+            decoded = None
+        if decoded is None:
+            self.content = UNREAD
+            self._queue(State.BODY)
+            return
+        self.body(status, decoded, content_type, awaiting)
+
     def json(self, obj: dict[str, Any]) -> None:
         """The SDK decoded the body into ``obj``; settlement reads it instead of the bytes."""
         self.parsed = obj
@@ -337,13 +380,19 @@ class Exchange:
             self._unanswered(status)
             return False
         encoding = encoding.lower().strip()
-        inflate = _inflater(encoding) if encoding and encoding != "identity" else None
         framing = self._framing(content_type)
-        if framing is not None:
+        if encoding and encoding != "identity":
+            inflate = _inflater(encoding)
+            if framing is not None:
+                self._begin_stream(framing)
+                self._decoder = inflate
+            else:
+                self._decoder = _Collect(inflate) if inflate is not UNDECODABLE else _Undecoded(None)
+                self.state = State.COLLECTING
+        elif framing is not None:
             self._begin_stream(framing)
-            self._decoder = inflate
         else:
-            self._decoder = _Collect(inflate)
+            self._decoder = _Collect(None)
             self.state = State.COLLECTING
         _live[id(self)] = self  # ended by its reader, its collection, or the exit (end_streams)
         return True
@@ -356,7 +405,7 @@ class Exchange:
         if self.state is State.STREAMING:
             self._decoder = inflate
         elif self.state is State.COLLECTING:
-            self._decoder = _Collect(inflate)
+            self._decoder = _Collect(inflate) if inflate is not UNDECODABLE else _Undecoded(None)
 
     def _unanswered(self, status: int) -> None:
         if status < 400:
@@ -533,12 +582,24 @@ class _Collect:
         return b"".join(self.parts)
 
 
+class _Undecoded(_Collect):
+    """A body in a coding that cannot be read here: nothing kept, and counted from the request."""
+
+    __slots__ = ()
+
+    def decompress(self, chunk: bytes) -> bytes:
+        return b""
+
+    def body(self) -> bytes:
+        return UNREAD
+
+
 def _inflater(encoding: str) -> Any:
     if encoding == "gzip":
         return zlib.decompressobj(16 + zlib.MAX_WBITS)
     if encoding == "deflate":
         return _Deflate()
-    raise ValueError(f"unsupported content-encoding {encoding!r} on a metered stream")
+    return decoder(encoding, _inflater)
 
 
 class _Deflate:

@@ -51,8 +51,18 @@ def _respond(ex: Exchange, response: Any, stream: bool, module: Any, awaiting: d
         # the caller's reads never touch the stream. (``_content`` is where httpx keeps it.)
         content = response.content if not stream else getattr(response, "_content", None)
         if content is not None:
-            content_type = "" if content[:1] == b"{" else headers.get("content-type", "")
-            ex.body(response.status_code, content, content_type, (awaiting, id(response)))
+            if content[:1] == b"{":
+                ex.body(response.status_code, content, "", (awaiting, id(response)))
+            else:
+                content_type = headers.get("content-type", "")
+                ex.body(
+                    response.status_code,
+                    content,
+                    content_type,
+                    (awaiting, id(response)),
+                    _undone,
+                    (module, headers),
+                )
             return
         encoding = headers.get("content-encoding", "")
         if ex.streaming(response.status_code, headers.get("content-type", ""), encoding):
@@ -60,6 +70,20 @@ def _respond(ex: Exchange, response: Any, stream: bool, module: Any, awaiting: d
             end_when_collected(response, ex)
     except Exception:
         log.exception("llmtally: could not meter a response; the caller gets it untouched")
+
+
+def _undone(of: tuple[Any, Any]) -> str:
+    """The codings httpx left undone on a body it read: those it has no decoder for (br without
+    brotli), which it skips."""
+    module, headers = of
+    encoding = headers.get("content-encoding")
+    if not encoding:
+        return ""
+    decoders = getattr(getattr(module, "_decoders", None), "SUPPORTED_DECODERS", None)
+    if decoders is None:
+        return ""
+    codings = (c.strip().lower() for c in encoding.split(","))
+    return ", ".join(c for c in codings if c and c not in decoders)
 
 
 def _make_sync_send(orig: Any, module: Any, awaiting: dict[int, Exchange]) -> Any:

@@ -29,6 +29,7 @@ from .._core.pipeline import PIPELINE
 from .._core.usage import NO_TAGS, Call, Usage
 from .._limits import release
 from .._pricing import price_usage
+from .codings import UNREAD
 from .state import State
 
 if TYPE_CHECKING:
@@ -266,7 +267,11 @@ def _parse_body(ex: Exchange) -> wire.Result | None:
         # the server sent are still here.
         if result is not None and result.usage is not None:
             return result
-    content = ex.content or b""
+    content = ex.content
+    if not content:
+        if content is UNREAD:  # in a coding llmtally cannot read (said when it came): estimated
+            return wire.Result()
+        content = b""
     fast = parser.fast_body(content)
     if fast is not None:
         return fast

@@ -12,7 +12,7 @@ body. Otherwise the caller reads it later (botocore: ``stream()``, and an event 
 also feed what they return to the exchange. The response is still the same object, an instance of
 its class. What a reader returns is decoded or not as that read asked (botocore asks for raw
 bytes); the exchange inflates raw gzip or deflate itself. The body has ended when the connection's
-file is closed and urllib3 holds no decoded bytes back; a response closed, released or drained
+file is closed and urllib3 holds nothing back to decode; a response closed, released or drained
 before that is a call closed early.
 """
 
@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from .._core.pipeline import PIPELINE
 from .._core.scope import _scopes
+from .codings import left_encoded
 from .exchange import Exchange, begin, collected, outer, parser_for, request_bytes
 
 __all__ = ["Urllib3Adapter"]
@@ -43,27 +44,43 @@ def _begin(pool: Any, method: str, url: str, body: Any, scopes: Any) -> Exchange
         return None
 
 
+def undone(response: Any, coding: str) -> str:
+    """What urllib3's decoded reads of a ``coding``-encoded body leave encoded: nothing, unless it
+    has no decoder for it (br without brotli), when they hand it over as it came."""
+    return left_encoded(coding, getattr(response, "CONTENT_DECODERS", _DECODERS))
+
+
+def _undone(response: Any) -> str:
+    return undone(response, response.headers.get("content-encoding", ""))
+
+
+#: What every urllib3 decodes, for a response class that does not say.
+_DECODERS = ("gzip", "x-gzip", "deflate")
+
+
 def _respond(ex: Exchange, response: Any, decode_content: bool, taps: dict[type, type]) -> None:
     try:
         headers = response.headers
         if ex.parser.headers:
             ex.note_headers(headers.get)
         content_type = headers.get("content-type", "")
-        encoding = "" if response.decode_content else headers.get("content-encoding", "")
         body = response._body
         if body is not None:  # read before urlopen returned
-            encoding = "" if decode_content else headers.get("content-encoding", "")
-            if ex.streaming(response.status, content_type, encoding):
+            if decode_content:
+                ex.body(response.status, body, content_type, None, _undone, response)
+            elif ex.streaming(response.status, content_type, headers.get("content-encoding", "")):
                 ex.feed(body)
                 ex.finish()
             return
+        coding = headers.get("content-encoding", "")
+        encoding = undone(response, coding) if coding and response.decode_content else coding
         if not ex.streaming(response.status, content_type, encoding):
             return
         cls = type(response)
         tap = taps.get(cls)
         if tap is None:
             tap = taps[cls] = _make_tap(cls)
-        coding = headers.get("content-encoding", "").strip().lower()
+        coding = coding.strip().lower()
         setattr(response, _EX, _Tap(ex, bool(response.decode_content), coding not in ("", "identity")))
         response.__class__ = tap
     except Exception:
@@ -99,7 +116,8 @@ def _fed(response: Any, data: Any, decode: Any) -> None:
                 data = None  # raw and decoded reads mixed on one body: not followed any further
             else:  # the first read says how this caller reads it: the exchange follows
                 tap.decoded = bool(decode)
-                tap.ex.use_encoding("" if decode else response.headers.get("content-encoding", ""))
+                coding = response.headers.get("content-encoding", "")
+                tap.ex.use_encoding(undone(response, coding) if decode else coding)
         if data:
             tap.fed = True
             tap.ex.feed(data)
@@ -107,7 +125,10 @@ def _fed(response: Any, data: Any, decode: Any) -> None:
     if fp is None or _closed(fp):
         buffered = getattr(response, "_decoded_buffer", None)
         if buffered is None or not len(buffered):
-            _end(response)
+            # Reads bounded by ``amt`` leave what is still to be decoded inside the decoder (2.6+).
+            decoder = getattr(response, "_decoder", None)
+            if decoder is None or not getattr(decoder, "has_unconsumed_tail", False):
+                _end(response)
 
 
 def _closed(fp: Any) -> bool:

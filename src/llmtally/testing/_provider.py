@@ -156,8 +156,14 @@ class FakeProvider:
             return shape(Reply(status=404), f"Unknown route: {method} {path}")
         _, build, error, reply = (*route, self._next_reply(request))
         if reply.status >= 400:
-            return error(reply, reply.error or _phrase(reply.status))
-        return build(request, reply, _served_model(request, reply))
+            answer = error(reply, reply.error or _phrase(reply.status))
+        else:
+            answer = build(request, reply, _served_model(request, reply))
+        if reply.encoding:
+            from ._encoding import encode
+
+            encode(answer, reply.encoding)
+        return answer
 
     # -- front ends ---------------------------------------------------------------------------
 

@@ -72,6 +72,12 @@ class Reply:
     reports its own puts in ``usage.cost`` (OpenRouter, at ``/api/v1/chat/completions``), as a
     decimal string such as ``"0.0042"``. ``service_tier`` is what an OpenAI answer says it was served
     at (``"flex"``, ``"priority"``; OpenAI sends ``"default"`` otherwise).
+
+    ``encoding`` sends the answer with that ``Content-Encoding``, whatever the client accepts:
+    ``"gzip"``, ``"deflate"``, ``"br"``, ``"zstd"``, or several applied in turn (``"gzip, br"``).
+    A stream is compressed event by event and flushed after each, so each chunk decodes on its own
+    as it arrives; ``garbage`` is compressed too. br needs ``brotli`` or ``brotlicffi``; zstd needs
+    ``zstandard`` or ``backports.zstd`` (the standard library's ``compression.zstd`` from 3.14).
     """
 
     text: str | None = None
@@ -96,6 +102,7 @@ class Reply:
     headers: dict[str, str] | None = None
     cost: str | None = None
     service_tier: str | None = None
+    encoding: str | None = None
 
     @property
     def content(self) -> str:
