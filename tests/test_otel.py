@@ -20,6 +20,12 @@ from llmtally.testing import FakeProvider, Reply
 
 @pytest.fixture
 def reader() -> Iterator[InMemoryMetricReader]:
+    import gc
+
+    # Calls an earlier test left unsettled (responses dropped unread) are that test's, not these
+    # metrics': settle them before the exporter is in place.
+    gc.collect()
+    llmtally.flush()
     reader = InMemoryMetricReader()
     llmtally.configure(otel=MeterProvider(metric_readers=[reader]))
     yield reader
