@@ -390,3 +390,34 @@ def test_forty_forks_while_the_writer_is_busy(tmp_path: Path, isolated_spool: Pa
     assert got["rows"] == got["ids"]  # no duplicates
     assert got["scopes"].pop("parent") == got["made"]  # the parent's calls, once each
     assert got["scopes"] == {f"child-{i}": 2 for i in range(40)}  # every child's, once each
+
+
+def test_a_forked_child_never_touches_sqlite(tmp_path: Path, isolated_spool: Path) -> None:
+    """SQLite's own mutexes may be held by a parent's thread at fork (a child then waited for ever on
+    its first connection, ~1 in 180): a child's records go to the spool, the parent moves them in."""
+    code = textwrap.dedent(
+        f"""
+        import os, httpx2, llmtally, sqlite3
+        from llmtally._runtime import RUNTIME
+        from llmtally.testing import FakeProvider, Reply
+        llmtally.configure(ledger="sqlite:///{tmp_path / "l.db"}", flush_interval=60)
+        client = httpx2.Client(transport=FakeProvider(handler=lambda r: Reply(text="x")).httpx2_transport())
+        pid = os.fork()
+        if pid == 0:
+            opened = []
+            real = sqlite3.connect
+            sqlite3.connect = lambda *a, **k: opened.append(a) or real(*a, **k)
+            with llmtally.track("child"):
+                client.post("http://fake/v1/chat/completions", json={{"model": "gpt-4", "messages": []}})
+            ok = llmtally.flush() and RUNTIME.writer.spool_only and not opened
+            os._exit(0 if ok else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert llmtally.flush()
+        n = sqlite3.connect("{tmp_path / "l.db"}").execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+        print(n)
+        """
+    )
+    env = {**os.environ, "LLMTALLY_SPOOL_DIR": str(isolated_spool)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "1"  # the child's call, moved in by the parent

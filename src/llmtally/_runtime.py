@@ -300,6 +300,23 @@ class Runtime:
         writer = self.writer
         return True if writer is None else writer.flush(timeout)
 
+    def where(self) -> str:
+        """Where this process's calls went, as a summary ends by saying it."""
+        writer = self.writer
+        if writer is None:
+            return "not recorded (no ledger: pass --ledger URL or set LLMTALLY_LEDGER)"
+        spool = writer.spool
+        try:
+            waiting = len(spool.read()) if spool is not None and spool.pending() else 0
+        except OSError:
+            waiting = 0
+        if waiting and spool is not None:
+            return (
+                f"{waiting} record(s) wait in {spool.path} until the ledger {writer.ledger.url} can be "
+                "written (`llmtally ledger status`)"
+            )
+        return f"recorded in the ledger {writer.ledger.url}"
+
     def _install_exit_hooks(self) -> None:
         if self._exit_hooks:
             return

@@ -71,15 +71,18 @@ def start_in_child() -> None:
     import atexit
 
     llmtally.instrument()  # also honours LLMTALLY_LEDGER
-    tally = llmtally.Tally(settings.get("name"), settings.get("tags") or None)
+    # Only its summary is read: exact totals in constant memory, no per-call records.
+    tally = llmtally.Tally(settings.get("name"), settings.get("tags") or None, keep_calls=False)
     # Entered for the life of the process: set in the main thread's context, inherited by every
     # thread and task the program starts.
     tally.__enter__()
 
     def summary() -> None:
         try:
+            from .._runtime import RUNTIME
+
             llmtally.flush()
-            sys.stderr.write(f"\nllmtally: {tally.name}\n{tally}\n")
+            sys.stderr.write(f"\nllmtally: {tally.name}\n{tally}\nCalls: {RUNTIME.where()}\n")
             sys.stderr.flush()
         except Exception:  # pragma: no cover
             pass

@@ -47,6 +47,9 @@ class Ledger(Protocol):
     url: str
     #: The parameter marker of the backend's SQL (``?`` or ``%s``), for ``execute``.
     placeholder: str
+    #: Whether a forked child may write to it itself; if not, its records go to the spool and the
+    #: parent's writer moves them in.
+    fork_safe: bool
 
     def migrate(self) -> None:
         """Create the ledger or bring it to this llmtally's schema (idempotent; opening a ledger

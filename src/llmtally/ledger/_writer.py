@@ -66,6 +66,10 @@ class Writer:
         except Exception:  # pragma: no cover - no data directory at all: memory is the last resort
             log.exception("llmtally: no spool directory for the ledger %s", ledger)
             self.spool = None
+        #: In a child forked from a process writing a ledger a child must not touch (SQLite): every
+        #: record goes to the spool, and the parent's writer, which replays the spool every
+        #: interval, moves them in.
+        self.spool_only = False
         self._failing = False  # the last attempt at the ledger failed
         self._retry_at = 0.0  # time.monotonic() before which the ledger is not tried (unless flushed)
         self._delay = 0.0
@@ -116,6 +120,9 @@ class Writer:
 
     def _write(self, calls: list[Any], force: bool = False) -> None:
         rows = [to_row(c) for c in calls]
+        if self.spool_only:
+            self._keep(rows)
+            return
         if self._failing and not force and time.monotonic() < self._retry_at:
             self._keep(rows)  # the ledger failed a moment ago: do not hammer it
             return
@@ -267,8 +274,13 @@ class Writer:
         self.ledger.close()
 
     def after_fork(self) -> None:
-        """In a forked child: a fresh queue and thread (the parent's thread does not exist here)."""
+        """In a forked child: a fresh queue and thread (the parent's thread does not exist here);
+        the parent's queued records are the parent's to write. No record is in memory to inherit:
+        the backlog goes too (the parent writes it)."""
         self._queue = SimpleQueue()
+        self._backlog = []
         self._stop = threading.Event()
         self.ledger.after_fork()  # e.g. a database connection the child must not share with its parent
+        if not getattr(self.ledger, "fork_safe", True) and self.spool is not None:
+            self.spool_only = True
         self._thread = self._start()

@@ -109,6 +109,7 @@ class PostgresLedger:
     """
 
     placeholder = "%s"
+    fork_safe = True  # a child opens its own connection (after_fork)
 
     def __init__(self, url: str, *, create: bool = True, connect_timeout: float = 10) -> None:
         self.url = redact_url(url)

@@ -211,6 +211,10 @@ class SQLiteLedger:
     """Appends call records to a SQLite file, and reads them back for reports."""
 
     placeholder = "?"
+    # SQLite keeps mutexes of its own (its file and inode locks): a child forked while another
+    # thread of the parent was inside SQLite inherits them held, and would wait for ever on its first
+    # connection. A forked child's records go to the spool instead, which the parent moves in.
+    fork_safe = False
 
     def __init__(self, path: str, *, create: bool = True) -> None:
         self.path = os.path.abspath(os.path.expanduser(path))
