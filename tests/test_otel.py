@@ -1,4 +1,4 @@
-"""OpenTelemetry export, read back with the SDK's in-memory reader and span exporter."""
+"""OpenTelemetry metrics, read back with the SDK's in-memory reader (spans: test_otel_spans.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ import httpx2
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import llmtally
 from llmtally.testing import FakeProvider, Reply
@@ -86,28 +83,3 @@ class TestMetrics:
         post(httpx2.Client(transport=fake.httpx2_transport()))
         llmtally.flush()
         assert points(reader) == {}
-
-
-class TestSpans:
-    """The span current at the request gets usage and cost attributes before it ends."""
-
-    def test_span_attributes(self, reader: InMemoryMetricReader) -> None:
-        exporter = InMemorySpanExporter()
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        tracer = provider.get_tracer("test")
-        fake = FakeProvider(
-            handler=lambda req: Reply(
-                text="x", prompt_tokens=1000, completion_tokens=100, cached_tokens=400, model="gpt-4o"
-            )
-        )
-        client = httpx2.Client(transport=fake.httpx2_transport())
-        with tracer.start_as_current_span("handle-request"):
-            assert post(client) == 200
-        (span,) = exporter.get_finished_spans()
-        attrs = dict(span.attributes or {})
-        assert attrs["gen_ai.usage.input_tokens"] == 1000 and attrs["gen_ai.usage.output_tokens"] == 100
-        assert attrs["gen_ai.usage.cache_read.input_tokens"] == 400
-        assert attrs["llmtally.usage.web_searches"] == 0 and attrs["llmtally.usage.input_audio_tokens"] == 0
-        expected = llmtally.cost_of("gpt-4o", input_tokens=1000, output_tokens=100, cached_tokens=400)
-        assert attrs["llmtally.cost_usd"] == str(expected)

@@ -242,11 +242,8 @@ class Exchange:
         self._decoder: Any = None
         self._sse: Any = None
         getter = PIPELINE.span_getter
-        self.span = None
-        if getter is not None:
-            span = getter()
-            if span.is_recording():
-                self.span = span
+        #: The OpenTelemetry span current now (with OTel export on): the parent of the call's own.
+        self.span = getter() if getter is not None else None
         self.end = 0.0
         self.start = time.perf_counter()
 
@@ -536,11 +533,9 @@ class Exchange:
             _live.pop(id(self), None)
         pending = PIPELINE.pending
         pending.append(self)
-        # A span must get its attributes before the caller ends it; a reservation must be
-        # released; a sink may want the call now; and the queue must stay bounded.
-        if flush and (
-            self.span is not None or self.reservations or PIPELINE.eager or len(pending) >= FLUSH_AT
-        ):
+        # A reservation must be released; a sink may want the call now; and the queue must stay
+        # bounded.
+        if flush and (self.reservations or PIPELINE.eager or len(pending) >= FLUSH_AT):
             PIPELINE.flush()
 
     #: Parse, price and deliver the call; run by ``pipeline.flush()``, never raises.

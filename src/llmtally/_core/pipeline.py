@@ -56,7 +56,8 @@ class Pipeline:
         self.sinks: tuple[Sink, ...] = ()
         #: Settle each call as it ends instead of on the next read (a sink wants it now).
         self.eager = False
-        #: ``opentelemetry.trace.get_current_span`` while OpenTelemetry export is on.
+        #: ``opentelemetry.trace.get_current_span`` while OpenTelemetry export is on: the span
+        #: current when a request is sent is kept as the parent of the call's own span.
         self.span_getter: Callable[[], Any] | None = None
         # Re-entrant: a sink may read a Tally while flush() runs it.
         self._lock = RLock()
