@@ -189,9 +189,9 @@ class Runtime:
         self._providers_configured = True
 
     def _configure_otel(self, otel: Any) -> None:
-        """``True``: the global OpenTelemetry providers; a MeterProvider: that one; ``False``: off."""
-        self._otel = None
-        PIPELINE.span_getter = None
+        """``True``: the global OpenTelemetry providers; a MeterProvider, a TracerProvider or a tuple
+        of both: those (the global one for the other); ``False``: off. A bad value changes nothing."""
+        sink = getter = None
         if otel is not False:
             try:
                 from opentelemetry import trace
@@ -199,8 +199,10 @@ class Runtime:
                 from ._otel import OTelSink
             except ImportError as exc:
                 raise RuntimeError('OpenTelemetry export needs: pip install "llmtally[otel]"') from exc
-            self._otel = OTelSink(None if otel is True else otel)
-            PIPELINE.span_getter = trace.get_current_span
+            sink = OTelSink(otel)  # raises TypeError for what is no provider
+            getter = trace.get_current_span
+        self._otel = sink
+        PIPELINE.span_getter = getter
         self._set_sinks()
 
     def _set_sinks(self) -> None:
