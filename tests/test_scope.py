@@ -443,7 +443,7 @@ class TestLimitArguments:
     @pytest.mark.parametrize(
         ("kwargs", "message"),
         [
-            ({"max_tokens": "100"}, "max_tokens must be a whole number"),
+            ({"max_tokens": "a hundred"}, "max_tokens must be a whole number"),
             ({"max_requests": -1}, "max_requests must be a whole number"),
             ({"max_cost": "-0.5"}, "max_cost must be a finite amount"),
             ({"max_cost": "abc"}, "max_cost must be an amount in USD"),

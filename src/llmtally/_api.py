@@ -62,8 +62,8 @@ def track(
     *,
     tags: Mapping[str, object] | None = None,
     max_cost: Amount | None = None,
-    max_tokens: int | None = None,
-    max_requests: int | None = None,
+    max_tokens: int | str | None = None,
+    max_requests: int | str | None = None,
     on_exceed: Literal["raise", "warn"] = "raise",
     preflight: bool = False,
     keep_calls: int | bool = KEEP_CALLS,
@@ -76,8 +76,8 @@ def track(  # noqa: F811 - overloads (typing.overload, under another name at run
     *,
     tags: Mapping[str, object] | None = None,
     max_cost: Amount | None = None,
-    max_tokens: int | None = None,
-    max_requests: int | None = None,
+    max_tokens: int | str | None = None,
+    max_requests: int | str | None = None,
     on_exceed: Literal["raise", "warn"] = "raise",
     preflight: bool = False,
     keep_calls: int | bool = KEEP_CALLS,
@@ -89,8 +89,8 @@ def track(  # noqa: F811
     *,
     tags: Mapping[str, object] | None = None,
     max_cost: Amount | None = None,
-    max_tokens: int | None = None,
-    max_requests: int | None = None,
+    max_tokens: int | str | None = None,
+    max_requests: int | str | None = None,
     on_exceed: Literal["raise", "warn"] = "raise",
     preflight: bool = False,
     keep_calls: int | bool = KEEP_CALLS,
@@ -118,24 +118,27 @@ def track(  # noqa: F811
     memory; ``keep_calls=True`` keeps them all, ``keep_calls=False`` none.
 
     Limits stop spending before it happens: with ``max_cost`` (USD, a Decimal or a string),
-    ``max_tokens`` or ``max_requests``, a request sent once the scope has reached one is refused
+    ``max_tokens`` or ``max_requests`` (whole numbers; numeric strings such as ``"100"``, as read from
+    an environment variable, count too), a request sent once the scope has reached one is refused
     with ``llmtally.BudgetExceeded`` (``on_exceed="warn"`` logs and sends it); ``preflight=True``
     also refuses a request whose worst case would cross ``max_cost``::
 
         with llmtally.track("agent", max_cost="0.50"):
             agent.invoke(...)        # BudgetExceeded once the run has spent $0.50
+
+    A limit that is not a number, is negative or is not finite raises ``ValueError`` (``TypeError``
+    for a value of the wrong type) here, naming the argument: never at request time.
     """
     limits = None
     if max_cost is not None or max_tokens is not None or max_requests is not None:
         from ._limits import Limits
 
         limits = Limits(max_cost, max_tokens, max_requests, on_exceed, preflight)  # type: ignore[arg-type]
-    elif on_exceed != "raise" or preflight:
-        from ._limits import check_on_exceed
+    elif on_exceed != "raise" or preflight is not False:
+        from ._limits import check_on_exceed, check_preflight
 
         check_on_exceed(on_exceed)
-        if preflight:
-            raise ValueError("preflight=True prices each request against max_cost: give max_cost too")
+        check_preflight(preflight, None)
     if callable(name):  # bare @track
         return Tally(None, tags, limits, keep_calls).decorate(name)
     return Tally(name, tags, limits, keep_calls)
@@ -179,7 +182,21 @@ def budget(
         with llmtally.budget("team-search", max_cost="50", period="day"):
             agent.invoke(...)
     """
-    from ._limits import Limits, Shared
+    from ._core.money import parse_amount
+    from ._limits import Limits, Shared, check_on_exceed
+
+    # The arguments first, before any database is opened: bad input is refused however it is stored.
+    if not isinstance(name, str):
+        raise TypeError(f"budget name must be a string, not {name!r} ({type(name).__name__})")
+    if not name.strip():
+        raise ValueError(f"budget name must not be empty, not {name!r}")
+    if max_cost is not None:
+        max_cost = parse_amount(max_cost, "max_cost")
+    if period not in (None, "day", "month"):
+        raise ValueError(f"period must be 'day', 'month' or None, not {period!r}")
+    check_on_exceed(on_exceed)
+    if ledger is not None and not isinstance(ledger, str):
+        raise TypeError(f"ledger must be a URL string, not {ledger!r} ({type(ledger).__name__})")
     from ._runtime import RUNTIME
 
     url = RUNTIME.ledger_url(ledger, default=None)

@@ -13,6 +13,16 @@ the ledger database, atomically, as a lease that ends with the call or with its 
 Several threads or tasks in one scope check at the same time, so spend can pass a limit only by the
 calls already in flight when it was reached.
 
+**When a check cannot be made.** Every limit is parsed and checked when the scope is made
+(``Limits.__post_init__``): a limit that is not a number, is negative or not finite raises
+``ValueError`` / ``TypeError`` there, never at request time. Should the check itself then fail (a
+fault of ours), a scope with ``on_exceed="raise"`` refuses the request (``BudgetExceeded`` with
+``limit="unchecked"``, naming the error): a limit is there to stop spending, and one that cannot be
+checked is not known to hold; in warn mode the request is sent and the failure logged. A shared
+budget whose *database* fails is the exception: the request is sent, checked against the scopes'
+own limits only, and the failure logged (a database outage must not stop every process on it;
+the ledger spools for the same reason), and what was reserved is released when the call settles.
+
 **How a refusal reaches the caller.** The refusal is raised inside the HTTP client's ``send``, deep
 in the SDK. SDKs catch ``Exception`` there: the anthropic SDK (and so LangChain's ChatAnthropic)
 retries it and re-raises it as ``APIConnectionError``, LiteLLM maps it to its own error types, and
@@ -51,6 +61,7 @@ __all__ = [
     "Shared",
     "check",
     "estimate",
+    "parse_count",
     "release",
     "unreserve",
 ]
@@ -107,6 +118,18 @@ class BudgetExceeded(BaseException):
             )
         super().__init__(f"llmtally: {text}{extra}; the request was not sent")
 
+    @classmethod
+    def unchecked(cls, scope: str | None, error: Exception) -> BudgetExceeded:
+        """The refusal of a request whose scope's limits could not be checked (``limit="unchecked"``)."""
+        self = cls.__new__(cls)
+        self.scope, self.limit, self.allowed, self.spent, self.worst = scope, "unchecked", 0, 0, None
+        BaseException.__init__(
+            self,
+            f"llmtally: could not check the limits of scope {scope or '(unnamed)'!r} "
+            f"({type(error).__name__}: {error}); the request was not sent",
+        )
+        return self
+
 
 @dataclass(frozen=True)
 class Shared:
@@ -120,8 +143,41 @@ class Shared:
 
 
 def check_on_exceed(on_exceed: object) -> None:
+    if not isinstance(on_exceed, str):
+        kind = type(on_exceed).__name__
+        raise TypeError(f"on_exceed must be 'raise' or 'warn', not {on_exceed!r} ({kind})")
     if on_exceed not in ("raise", "warn"):
         raise ValueError(f"on_exceed must be 'raise' or 'warn', not {on_exceed!r}")
+
+
+def check_preflight(preflight: object, max_cost: object) -> None:
+    if not isinstance(preflight, bool):
+        raise TypeError(f"preflight must be True or False, not {preflight!r} ({type(preflight).__name__})")
+    if preflight and max_cost is None:
+        raise ValueError("preflight=True prices each request against max_cost: give max_cost too")
+
+
+def parse_count(value: object, what: str) -> int:
+    """A user-given whole number, zero or more: an ``int``, or a string, float or Decimal that is one
+    (``"100"`` read from an environment variable, ``1e6``). Anything else raises ``TypeError`` (a
+    type that is not a number) or ``ValueError`` (not a whole number, negative, not finite), naming
+    ``what`` and the bad value."""
+    if type(value) is int:
+        number: object = value
+    elif isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
+        raise TypeError(f"{what} must be a whole number such as 100, not {value!r} ({type(value).__name__})")
+    else:
+        try:
+            exact = Decimal(value.strip()) if isinstance(value, str) else Decimal(value)
+        except ArithmeticError:
+            raise ValueError(f"{what} must be a whole number such as 100, not {value!r}") from None
+        if not exact.is_finite() or exact != exact.to_integral_value():
+            raise ValueError(f"{what} must be a whole number, zero or more, not {value!r}")
+        number = int(exact)
+    assert isinstance(number, int)
+    if number < 0:
+        raise ValueError(f"{what} must be a whole number, zero or more, not {value!r}")
+    return number
 
 
 @dataclass
@@ -136,15 +192,17 @@ class Limits:
     shared: Shared | None = None
 
     def __post_init__(self) -> None:
-        check_on_exceed(self.on_exceed)
-        if self.preflight and self.max_cost is None:
-            raise ValueError("preflight=True prices each request against max_cost: give max_cost too")
+        # Every argument is checked here, when the scope is made: a limit that is not understood
+        # raises at once rather than at the first request (where a failed check would have to send
+        # it, or refuse everything). Numeric strings count: values often come from the environment.
         if self.max_cost is not None:
             self.max_cost = parse_amount(self.max_cost, "max_cost")
-        for name in ("max_tokens", "max_requests"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} must be a whole number, zero or more, not {value!r}")
+        if self.max_tokens is not None:
+            self.max_tokens = parse_count(self.max_tokens, "max_tokens")
+        if self.max_requests is not None:
+            self.max_requests = parse_count(self.max_requests, "max_requests")
+        check_on_exceed(self.on_exceed)
+        check_preflight(self.preflight, self.max_cost)
 
 
 @dataclass(frozen=True)
@@ -174,6 +232,11 @@ def estimate(
     from ._pricing import cost_of
     from .wire.openai import ChatCompletions
 
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a model name, not {model!r} ({type(model).__name__})")
+    if not model.strip():
+        raise ValueError(f"model must be a model name, not {model!r}")
+    max_output_tokens = parse_count(max_output_tokens, "max_output_tokens")
     if isinstance(messages_or_text, str):
         tokens = _tokens.count(messages_or_text, model)
     else:
@@ -227,7 +290,12 @@ def check(scopes: tuple[Tally, ...], ex: Exchange) -> None:
     if not limited:
         return
     with _check_lock:
-        _check(limited, ex)
+        try:
+            _check(limited, ex)
+        except BudgetExceeded:
+            raise
+        except Exception as exc:  # a fault of ours: the limits cannot be known to hold
+            _unchecked(limited, exc)
         for tally, _ in limited:
             tally._sent += 1
     shared = [(t, limits) for t, limits in limited if limits.shared is not None]
@@ -239,6 +307,25 @@ def check(scopes: tuple[Tally, ...], ex: Exchange) -> None:
                 for tally, _ in limited:
                     tally._sent -= 1
             raise
+        except Exception:  # the budget's database is down: the work goes on, as with the ledger
+            names = ", ".join(repr(limits.shared.name) for _, limits in shared if limits.shared)
+            log.exception(
+                "llmtally: could not reserve in the shared budget %s (its database failed); the request "
+                "is sent, checked against the scopes' own limits only",
+                names,
+            )
+
+
+def _unchecked(limited: list[tuple[Tally, Limits]], exc: Exception) -> None:
+    """The limit check itself failed (a fault of ours, never bad input: that is refused when the
+    scope is made). A scope that refuses (``on_exceed="raise"``) refuses the request: a limit is
+    there to stop spending, and one that cannot be checked is not known to hold. Otherwise the
+    request is sent, and the failure logged."""
+    for tally, limits in limited:
+        if limits.on_exceed == "raise":
+            log.error("llmtally: could not check the limits of scope %r", tally.name, exc_info=exc)
+            raise BudgetExceeded.unchecked(tally.name, exc) from exc
+    log.error("llmtally: could not check the limits (warn mode); the request is sent", exc_info=exc)
 
 
 def _refuse(tally: Tally, limits: Limits, problem: BudgetExceeded) -> None:

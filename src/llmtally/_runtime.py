@@ -22,6 +22,7 @@ import atexit
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -328,9 +329,11 @@ class Runtime:
 
     def _at_exit(self) -> None:
         try:  # streams still open at exit: counted from what was read, reservations settled
-            from ._capture.exchange import end_streams
-
-            end_streams()
+            # Only if the capture was loaded: importing it now (a command that never metered a call)
+            # fails, as the interpreter is shutting down and refuses new exit hooks.
+            exchange = sys.modules.get("llmtally._capture.exchange")
+            if exchange is not None:
+                exchange.end_streams()
             PIPELINE.flush()
         except Exception:  # pragma: no cover
             log.exception("llmtally: could not end the open streams at exit")

@@ -37,11 +37,13 @@ def parse_amount(value: object, what: str) -> Decimal:
     """A user-given amount of USD: a Decimal, an int, a string such as ``"0.50"``, or a float,
     taken as the decimal it prints as (``0.1`` is one tenth, not the binary fraction nearest it).
 
-    NaN, infinities, negative amounts and anything else raise an error that names ``what`` and the
-    bad value.
+    NaN, infinities and negative amounts raise ``ValueError``, other types (``True``, a list)
+    ``TypeError``, naming ``what`` and the bad value.
     """
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be an amount in USD such as '0.50', not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int, float, str)):
+        raise TypeError(
+            f"{what} must be an amount in USD such as '0.50', not {value!r} ({type(value).__name__})"
+        )
     try:
         amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
     except (InvalidOperation, ValueError):

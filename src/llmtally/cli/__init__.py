@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
@@ -11,10 +12,38 @@ from typing import Any
 __all__ = ["cli_logic", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line that names the argument and the bad value (no usage dump)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _count_arg(text: str) -> int:
+    """An argparse type: a whole number of tokens, zero or more."""
+    from .._limits import parse_count
+
+    try:
+        return parse_count(text, "it")
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"want a whole number, zero or more, not {text!r}") from None
+
+
+def _amount_arg(text: str) -> str:
+    """An argparse type: an amount in USD, zero or more (kept as typed; parsed where it is used)."""
+    from .._core.money import parse_amount
+
+    try:
+        parse_amount(text, "it")
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"want an amount in USD such as 0.50, not {text!r}") from None
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     from .._version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llmtally",
         description="Meter every LLM API call a program makes: tokens, exact cost, latency.",
     )
@@ -24,15 +53,17 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "demo",
         help="run LangChain's token-tracking scenarios offline against a simulated provider",
-        description="Run the seed notebook's three scenarios (one call, two calls, a tool-using "
-        "agent) through the real openai SDK and LangChain, against llmtally's fake provider on loopback.",
+        description="Run the three scenarios of LangChain's guide to tracking token usage (one call, two "
+        "calls, a tool-using agent) through the real openai SDK and LangChain, against a simulated provider "
+        "on this machine: no API key, no network.",
     )
 
     run = sub.add_parser(
         "run",
         help="run a Python program with every LLM call metered and recorded, no code changes",
         description="Run COMMAND (python app.py, python -m pkg, a console script) with capture on. At exit "
-        "the seed-style summary goes to stderr; every call is recorded in the ledger (--ledger, else "
+        "a summary (tokens, requests, total cost, as LangChain's get_openai_callback prints it) goes to "
+        "stderr; every call is recorded in the ledger (--ledger, else "
         "LLMTALLY_LEDGER, else the default SQLite file).",
     )
     run.add_argument("--ledger", metavar="URL", help="sqlite:///path.db, sqlite:// (default file) or none")
@@ -86,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bud.add_argument("action", choices=("list", "set", "reset"))
     bud.add_argument("name", nargs="?")
-    bud.add_argument("--max-cost", metavar="USD")
+    bud.add_argument("--max-cost", metavar="USD", type=_amount_arg, help="the budget's limit in USD, e.g. 50")
     bud.add_argument("--period", choices=("day", "month"), default=None)
     bud.add_argument("--ledger", metavar="URL", help="default: LLMTALLY_LEDGER")
 
@@ -97,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
         "its input tokens with the model's tokenizer, chat framing included.",
     )
     est.add_argument("--model", required=True)
-    est.add_argument("--max-output", type=int, default=0, metavar="N", help="the output allowance to price")
+    est.add_argument(
+        "--max-output", type=_count_arg, default=0, metavar="N", help="the output allowance to price"
+    )
     est.add_argument("file", nargs="?", default="-", help="a text or JSON messages file (default: stdin)")
 
     price = sub.add_parser(
@@ -128,19 +161,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Price one call's usage. Input tokens include cached input; output includes reasoning.",
     )
     cost.add_argument("model")
-    cost.add_argument("--input", "-i", type=int, required=True, dest="input_tokens")
-    cost.add_argument("--output", "-o", type=int, default=0, dest="output_tokens")
-    cost.add_argument("--cached", type=int, default=0, dest="cached_tokens")
-    cost.add_argument("--cache-write", type=int, default=0, dest="cache_write_tokens")
-    cost.add_argument("--reasoning", type=int, default=0, dest="reasoning_tokens")
-    cost.add_argument("--cache-write-1h", type=int, default=0, dest="cache_write_1h_tokens")
-    cost.add_argument("--input-audio", type=int, default=0, dest="input_audio_tokens")
-    cost.add_argument("--cached-audio", type=int, default=0, dest="cached_audio_tokens")
-    cost.add_argument("--output-audio", type=int, default=0, dest="output_audio_tokens")
-    cost.add_argument("--input-image", type=int, default=0, dest="input_image_tokens")
-    cost.add_argument("--output-image", type=int, default=0, dest="output_image_tokens")
-    cost.add_argument("--citations", type=int, default=0, dest="citation_tokens")
-    cost.add_argument("--web-searches", type=int, default=0, dest="web_searches")
+    cost.add_argument("--input", "-i", type=_count_arg, required=True, dest="input_tokens")
+    cost.add_argument("--output", "-o", type=_count_arg, default=0, dest="output_tokens")
+    cost.add_argument("--cached", type=_count_arg, default=0, dest="cached_tokens")
+    cost.add_argument("--cache-write", type=_count_arg, default=0, dest="cache_write_tokens")
+    cost.add_argument("--reasoning", type=_count_arg, default=0, dest="reasoning_tokens")
+    cost.add_argument("--cache-write-1h", type=_count_arg, default=0, dest="cache_write_1h_tokens")
+    cost.add_argument("--input-audio", type=_count_arg, default=0, dest="input_audio_tokens")
+    cost.add_argument("--cached-audio", type=_count_arg, default=0, dest="cached_audio_tokens")
+    cost.add_argument("--output-audio", type=_count_arg, default=0, dest="output_audio_tokens")
+    cost.add_argument("--input-image", type=_count_arg, default=0, dest="input_image_tokens")
+    cost.add_argument("--output-image", type=_count_arg, default=0, dest="output_image_tokens")
+    cost.add_argument("--citations", type=_count_arg, default=0, dest="citation_tokens")
+    cost.add_argument("--web-searches", type=_count_arg, default=0, dest="web_searches")
     cost.add_argument("--provider", default=None)
     return parser
 
@@ -206,6 +239,10 @@ def _cost(args: argparse.Namespace) -> int:
     from .._pricing import cost_of, describe, similar_models
 
     units = {k: v for k, v in vars(args).items() if k.endswith("_tokens") or k == "web_searches"}
+    wrong = _inconsistent(units)
+    if wrong:
+        print(f"llmtally cost: inconsistent usage: {'; '.join(wrong)}", file=sys.stderr)
+        return 2
     quiet = logging.getLogger("llmtally")
     was, quiet.disabled = quiet.disabled, True  # this command says what went wrong, once
     try:
@@ -228,6 +265,53 @@ def _cost(args: argparse.Namespace) -> int:
     more = f"; did you mean {', '.join(hint)}?" if hint else ""
     print(_printable(f"llmtally cost: no price known for model {args.model!r}{more}"), file=sys.stderr)
     return 1
+
+
+#: (part, its whole, what the whole includes): each part of a usage is counted in its whole too.
+_PARTS = (
+    ("cached_tokens", "input_tokens", "cached ones"),
+    ("cache_write_tokens", "input_tokens", "cache writes"),
+    ("input_audio_tokens", "input_tokens", "audio"),
+    ("input_image_tokens", "input_tokens", "images"),
+    ("cache_write_1h_tokens", "cache_write_tokens", "those written for an hour"),
+    ("cached_audio_tokens", "cached_tokens", "cached audio"),
+    ("reasoning_tokens", "output_tokens", "reasoning"),
+    ("output_audio_tokens", "output_tokens", "audio"),
+    ("output_image_tokens", "output_tokens", "images"),
+    ("citation_tokens", "output_tokens", "citations"),
+)
+
+
+def _inconsistent(units: dict[str, int]) -> list[str]:
+    """What is wrong with a usage whose parts are larger than their whole, in words."""
+    flag = {
+        "input_tokens": "--input",
+        "output_tokens": "--output",
+        "cached_tokens": "--cached",
+        "cache_write_tokens": "--cache-write",
+        "cache_write_1h_tokens": "--cache-write-1h",
+        "input_audio_tokens": "--input-audio",
+        "cached_audio_tokens": "--cached-audio",
+        "reasoning_tokens": "--reasoning",
+        "output_audio_tokens": "--output-audio",
+        "input_image_tokens": "--input-image",
+        "output_image_tokens": "--output-image",
+        "citation_tokens": "--citations",
+    }
+    wrong = [
+        f"{flag[part]} {units[part]} is more than {flag[whole]} {units[whole]} "
+        f"({flag[whole]} counts every {whole[:-7].replace('_', ' ')} token, {what} included)"
+        for part, whole, what in _PARTS
+        if units.get(part, 0) > units.get(whole, 0)
+    ]
+    if units.get("cached_tokens", 0) + units.get("cache_write_tokens", 0) > units.get("input_tokens", 0):
+        if not wrong:
+            wrong.append(
+                f"--cached {units['cached_tokens']} plus --cache-write {units['cache_write_tokens']} is more "
+                f"than --input {units['input_tokens']} (input tokens are read from or written to the "
+                "cache, not both)"
+            )
+    return wrong
 
 
 def _price(args: argparse.Namespace) -> int:
@@ -284,6 +368,15 @@ def _budget(args: argparse.Namespace) -> int:
                 return 2
             store.set(args.name, args.max_cost, args.period)
         else:
+            if store.get(args.name) is None:
+                print(
+                    _printable(
+                        f"llmtally budget reset: there is no budget named {args.name!r} in this ledger "
+                        "(`llmtally budget list` shows them)"
+                    ),
+                    file=sys.stderr,
+                )
+                return 1
             store.reset(args.name)
         return 0
     except (LedgerError, ValueError, ArithmeticError) as exc:
