@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any, Literal, TypeVar, overload
 
     from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
     from ._limits import Estimate
     from ._report import Report
@@ -263,7 +264,7 @@ def configure(
     *,
     ledger: str | None = None,
     flush_interval: float | None = None,
-    otel: bool | MeterProvider | None = None,
+    otel: bool | MeterProvider | TracerProvider | tuple[MeterProvider, TracerProvider] | None = None,
     providers: Mapping[str, str] | None = None,
     prices: str | None = None,
     currency: str | None = None,
@@ -279,8 +280,10 @@ def configure(
 
         llmtally.configure(ledger="sqlite:///llm-calls.db")
 
-    ``otel=True`` exports the GenAI semantic-convention metrics, a cost counter and span attributes
-    to the global OpenTelemetry providers (``otel=meter_provider`` to choose one, ``False`` to stop).
+    ``otel=True`` exports the GenAI semantic-convention metrics, a cost counter and one client span
+    per LLM call to the global OpenTelemetry providers (``otel=meter_provider``,
+    ``otel=tracer_provider`` or ``otel=(meter_provider, tracer_provider)`` to choose, ``False`` to
+    stop).
 
     If the ledger later becomes unwritable (server down, disk full), records wait in a local spool
     file (``LLMTALLY_SPOOL_DIR``, else beside the default ledger) and are written when it is back.
