@@ -310,7 +310,7 @@ def check(scopes: tuple[Tally, ...], ex: Exchange) -> None:
         except Exception:  # the budget's database is down: the work goes on, as with the ledger
             names = ", ".join(repr(limits.shared.name) for _, limits in shared if limits.shared)
             log.exception(
-                "llmtally: could not reserve in the shared budget %s (its database failed); the request "
+                "llmtally: could not reserve the request's worst case in the shared budget %s; the request "
                 "is sent, checked against the scopes' own limits only",
                 names,
             )
