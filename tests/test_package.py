@@ -82,3 +82,20 @@ class TestCLI:
         assert "Total Cost (USD): $0.06177" in out
         assert "Successful Requests: 4" in out
         assert "2.169459462491557" in out  # the calculator tool really ran
+
+
+class TestPackaging:
+    """pyproject.toml: an [all] extra with every optional feature, and the license shipped."""
+
+    def test_all_extra_and_license(self) -> None:
+        import tomllib
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent.parent
+        project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+        extras = project["optional-dependencies"]
+        features = sorted(set(extras) - {"all", "test", "bench"})
+        assert features and extras["all"] == [f"llmtally[{','.join(features)}]"]
+        assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+        text = (root / "LICENSE").read_text(encoding="utf-8")
+        assert text.startswith("MIT License\n") and "Copyright (c) 2026 the llmtally authors" in text
