@@ -276,6 +276,12 @@ class Runtime:
             return self._ledger_url
         return os.environ.get(ENV_LEDGER) or default
 
+    def join_run(self, run_id: str | None) -> None:
+        """Make every call from now on carry ``run_id`` (``llmtally run``'s, in every process of its tree)."""
+        from ._core.usage import RUN
+
+        RUN.id = run_id
+
     def configured_ledger(self) -> str | None:
         """The URL of the ledger the process records to now (password included: never print it)."""
         return self._ledger_url if self.writer is not None else None
@@ -324,8 +330,22 @@ class Runtime:
         if self._exit_hooks:
             return
         self._exit_hooks = True
-        atexit.register(self._at_exit)
+        atexit.register(self._exit_flush)
         self._install_sigterm()
+
+    #: The flush at exit is running, and a SIGTERM came meanwhile (see ``_install_sigterm``).
+    _exiting = False
+    _term_pending = False
+
+    def _exit_flush(self) -> None:
+        """``_at_exit``, to its end even if a SIGTERM comes meanwhile (then the process dies of it)."""
+        self._exiting = True
+        try:
+            self._at_exit()
+        finally:
+            self._exiting = False
+            if self._term_pending:
+                _die_of_sigterm()
 
     def _at_exit(self) -> None:
         try:  # streams still open at exit: counted from what was read, reservations settled
@@ -365,6 +385,17 @@ class Runtime:
         PIPELINE.after_fork()
         if self.writer is not None:
             self.writer.after_fork()
+            self._flush_in_multiprocessing_child()
+
+    def _flush_in_multiprocessing_child(self) -> None:
+        """A child forked by multiprocessing (fork, forkserver) ends with ``os._exit``: no atexit. Its
+        records are flushed by a multiprocessing finalizer instead, which the child's bootstrap runs as
+        its process ends (registered after its bootstrap clears the parent's finalizers)."""
+        import sys
+
+        util = sys.modules.get("multiprocessing.util")
+        if util is not None:
+            util.register_after_fork(self, _finalize_at_exit)
 
     def _install_sigterm(self) -> None:
         """Flush on SIGTERM, then die of it as the process would have; only where nobody handles it."""
@@ -375,13 +406,29 @@ class Runtime:
                 return
 
             def on_term(signum: int, frame: Any) -> None:
+                if self._exiting:
+                    # The flush at exit is under way (a pool terminating its workers as they end):
+                    # let it finish, then die of it; starting over would lose the call it is settling.
+                    self._term_pending = True
+                    return
                 self._at_exit()
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                os.kill(os.getpid(), signal.SIGTERM)
+                _die_of_sigterm()
 
             signal.signal(signal.SIGTERM, on_term)
         except (ValueError, OSError):  # pragma: no cover - not the main thread of the main interpreter
             pass
+
+
+def _finalize_at_exit(runtime: Runtime) -> None:
+    """In a multiprocessing child, before its run: flush as it ends (after the program's finalizers)."""
+    from multiprocessing.util import Finalize
+
+    Finalize(None, runtime._exit_flush, exitpriority=-1000)
+
+
+def _die_of_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 #: The process's runtime.

@@ -169,6 +169,20 @@ NO_TAGS: Mapping[str, object] = MappingProxyType({})
 COUNT_NAMES = ("requests", "failed_requests", "unpriced_requests", "estimated_requests")
 
 
+class _Run:
+    """The ``llmtally run`` this process belongs to: its id, set once when the process starts metering
+    (``Runtime.join_run``), read by every Call made after."""
+
+    __slots__ = ("id",)
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+
+
+#: This process's run.
+RUN = _Run()
+
+
 class Call:
     """One LLM API request as llmtally saw it on the wire.
 
@@ -199,6 +213,7 @@ class Call:
         "provider",
         "request_id",
         "requested_model",
+        "run_id",
         "scope_path",
         "span",
         "started_at",
@@ -236,6 +251,7 @@ class Call:
         context: tuple[tuple[str, str], ...] | None = None,
         native_cost: Decimal | None = None,
         native_currency: str | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.provider = provider
         self.endpoint = endpoint
@@ -265,6 +281,9 @@ class Call:
         #: The cost in the price's own currency, when that is not the display currency (``cost``).
         self.native_cost = native_cost
         self.native_currency = native_currency
+        #: The ``llmtally run`` this call was made under (the same id in every process of the run's
+        #: tree), else ``None``: the process's, set once at start (``RUN``), copied here.
+        self.run_id = RUN.id if run_id is None else run_id
 
     @property
     def priced(self) -> bool:

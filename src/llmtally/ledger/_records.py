@@ -63,6 +63,8 @@ ADDED_COLUMNS: dict[int, tuple[tuple[str, str], ...]] = {
     5: (("price_context", "TEXT"),),
     # The cost in the price's own currency, when it is not the display currency (``cost``'s).
     6: (("native_cost", "TEXT"), ("native_currency", "TEXT")),
+    # The `llmtally run` the call was made under (every process of its tree): its summary reads them.
+    9: (("run_id", "TEXT"),),
 }
 #: The version whose hourly rollup (SQLite's) is keyed by currency as well: rebuilt from the calls,
 #: so that a report never adds up costs in two currencies. No column of ``calls`` changed.
@@ -359,6 +361,8 @@ def _other(call: Call, name: str) -> Any:
         return None if call.native_cost is None else str(call.native_cost)
     if name == "native_currency":
         return call.native_currency
+    if name == "run_id":
+        return call.run_id
     raise KeyError(name)  # pragma: no cover - a column added without its value here
 
 

@@ -23,10 +23,40 @@ def _chain() -> None:
             return
 
 
+def _not_installed() -> None:
+    """This interpreter has no llmtally: say so, with the fix, and pass the run on to any process it
+    starts (one with llmtally is metered as part of the run)."""
+    import json
+
+    spec = os.environ.pop("LLMTALLY_RUN", None)
+    inherited = os.environ.get("LLMTALLY_RUN_CHILD")
+    try:
+        settings = json.loads(spec or inherited or "{}")
+    except ValueError:
+        settings = {}
+    if not isinstance(settings, dict):
+        settings = {}
+    if spec:
+        settings["top"] = os.getpid()
+        os.environ["LLMTALLY_RUN_CHILD"] = json.dumps(settings)
+    other = settings.get("python")
+    sys.stderr.write(
+        f"llmtally: metering cannot start in {sys.executable}: llmtally is not installed in this "
+        f"interpreter. Install it there ({sys.executable} -m pip install llmtally), or run the program "
+        f"with the interpreter that has it{f' ({other})' if other else ''}.\n"
+    )
+
+
 try:
     from llmtally.cli.run import start_in_child
-
-    start_in_child()
-except Exception as exc:  # metering must never stop the program from starting
-    sys.stderr.write(f"llmtally: could not start metering: {exc}\n")
+except ImportError as exc:
+    if (exc.name or "").split(".")[0] == "llmtally":
+        _not_installed()
+    else:
+        sys.stderr.write(f"llmtally: could not start metering: {exc}\n")
+else:
+    try:
+        start_in_child()
+    except Exception as exc:  # metering must never stop the program from starting
+        sys.stderr.write(f"llmtally: could not start metering: {exc}\n")
 _chain()
