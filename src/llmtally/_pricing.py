@@ -144,8 +144,6 @@ def resolve(
 
 
 def _lookup(model: str, provider: str | None, api_url: str | None, fallback: str | None) -> Resolved | None:
-    import genai_prices
-
     snap = _snapshot()
     attempts: list[tuple[str | None, str | None]] = []
     if provider is not None:
@@ -164,11 +162,12 @@ def _lookup(model: str, provider: str | None, api_url: str | None, fallback: str
             prov, info = snap.find_provider_model(model, None, provider_id, url)
         except LookupError:
             continue
-        if snap.from_auto_update or snap is not _bundled():
-            source = f"genai-prices catalogue of {snap.timestamp:%Y-%m-%d}: {prov.id}/{info.id}"
-        else:
-            source = f"genai-prices {genai_prices.__version__}: {prov.id}/{info.id}"
-        return Resolved(prov.id, info.id, info, source)
+        return _found(snap, prov, info)
+    if provider is None and api_url is None and fallback is None:
+        # No host, no wire format (``cost_of``, ``llmtally cost``): the provider that lists the model.
+        home = _home_provider(snap, model)
+        if home is not None:
+            return _found(snap, *home)
     if model.startswith("custom-model/") and model.count("/") >= 2:
         # A Bedrock custom model (custom-model/BASE/ID, from its ARN): its base model's price.
         base = _lookup(model.split("/")[1], provider, api_url, fallback)
@@ -181,6 +180,34 @@ def _lookup(model: str, provider: str | None, api_url: str | None, fallback: str
         if base is not None:
             return Resolved(base.provider_id, base.model_id, base.info, f"{base.source}, the base of {model}")
     return None
+
+
+def _found(snap: Any, prov: Any, info: Any) -> Resolved:
+    import genai_prices
+
+    if snap.from_auto_update or snap is not _bundled():
+        source = f"genai-prices catalogue of {snap.timestamp:%Y-%m-%d}: {prov.id}/{info.id}"
+    else:
+        source = f"genai-prices {genai_prices.__version__}: {prov.id}/{info.id}"
+    return Resolved(prov.id, info.id, info, source)
+
+
+def _home_provider(snap: Any, model: str) -> tuple[Any, Any] | None:
+    """The provider a model is from, among those whose price lists name it: the one other providers
+    take their prices from (OpenAI's for Azure's ``text-embedding-3-small``), else the only one, else
+    any when they all charge the same. ``None`` when resellers charge differently: the price depends
+    on where the call goes, so it takes a provider to know it."""
+    listed = [(p, info) for p in snap.providers for info in [p.find_model(model)] if info is not None]
+    if len(listed) > 1:
+        upstream = {p for prov in snap.providers for p in (prov.fallback_model_providers or ())}
+        homes = [(prov, info) for prov, info in listed if prov.id in upstream]
+        if homes:
+            listed = homes
+    if not listed:
+        return None
+    if len({str(info.prices) for _, info in listed}) > 1:
+        return None
+    return listed[0]
 
 
 def _plan(model_price: Any) -> _Plan:

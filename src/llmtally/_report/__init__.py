@@ -8,7 +8,13 @@ The same query serves the command line (``llmtally report``) and notebooks::
 
 Costs are exact: the ledger keeps each call's cost in integer picodollars, summed in SQL and turned
 back into a Decimal. Calls whose price is unknown are counted apart (``unpriced_requests``), never
-as $0 in disguise; calls counted offline are ``estimated_requests``.
+as $0 in disguise: ``cost`` is the part known, ``known_cost`` is ``None`` when no call of the group
+has a price and ``cost_is_partial`` says when some have none; calls counted offline are
+``estimated_requests``.
+
+Each group's latency (``latency_p50_ms``, ``latency_p95_ms``, nearest rank) comes from the ledger:
+SQLite's from the latency histogram kept with its hourly rollup (``Report.latency_exact`` false:
+within ``ledger._read.LATENCY_PRECISION``, about 9%), PostgreSQL's exact, computed by the server.
 
 A report is in one currency (``currency=``, else the display currency configured): the ledger sums
 each currency apart, and costs recorded in another currency are converted at the rates the user
@@ -32,7 +38,7 @@ from typing import Any
 
 from .._core.money import from_pico
 from .._core.usage import COUNT_NAMES, TOKEN_NAMES, Totals
-from ..ledger import LedgerError, open_ledger, redact_url
+from ..ledger import Ledger, LedgerError, open_ledger, redact_url
 from ..ledger._records import SUMS
 
 __all__ = ["FIELDS", "Report", "ReportRow", "parse_time", "report", "spend_over_time", "totals"]
@@ -59,14 +65,33 @@ class ReportRow(Totals):
     currency: str = "USD"
     #: Costs recorded in currencies with no rate to ``currency``: not in ``cost``, their calls unpriced.
     unconverted: dict[str, Decimal] = field(default_factory=dict)
+    #: The median and 95th percentile latency of the group's calls, in ms (``None``: not known). Not
+    #: compared by ``==``: their precision is the ledger's (exact or from a histogram), not the calls'.
+    latency_p50_ms: float | None = field(default=None, compare=False)
+    latency_p95_ms: float | None = field(default=None, compare=False)
+
+    @property
+    def known_cost(self) -> Decimal | None:
+        """``cost``, or ``None`` when no call of the group has a known price (never a $0 in disguise)."""
+        return None if self.requests and self.unpriced_requests >= self.requests else self.cost
+
+    @property
+    def cost_is_partial(self) -> bool:
+        """Some calls have a price and some none: ``cost`` is what is known, the total is at least that."""
+        return 0 < self.unpriced_requests < self.requests
 
     def as_dict(self, by: Sequence[str]) -> dict[str, object]:
         out: dict[str, object] = dict(zip(by, self.keys, strict=False))
         for name in FIELDS:
             out[name] = getattr(self, name)
-        out["cost"] = str(self.cost)
+        known = self.known_cost
+        out["cost"] = None if known is None else str(known)
+        out["cost_is_partial"] = self.cost_is_partial
         out["currency"] = self.currency
         out["unconverted"] = {code: str(amount) for code, amount in sorted(self.unconverted.items())}
+        for name in ("latency_p50_ms", "latency_p95_ms"):
+            value = getattr(self, name)
+            out[name] = None if value is None else round(value, 3)
         return out
 
 
@@ -83,6 +108,20 @@ class Report(list[ReportRow]):
         self.currency = currency
         #: {currency: units of ``currency`` per one of it}, for every currency converted.
         self.rates: dict[str, Decimal] = dict(rates or {})
+        #: The p50 and p95 latency (ms) of every call of the report, whatever its group.
+        self.latency: tuple[float | None, float | None] = (None, None)
+        #: Whether the latencies are exact (PostgreSQL) or read from a histogram (SQLite); None: not read.
+        self.latency_exact: bool | None = None
+
+    def with_others(self, top: int, by: Sequence[str]) -> Report:
+        """The ``top`` first rows, and the rest summed in one row "(N others)" (its latency unknown)."""
+        if len(self) <= top:
+            return self
+        rest = totals(self[top:])
+        rest.keys = (f"({len(self) - top} others)",) + ("",) * (len(by) - 1)
+        out = Report([*self[:top], rest], self.currency, self.rates)
+        out.latency, out.latency_exact = self.latency, self.latency_exact
+        return out
 
 
 def parse_time(text: str | float | datetime | None, *, now: float | None = None) -> float | None:
@@ -103,17 +142,41 @@ def parse_time(text: str | float | datetime | None, *, now: float | None = None)
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
-def _sums(url: str, since: Any, until: Any, groups: Sequence[str]) -> list[tuple[Any, ...]]:
-    start, end = parse_time(since), parse_time(until)
+def _open(url: str) -> Ledger:
     ledger = open_ledger(url, create=False)
     if ledger is None:
         raise LedgerError(
             f"no ledger to report on ({redact_url(url)!r}); pass --ledger URL or set LLMTALLY_LEDGER"
         )
+    return ledger
+
+
+def _sums(url: str, since: Any, until: Any, groups: Sequence[str]) -> list[tuple[Any, ...]]:
+    start, end = parse_time(since), parse_time(until)
+    ledger = _open(url)
     try:
         return ledger.sums(groups, start, end)
     finally:
         ledger.close()
+
+
+def _latencies(url: str, since: Any, until: Any, groups: Sequence[str], rows: Report) -> None:
+    """Each row's p50 and p95 latency, and the whole report's, from the ledger."""
+    start, end = parse_time(since), parse_time(until)
+    ledger = _open(url)
+    try:
+        found = {
+            tuple(_key(g, v) for g, v in zip(groups, values, strict=False)): values[len(groups) :]
+            for values in ledger.latency(groups, start, end)
+        }
+        overall = ledger.latency([], start, end)
+        rows.latency_exact = bool(getattr(ledger, "latency_exact", False))
+    finally:
+        ledger.close()
+    for row in rows:
+        row.latency_p50_ms, row.latency_p95_ms = found.get(row.keys, (None, None))
+    if overall:
+        rows.latency = (overall[0][0], overall[0][1])
 
 
 def _key(group: str, value: Any) -> str:
@@ -186,9 +249,11 @@ def report(
     top: int | None = None,
     currency: str | None = None,
     rates: Mapping[str, object] | str | None = None,
+    latency: bool = True,
 ) -> Report:
     """Totals per group over the calls in ``[since, until)`` of the ledger at ``url``, most
-    expensive first; ``top`` keeps the N most expensive groups.
+    expensive first; ``top`` keeps the N most expensive groups. With ``latency``, each group's p50
+    and p95 latency too (one more query).
 
     Costs are in ``currency`` (default: the display currency configured), costs recorded in other
     currencies converted at ``rates`` ({"USD": "0.92"} or "USD=0.92": units of ``currency`` per
@@ -196,6 +261,8 @@ def report(
     """
     rows = _rows(url, since, until, by, currency, rates)
     rows.sort(key=lambda r: (-r.cost, -r.requests, r.keys))
+    if latency:
+        _latencies(url, since, until, by, rows)
     if top:
         del rows[top:]
     return rows

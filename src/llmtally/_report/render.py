@@ -16,12 +16,14 @@ import json
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from decimal import Decimal
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, TextIO
 
 from .._core.money import format_usd
 from .._core.text import printable
 from .._core.usage import KINDS
+from ..ledger._read import LATENCY_PRECISION
 from . import FIELDS, Report, ReportRow, spend_over_time, totals
 
 __all__ = ["render", "write_chart"]
@@ -70,20 +72,26 @@ def render(rows: Sequence[ReportRow], by: Sequence[str], fmt: str, out: TextIO |
     out = out or sys.stdout
     currency, rates = _money_of(rows)
     if fmt == "json":
+        total = totals(rows)
+        if isinstance(rows, Report):
+            total.latency_p50_ms, total.latency_p95_ms = rows.latency
         doc = {
             "by": list(by),
             "currency": currency,
             "rates": {code: str(rate) for code, rate in sorted(rates.items())},
+            # Latency percentiles: exact (PostgreSQL), from a histogram (SQLite), or not read.
+            "latency_exact": rows.latency_exact if isinstance(rows, Report) else None,
             "rows": [r.as_dict(by) for r in rows],
-            "totals": totals(rows).as_dict([]),
+            "totals": total.as_dict([]),
         }
         json.dump(doc, out, indent=2)
         out.write("\n")
         return
     if fmt == "csv":
-        fields = [*by, *FIELDS, "cost", "currency", "unconverted"]
+        # An unknown cost is an empty cell, the unpriced count beside it; exact amounts throughout.
+        fields = [*by, *FIELDS, "cost", "currency", "unconverted", "latency_p50_ms", "latency_p95_ms"]
         text = {*by, "currency", "unconverted"}
-        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         for r in _progress(rows, "writing CSV"):
             cells = {**r.as_dict(by), "unconverted": _unconverted(r.unconverted)}
@@ -100,6 +108,136 @@ def _progress(rows: Sequence[ReportRow], what: str) -> Any:
     return track(rows, description=what, console=None, transient=True)
 
 
+#: Short headers, for a terminal too narrow for the long ones.
+_SHORT = {
+    "Requests": "Req",
+    "Failed": "Fail",
+    "Prompt": "In",
+    "Completion": "Out",
+    "Cache write": "CacheW",
+    "Cache write 1h": "CacheW1h",
+    "Reasoning": "Reas",
+    "Unpriced": "Unpr",
+    "Estimated": "Est",
+    "Not converted": "Unconv",
+}
+#: Which columns a narrow terminal keeps, most wanted first: the groups and the cost always, then
+#: the requests and how many have no price, the input and output tokens, the latency, failures,
+#: the cache, the estimates, then the other kinds. Dropped from the end until the table fits.
+_PRIORITY = (
+    "cost",
+    "requests",
+    "unpriced_requests",
+    "unconverted",
+    "prompt_tokens",
+    "completion_tokens",
+    "p50",
+    "p95",
+    "failed_requests",
+    "cached_tokens",
+    "cache_write_tokens",
+    "estimated_requests",
+    "reasoning_tokens",
+)
+
+
+@dataclass
+class _Column:
+    name: str
+    header: str
+    cells: list[str]
+    footer: str
+    #: The same cells shorter (compact numbers), for a narrow terminal.
+    short: list[str] | None = None
+    short_footer: str | None = None
+    style: str = ""
+    #: The widest the column may be (names cut short beyond it), if limited.
+    max_width: int | None = None
+
+    def width(self, compact: bool) -> int:
+        from rich.cells import cell_len
+
+        if self.max_width is not None:
+            return self.max_width
+
+        header = _SHORT.get(self.header, self.header) if compact else self.header
+        cells = self.short if compact and self.short is not None else self.cells
+        footer = self.short_footer if compact and self.short_footer is not None else self.footer
+        return max(cell_len(t) for t in (header, footer, *cells))
+
+
+def _readable(amount: Decimal, currency: str) -> str:
+    """Money rounded for reading: cents from one unit up, else four significant digits (CSV and
+    JSON keep the exact amounts)."""
+    if not amount:
+        shown = "0"
+    elif abs(amount) >= 1:
+        shown = f"{amount.quantize(Decimal('0.01'), ROUND_HALF_EVEN):,.2f}"
+    else:
+        q = amount.quantize(Decimal(1).scaleb(amount.adjusted() - 3), ROUND_HALF_EVEN)
+        shown = format_usd(q)
+    return f"${shown}" if currency == "USD" else f"{shown} {printable(currency)}"
+
+
+def _cost_cell(row: ReportRow, currency: str) -> str:
+    """A group's cost: empty when no call has a known price (the Unpriced column counts them),
+    "≥ amount" when some have none."""
+    known = row.known_cost
+    if known is None:
+        return ""
+    return ("≥ " if row.cost_is_partial else "") + _readable(known, currency)
+
+
+def _exact(row: ReportRow, currency: str) -> str:
+    """A cost cell as it would read unrounded."""
+    cell = _cost_cell(row, currency)
+    return cell and cell.replace(_readable(row.cost, currency), _money(row.cost, currency))
+
+
+def _compact(n: int) -> str:
+    """12,345 -> 12.3k: a count shortened for a narrow terminal."""
+    for size, unit in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if abs(n) >= size:
+            value = n / size
+            return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
+    return str(n)
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value >= 10_000:
+        return f"{value / 1000:.0f} s"
+    if value >= 1000:
+        return f"{value / 1000:.1f} s"
+    return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def _terminal(out: TextIO) -> tuple[int | None, bool]:
+    """(width, styled) of the output: a terminal's width (COLUMNS, else its size) and colour unless
+    NO_COLOR is set or TERM is dumb; piped output: no width limit, no escape sequence at all."""
+    import os
+    import shutil
+
+    try:
+        tty = out.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    if not tty:
+        return None, False
+    width = None
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        width = int(columns)
+    else:
+        try:
+            width = os.get_terminal_size(out.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            width = shutil.get_terminal_size().columns
+    styled = not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+    return width, styled
+
+
 def _table(
     rows: Sequence[ReportRow], by: Sequence[str], out: TextIO, currency: str, rates: Mapping[str, Decimal]
 ) -> None:
@@ -107,59 +245,167 @@ def _table(
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(show_footer=True, header_style="bold", footer_style="bold")
+    width, styled = _terminal(out)
     total = totals(rows)
-    # The requests, prompt and completion always; every other kind only where some call had it
-    # (CSV and JSON keep every column).
-    always = {"requests", "failed_requests", "prompt_tokens", "completion_tokens"}
-    numbers = [(name, label) for name, label in _NUMBERS if name in always or getattr(total, name)]
-    for i, key in enumerate(by):
-        # Folded, never cut short: a name is shown whole, so one cannot pass for another.
-        table.add_column(key, footer="Total" if i == 0 else "", overflow="fold")
-    for name, label in numbers:
-        table.add_column(label, justify="right", footer=f"{getattr(total, name):,}")
-    table.add_column(f"Cost ({currency})", justify="right", footer=_money(total.cost, currency))
+    latency, exact = (rows.latency, rows.latency_exact) if isinstance(rows, Report) else ((None, None), None)
+    columns: list[_Column] = []
+
+    def counts(name: str, header: str, style: str = "", blank_zero: bool = False) -> None:
+        values = [getattr(r, name) for r in rows]
+        foot = getattr(total, name)
+        columns.append(
+            _Column(
+                name,
+                header,
+                ["" if blank_zero and not v else f"{v:,}" for v in values],
+                f"{foot:,}",
+                ["" if blank_zero and not v else _compact(v) for v in values],
+                _compact(foot),
+                style,
+            )
+        )
+
+    # The requests, prompt and completion always; failures and every other kind only where some
+    # call had them (CSV and JSON keep every column).
+    counts("requests", "Requests")
+    if total.failed_requests:
+        counts("failed_requests", "Failed", "red", blank_zero=True)
+    for name, label in _NUMBERS[2:]:
+        if name in ("prompt_tokens", "completion_tokens") or getattr(total, name):
+            counts(name, label)
+    costs = [_cost_cell(r, currency) for r in [*rows, total]]
+    columns.append(_Column("cost", f"Cost ({printable(currency)})", costs[:-1], costs[-1], style="green"))
     if total.unconverted:
-        table.add_column("Not converted", justify="right", footer=_unconverted(total.unconverted))
-    table.add_column("Unpriced", justify="right", footer=f"{total.unpriced_requests:,}")
-    table.add_column("Estimated", justify="right", footer=f"{total.estimated_requests:,}")
-    for r in rows:
+        columns.append(
+            _Column(
+                "unconverted",
+                "Not converted",
+                [_unconverted(r.unconverted) for r in rows],
+                _unconverted(total.unconverted),
+            )
+        )
+    if total.unpriced_requests:
+        counts("unpriced_requests", "Unpriced", "yellow", blank_zero=True)
+    if total.estimated_requests:
+        counts("estimated_requests", "Estimated", blank_zero=True)
+    if any(r.latency_p50_ms is not None for r in rows) or latency[0] is not None:
+        mark = "" if exact else "≈"
+        columns.append(_Column("p50", f"{mark}p50", [_ms(r.latency_p50_ms) for r in rows], _ms(latency[0])))
+        columns.append(_Column("p95", f"{mark}p95", [_ms(r.latency_p95_ms) for r in rows], _ms(latency[1])))
+
+    keys = [[printable(r.keys[i]) if i < len(r.keys) else "" for r in rows] for i in range(len(by))]
+    key_columns = [
+        _Column(key, printable(key), cells, "Total" if i == 0 else "")
+        for i, (key, cells) in enumerate(zip(by, keys, strict=True))
+    ]
+    if width is not None:
+        # The names take at most 40% of the width between them, cut short ("…") beyond it.
+        cap = max(12, (width * 2 // 5) // max(1, len(key_columns)) - 3)
+        for col in key_columns:
+            col.max_width = cap if col.width(False) > cap else None
+    compact, shown = _fit(key_columns, columns, width)
+    dropped = [c.header for c in columns if c not in shown]
+
+    table = Table(
+        show_footer=True,
+        header_style="bold" if styled else "",
+        footer_style="bold" if styled else "",
+        box=None if width is not None and width < 40 else _box(),
+    )
+    for col in key_columns:
+        # A name is cut short ("…") only when the terminal is too narrow for it: never folded.
+        table.add_column(
+            col.header,
+            footer=col.footer,
+            no_wrap=True,
+            overflow="ellipsis",
+            max_width=col.max_width,
+            style="cyan" if styled else "",
+        )
+    for col in shown:
+        table.add_column(
+            _SHORT.get(col.header, col.header) if compact else col.header,
+            footer=(col.short_footer if compact and col.short_footer is not None else col.footer),
+            justify="right",
+            no_wrap=True,
+            style=col.style if styled else "",
+        )
+    for i in range(len(rows)):
         table.add_row(
-            *(Text(printable(key)) for key in r.keys),
-            *(f"{getattr(r, name):,}" for name, _ in numbers),
-            _money(r.cost, currency),
-            *([_unconverted(r.unconverted)] if total.unconverted else []),
-            f"{r.unpriced_requests:,}" if r.unpriced_requests else "",
-            f"{r.estimated_requests:,}" if r.estimated_requests else "",
+            *(Text(col.cells[i]) for col in key_columns),
+            *(Text(col.short[i] if compact and col.short is not None else col.cells[i]) for col in shown),
         )
     # Strings too are plain text: no markup, emoji codes or highlighting read into what is printed.
     console = Console(
         file=out,
-        width=max(100, 14 * (len(by) + len(numbers) + 3)),
-        force_terminal=False,
+        width=width if width is not None else max(80, _natural(key_columns, shown, compact)),
+        force_terminal=styled,
+        no_color=not styled,
+        color_system="auto" if styled else None,
         markup=False,
         emoji=False,
         highlight=False,
     )
     console.print(table)
+    notes = []
     if total.unpriced_requests:
-        console.print(
-            f"{total.unpriced_requests} calls have no known price: their tokens are counted, "
-            "their cost is not in the totals."
+        notes.append(
+            f"{total.unpriced_requests:,} calls have no known price: their tokens are counted, their cost "
+            "is not (an empty cost: none of the group's calls has a price; ≥: only part of it is known)."
         )
     if total.estimated_requests:
-        console.print(
-            f"{total.estimated_requests} calls carried no usage; their tokens were counted offline."
+        notes.append(
+            f"{total.estimated_requests:,} calls carried no usage; their tokens were counted offline."
         )
     if rates:
         said = ", ".join(f"1 {code} = {format_usd(rate)} {currency}" for code, rate in sorted(rates.items()))
-        console.print(f"Costs recorded in other currencies converted at: {said}.")
+        notes.append(f"Costs recorded in other currencies converted at: {said}.")
     if total.unconverted:
         codes = sorted(printable(code) for code in total.unconverted)
-        console.print(
+        notes.append(
             f"No rate to {currency} for {', '.join(codes)}: those calls are counted "
             f"as unpriced (set LLMTALLY_RATES or --rates, e.g. {codes[0]}=RATE)."
         )
+    if exact is False and any(c.name == "p50" for c in shown):
+        notes.append(
+            f"Latency p50/p95 are approximate (within {LATENCY_PRECISION:.0%}), read from the ledger's "
+            "hourly latency histogram."
+        )
+    if any(c not in (_exact(r, currency), "") for r, c in zip([*rows, total], costs, strict=True)):
+        notes.append("Costs are rounded for reading; --format csv or json gives them exact.")
+    if dropped:
+        notes.append(f"Too narrow for {', '.join(dropped)}: see --format csv or json, or widen the terminal.")
+    for note in notes:
+        console.print(Text(note, style="dim" if styled else ""))
+
+
+def _box() -> Any:
+    from rich import box
+
+    return box.HEAVY_HEAD
+
+
+def _natural(keys: Sequence[_Column], columns: Sequence[_Column], compact: bool) -> int:
+    """The width of the table with these columns: each cell padded by one space either side, and
+    a border between columns and at both edges."""
+    widths = [c.width(False) for c in keys] + [c.width(compact) for c in columns]
+    return sum(w + 2 for w in widths) + len(widths) + 1
+
+
+def _fit(
+    keys: Sequence[_Column], columns: Sequence[_Column], width: int | None
+) -> tuple[bool, list[_Column]]:
+    """(compact, the columns shown) for a table no wider than ``width``: all the columns at full
+    width, else shorter headers and numbers (12.3k), else without the columns of least priority
+    (``_PRIORITY``); the group and cost columns always stay (the names cut short if need be)."""
+    shown = list(columns)
+    if width is None or _natural(keys, shown, False) <= width:
+        return False, shown
+    rank = {name: i for i, name in enumerate(_PRIORITY)}
+    by_want = sorted(shown, key=lambda c: rank.get(c.name, len(rank)))
+    while len(by_want) > 1 and _natural(keys, by_want, True) > width:
+        by_want.pop()
+    return True, [c for c in shown if c in by_want]
 
 
 def write_chart(
@@ -171,8 +417,13 @@ def write_chart(
     stack_by: str | None,
     currency: str | None = None,
     rates: Mapping[str, object] | None = None,
+    top: int | None = None,
 ) -> None:
-    """Spend over time, stacked by ``stack_by``, as a PNG or a self-contained HTML page (inline SVG)."""
+    """Spend over time, stacked by ``stack_by``, as a PNG or a self-contained HTML page (inline SVG).
+
+    ``top`` keeps the N largest spenders apart and stacks the rest as one "others"; the legend is
+    beside the plot, never over the bars. Costs not known are not drawn as $0: the names whose calls
+    have no price say "(no price)" and a note under the plot counts the calls left out."""
     if not (path.endswith(".png") or path.endswith(".html")):
         raise ValueError(f"--chart writes .png or .html files, not {path!r}")
     try:
@@ -187,11 +438,25 @@ def write_chart(
     )
     times = sorted({r.keys[0] for r in rows})
     series: dict[str, dict[str, float]] = {}
+    priced: dict[str, int] = {}
+    unpriced = 0
     for r in rows:
         name = r.keys[1] if len(r.keys) > 1 else "all"
-        series.setdefault(name, {})[r.keys[0]] = float(r.cost)
+        bucket_costs = series.setdefault(name, {})
+        bucket_costs[r.keys[0]] = bucket_costs.get(r.keys[0], 0.0) + float(r.cost)
+        priced[name] = priced.get(name, 0) + r.requests - r.unpriced_requests
+        unpriced += r.unpriced_requests
     # Largest spenders at the bottom of the stack.
-    order = sorted(series, key=lambda n: -sum(series[n].values()))
+    order = sorted(series, key=lambda n: (-sum(series[n].values()), n))
+    if top is not None and len(order) > top:
+        others: dict[str, float] = {}
+        for name in order[top:]:
+            for t, v in series.pop(name).items():
+                others[t] = others.get(t, 0.0) + v
+        label = f"({len(order) - top} others)"
+        series[label], priced[label] = others, 1
+        order = [*order[:top], label]
+    labels = [printable(n) + ("" if priced.get(n) else " (no price)") for n in order]
     title = f"LLM spend per {bucket}" + (f", by {stack_by}" if stack_by and len(order) > 1 else "")
     # A user's matplotlibrc may turn TeX on: a name would then be LaTeX source.
     with matplotlib.rc_context({"text.usetex": False}):
@@ -207,14 +472,21 @@ def write_chart(
             _literal(ax.set_xticklabels([printable(t) for t in times], rotation=45, ha="right", fontsize=8))
             _literal([ax.set_ylabel(f"Cost ({printable(rows.currency)})"), ax.set_title(title)])
             if len(order) > 1:
-                # Handles and labels given together: a label starting with "_" is still shown.
-                _literal(ax.legend(bars, [printable(n) for n in order], fontsize=8).get_texts())
+                # Handles and labels given together: a label starting with "_" is still shown. Beside
+                # the plot (outside its axes), so that it hides no bar.
+                legend = ax.legend(
+                    bars, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0
+                )
+                _literal(legend.get_texts())
+            if unpriced:
+                note = f"{unpriced:,} calls have no known price: their cost is not in the bars."
+                _literal([fig.text(0.01, 0.01, note, fontsize=8)])
             fig.tight_layout()
             if path.endswith(".png"):
-                fig.savefig(path, format="png")
+                fig.savefig(path, format="png", bbox_inches="tight")
             else:
                 buf = io.StringIO()
-                fig.savefig(buf, format="svg")
+                fig.savefig(buf, format="svg", bbox_inches="tight")
                 svg = buf.getvalue()
                 # Inline SVG in HTML5 takes no XML prolog or doctype.
                 svg = svg[svg.index("<svg") :]

@@ -414,7 +414,7 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .._report import Report, report, totals
+    from .._report import report
     from .._report.render import render, write_chart
     from .._runtime import RUNTIME
     from ..ledger import LedgerError
@@ -430,11 +430,9 @@ def _report(args: argparse.Namespace) -> int:
         if args.rates is not None:
             rates = args.rates
         rows = report(url, since=args.since, until=args.until, by=by, currency=currency, rates=rates)
-        if args.top is not None and len(rows) > args.top:
+        if args.top is not None:
             # The totals stay those of everything: the groups past the top N are summed in one row.
-            rest = totals(rows[args.top :])
-            rest.keys = (f"({len(rows) - args.top} others)",) + ("",) * (len(by) - 1)
-            rows = Report([*rows[: args.top], rest], rows.currency, rows.rates)
+            rows = rows.with_others(args.top, by)
         render(rows, by, args.format)
         if args.chart:
             write_chart(
@@ -445,6 +443,7 @@ def _report(args: argparse.Namespace) -> int:
                 stack_by=by[0],
                 currency=currency,
                 rates=rates,
+                top=args.top,
             )
             print(f"chart written to {args.chart}", file=sys.stderr)
     except (LedgerError, ValueError, RuntimeError) as exc:

@@ -50,6 +50,8 @@ class Ledger(Protocol):
     #: Whether a forked child may write to it itself; if not, its records go to the spool and the
     #: parent's writer moves them in.
     fork_safe: bool
+    #: Whether ``latency`` is exact, or approximate (within ``_read.LATENCY_PRECISION``).
+    latency_exact: bool
 
     def migrate(self) -> None:
         """Create the ledger or bring it to this llmtally's schema (idempotent; opening a ledger
@@ -64,6 +66,10 @@ class Ledger(Protocol):
     def sums(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
         """Per group (``_read.GROUPS``), the group's values then ``_records.SUMS``, over the calls
         started in ``[start, end)``."""
+
+    def latency(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
+        """Per group, the group's values then the p50 and p95 latency in ms (``_read.QUANTILES``),
+        over the calls started in ``[start, end)``."""
 
     def after_fork(self) -> None:
         """In a forked child: drop what the parent's connections and locks were."""

@@ -8,22 +8,31 @@ are built here, from ``SUMS``, so every backend sums the same things in the same
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from ._records import SUMS
+from ._records import LATENCY_BOUNDS, SUMS
 
 __all__ = [
     "CALLS_ONLY",
     "GROUPS",
     "check_group",
     "grouped",
+    "latency_bucket_sql",
     "merge",
+    "percentiles",
     "sum_of_calls",
     "sums_of_calls",
     "sums_of_rollup",
 ]
+
+#: What a percentile read from the latency histogram may be off by: half a bucket (a quarter of an
+#: octave) on a log scale, 2**(1/8) - 1.
+LATENCY_PRECISION = 2 ** (1 / 8) - 1
+#: The quantiles a report shows.
+QUANTILES = (0.5, 0.95)
 
 GROUPS = ("model", "provider", "endpoint", "day", "hour", "scope", "currency", "price_source", "tag:KEY")
 #: Groups the hourly rollup does not keep: a report by them reads the calls.
@@ -101,3 +110,45 @@ def merge(parts: Sequence[Sequence[Any]], n: int) -> list[tuple[Any, ...]]:
             for i, v in enumerate(sums):
                 acc[i] += v
     return [(*k, *v) for k, v in merged.items()]
+
+
+def latency_bucket_sql(column: str = "latency_ms") -> str:
+    """The histogram bucket of ``column`` in SQL: ``bisect_right(LATENCY_BOUNDS, value)``, as the
+    rollup counts it in Python, by a binary search of nested CASEs (7 comparisons a row)."""
+
+    def search(lo: int, hi: int) -> str:  # the bucket among lo..hi, knowing BOUNDS[lo-1] <= value
+        if lo == hi:
+            return str(lo)
+        mid = (lo + hi + 1) // 2
+        below, above = search(lo, mid - 1), search(mid, hi)
+        return f"CASE WHEN {column} < {LATENCY_BOUNDS[mid - 1]!r} THEN {below} ELSE {above} END"
+
+    return search(0, len(LATENCY_BOUNDS))
+
+
+def _bucket_value(i: int) -> float:
+    """The latency a bucket stands for: the geometric middle of its bounds (half of 1 ms under it;
+    the lower bound of the last, open one)."""
+    if i == 0:
+        return LATENCY_BOUNDS[0] / 2
+    if i >= len(LATENCY_BOUNDS):
+        return LATENCY_BOUNDS[-1]
+    return math.sqrt(LATENCY_BOUNDS[i - 1] * LATENCY_BOUNDS[i])
+
+
+def percentiles(histogram: Sequence[int], quantiles: Sequence[float] = QUANTILES) -> tuple[float | None, ...]:
+    """The nearest-rank percentiles (in ms) of the calls a latency histogram counts, each within
+    ``LATENCY_PRECISION`` of the exact one; ``None`` if it counts none."""
+    n = sum(histogram)
+    if not n:
+        return tuple(None for _ in quantiles)
+    out: list[float | None] = []
+    for q in quantiles:
+        rank = max(1, math.ceil(q * n))
+        seen = 0
+        for i, count in enumerate(histogram):
+            seen += count
+            if seen >= rank:
+                out.append(_bucket_value(i))
+                break
+    return tuple(out)

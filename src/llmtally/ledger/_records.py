@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 __all__ = [
     "ADDED_COLUMNS",
     "ADDED_KINDS",
+    "ADDED_ROLLUP",
     "COLUMNS",
+    "LATENCY_BOUNDS",
+    "LATENCY_COLUMNS",
     "ROLLUP_BY_CURRENCY",
     "SCHEMA_VERSION",
     "SUMS",
@@ -69,8 +72,16 @@ ADDED_COLUMNS: dict[int, tuple[tuple[str, str], ...]] = {
 #: The version whose hourly rollup (SQLite's) is keyed by currency as well: rebuilt from the calls,
 #: so that a report never adds up costs in two currencies. No column of ``calls`` changed.
 ROLLUP_BY_CURRENCY = 7
+#: The latency histogram of SQLite's hourly rollup: a call of ``latency_ms`` counts in bucket
+#: ``bisect_right(LATENCY_BOUNDS, latency_ms)``: 0 under 1 ms, then a quarter of an octave each
+#: (2**((i-1)/4) to 2**(i/4) ms), the last 2**20 ms (17.5 min) and over.
+LATENCY_BOUNDS: tuple[float, ...] = tuple(2 ** (k / 4) for k in range(81))
+LATENCY_COLUMNS: tuple[str, ...] = tuple(f"latency_{i}" for i in range(len(LATENCY_BOUNDS) + 1))
+#: Schema version -> the columns it added to SQLite's hourly rollup only (``calls`` unchanged):
+#: INTEGER NOT NULL DEFAULT 0, counts kept by ``write()`` and filled from the calls when migrated.
+ADDED_ROLLUP: dict[int, tuple[str, ...]] = {10: LATENCY_COLUMNS}
 #: Bumped with every change to the columns; each backend migrates older ledgers forward.
-SCHEMA_VERSION = max((*ADDED_KINDS, *ADDED_COLUMNS, ROLLUP_BY_CURRENCY))
+SCHEMA_VERSION = max((*ADDED_KINDS, *ADDED_COLUMNS, *ADDED_ROLLUP, ROLLUP_BY_CURRENCY))
 
 _missing = set(TOKEN_NAMES) - set(V1_KINDS) - {k for kinds in ADDED_KINDS.values() for k in kinds}
 if _missing:  # pragma: no cover - a developer added a kind without its migration

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._read import check_group, grouped, sums_of_calls
+from ._read import QUANTILES, check_group, grouped, sums_of_calls
 from ._records import NAMES, SCHEMA_VERSION, LedgerError, added_at, columns_at, redact_url, url_secrets
 
 if TYPE_CHECKING:
@@ -109,6 +109,8 @@ class PostgresLedger:
     """
 
     placeholder = "%s"
+    #: Latency percentiles are exact (the SQLite ledger's come from a histogram).
+    latency_exact = True
     fork_safe = True  # a child opens its own connection (after_fork)
 
     def __init__(self, url: str, *, create: bool = True, connect_timeout: float = 10) -> None:
@@ -312,6 +314,35 @@ class PostgresLedger:
                 if conn.broken:
                     self._drop()
                 raise self._error("cannot read", exc) from None
+
+    def latency(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
+        """Per group, the group's values then the p50 and p95 latency in ms, over calls in
+        ``[start, end)``: exact (nearest rank, ``percentile_disc``), computed by the server."""
+        exprs, params = [], []
+        for g in groups:
+            expr, args = _group_sql(g)
+            exprs.append(expr)
+            params += args
+        quantiles = ", ".join(f"percentile_disc({q!r}) WITHIN GROUP (ORDER BY latency_ms)" for q in QUANTILES)
+        sql, window = grouped(exprs, quantiles, "calls", "started_at", start, end, "%s")
+        with self._lock:
+            conn, _ = self._connection()
+            try:
+                with conn.transaction():
+                    found = conn.execute("SELECT to_regclass('calls')::text").fetchone()
+                    if found is None or found[0] is None:
+                        return []
+                    rows = conn.execute(sql, [*params, *window]).fetchall()
+            except self._pg.Error as exc:
+                if conn.broken:
+                    self._drop()
+                raise self._error("cannot read", exc) from None
+        n = len(groups)
+        return [
+            (*row[:n], *(None if v is None else float(v) for v in row[n:]))
+            for row in rows
+            if row[n] is not None
+        ]
 
     def write(self, rows: Sequence[tuple[Any, ...]], *, ignore_duplicates: bool = False) -> None:
         """Append rows in one transaction (all or none); ``LedgerError`` if they could not be.

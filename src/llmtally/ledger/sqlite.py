@@ -13,6 +13,7 @@ thousands of rows: whole hours from the rollup, the window's partial edges from 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
@@ -22,9 +23,23 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._read import CALLS_ONLY, check_group, grouped, merge, sum_of_calls, sums_of_calls, sums_of_rollup
+from ._read import (
+    CALLS_ONLY,
+    QUANTILES,
+    check_group,
+    grouped,
+    latency_bucket_sql,
+    merge,
+    percentiles,
+    sum_of_calls,
+    sums_of_calls,
+    sums_of_rollup,
+)
 from ._records import (
     ADDED_KINDS,
+    ADDED_ROLLUP,
+    LATENCY_BOUNDS,
+    LATENCY_COLUMNS,
     NAMES,
     ROLLUP_BY_CURRENCY,
     SCHEMA_VERSION,
@@ -78,9 +93,36 @@ def _migrations() -> dict[int, list[str]]:
         steps[version] = [
             *(f"ALTER TABLE calls ADD COLUMN {name} {kind}" for name, kind in (*kinds, *others)),
             *(f"ALTER TABLE calls_hourly ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0" for name, _ in kinds),
+            *(
+                f"ALTER TABLE calls_hourly ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0"
+                for name in ADDED_ROLLUP.get(version, ())
+            ),
         ]
     steps[ROLLUP_BY_CURRENCY] += _rollup_by_currency()
+    steps[max(ADDED_ROLLUP)] += _latency_from_calls()
     return steps
+
+
+def _latency_from_calls() -> list[str]:
+    """Fill the rollup's new latency histogram from the calls (hours pruned of their calls keep
+    their totals and count no latency)."""
+    keys = ", ".join(ROLLUP_KEYS)
+    counts = ", ".join(LATENCY_COLUMNS)
+    return [
+        "CREATE TEMP TABLE llmtally_latency (hour INTEGER NOT NULL, "
+        + ", ".join(f"{k} TEXT NOT NULL" for k in ROLLUP_KEYS[1:])
+        + ", "
+        + ", ".join(f"{name} INTEGER NOT NULL" for name in LATENCY_COLUMNS)
+        + f", PRIMARY KEY ({keys}))",
+        f"INSERT INTO temp.llmtally_latency ({keys}, {counts}) "
+        f"SELECT {keys}, {', '.join(f'SUM(b = {i})' for i in range(len(LATENCY_COLUMNS)))} FROM ("
+        f"SELECT {', '.join(f'{sql} AS {k}' for k, sql in zip(ROLLUP_KEYS, _ROLLUP_KEY_SQL, strict=True))}, "
+        f"{latency_bucket_sql()} AS b FROM calls) GROUP BY {keys}",
+        f"UPDATE calls_hourly SET ({counts}) = (SELECT {counts} FROM temp.llmtally_latency l WHERE "
+        + " AND ".join(f"l.{k} = calls_hourly.{k}" for k in ROLLUP_KEYS)
+        + f") WHERE ({keys}) IN (SELECT {keys} FROM temp.llmtally_latency)",
+        "DROP TABLE temp.llmtally_latency",
+    ]
 
 
 def _rollup_by_currency() -> list[str]:
@@ -105,16 +147,18 @@ def _rollup_by_currency() -> list[str]:
 _MIGRATIONS = _migrations()
 _COL = {name: i for i, name in enumerate(NAMES)}
 _INSERT = f"INSERT INTO calls ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})"
+#: What the rollup adds up: SUMS, then the latency histogram.
+_ROLLED = (*SUMS, *LATENCY_COLUMNS)
 _UPSERT = (
-    f"INSERT INTO calls_hourly ({', '.join((*ROLLUP_KEYS, *SUMS))}) "
-    f"VALUES ({', '.join('?' * (len(ROLLUP_KEYS) + len(SUMS)))}) "
+    f"INSERT INTO calls_hourly ({', '.join((*ROLLUP_KEYS, *_ROLLED))}) "
+    f"VALUES ({', '.join('?' * (len(ROLLUP_KEYS) + len(_ROLLED)))}) "
     f"ON CONFLICT ({', '.join(ROLLUP_KEYS)}) DO UPDATE SET "
-    + ", ".join(f"{name} = {name} + excluded.{name}" for name in SUMS)
+    + ", ".join(f"{name} = {name} + excluded.{name}" for name in _ROLLED)
 )
 
 
 def _compile_rollup() -> Any:
-    """The hourly sums of rows, one tuple per (hour, group): ROLLUP_KEYS then SUMS.
+    """The hourly sums of rows, one tuple per (hour, group): ROLLUP_KEYS, SUMS, the latency histogram.
 
     Straight-line code generated from SUMS (the writer runs it over every row it writes).
     """
@@ -142,11 +186,12 @@ def _compile_rollup() -> Any:
         f"r[{c['endpoint']}], r[{c['scope_path']}], r[{c['tags']}] or '', r[{c['currency']}])",
         "        acc = sums.get(key)",
         "        if acc is None:",
-        f"            acc = sums[key] = [0] * {len(SUMS)}",
+        f"            acc = sums[key] = [0] * {len(_ROLLED)}",
         *adds,
+        f"        acc[{len(SUMS)} + bisect_right(BOUNDS, r[{c['latency_ms']}])] += 1",
         "    return [(*k, *v) for k, v in sums.items()]",
     ]
-    namespace: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"bisect_right": bisect.bisect_right, "BOUNDS": LATENCY_BOUNDS}
     exec(compile("\n".join(lines), "<llmtally rollup>", "exec"), namespace)
     fn = namespace["rollup"]
     fn.__doc__ = _compile_rollup.__doc__
@@ -211,6 +256,8 @@ class SQLiteLedger:
     """Appends call records to a SQLite file, and reads them back for reports."""
 
     placeholder = "?"
+    #: Latency percentiles come from a histogram (``_read.LATENCY_PRECISION``).
+    latency_exact = False
     # SQLite keeps mutexes of its own (its file and inode locks): a child forked while another
     # thread of the parent was inside SQLite inherits them held, and would wait for ever on its first
     # connection. A forked child's records go to the spool instead, which the parent moves in.
@@ -460,6 +507,52 @@ class SQLiteLedger:
     ) -> list[tuple[Any, ...]]:
         sql, params = grouped(exprs, sums_of_calls(columns), "calls", "started_at", start, end)
         return list(conn.execute(sql, params).fetchall())
+
+    def latency(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
+        """Per group, the group's values then the p50 and p95 latency in ms (``None``: no call), over
+        calls in ``[start, end)``: approximate, from the rollup's histogram (``LATENCY_PRECISION``)
+        for whole hours and the same buckets counted over the calls at the window's edges."""
+        n = len(groups)
+        exprs = [_group_sql(g) for g in groups]
+        conn = self.connect()
+        try:
+            hourly = self._columns(conn, "calls_hourly")
+            parts: list[tuple[Any, ...]] = []
+            if set(LATENCY_COLUMNS) <= hourly and not any(g in CALLS_ONLY for g in groups):
+                first = None if start is None else -(-start // 3600) * 3600
+                last = None if end is None else end // 3600 * 3600
+                if first is None or last is None or first < last:
+                    sums = ", ".join(f"SUM({name})" for name in LATENCY_COLUMNS)
+                    sql, params = grouped(
+                        [_hourly_sql(g) for g in groups], sums, "calls_hourly", "hour", first, last
+                    )
+                    parts += conn.execute(sql, params).fetchall()
+                    if start is not None and first is not None and start < first:
+                        parts += self._buckets(conn, exprs, start, first)
+                    if end is not None and last is not None and last < end:
+                        parts += self._buckets(conn, exprs, last, end)
+                else:
+                    parts = self._buckets(conn, exprs, start, end)
+            else:
+                parts = self._buckets(conn, exprs, start, end)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path} is not a readable llmtally ledger: {exc}") from exc
+        return [(*row[:n], *percentiles(row[n:], QUANTILES)) for row in merge(parts, n)]
+
+    @staticmethod
+    def _buckets(
+        conn: sqlite3.Connection, exprs: list[str], start: float | None, end: float | None
+    ) -> list[tuple[Any, ...]]:
+        """The latency histogram of the calls in ``[start, end)`` per group, as the rollup keeps it."""
+        sql, params = grouped([*exprs, latency_bucket_sql()], "COUNT(*)", "calls", "started_at", start, end)
+        n = len(exprs)
+        width = len(LATENCY_COLUMNS)
+        out = []
+        for row in conn.execute(sql, params).fetchall():
+            histogram = [0] * width
+            histogram[row[n]] = row[n + 1]
+            out.append((*row[:n], *histogram))
+        return out
 
     def after_fork(self) -> None:
         """In a forked child: leave the parent's connections alone (SQLite forbids using them
