@@ -327,7 +327,7 @@ class TestSchema10:
         width = len(keys) + len(sums)
         conn.executemany(
             f"INSERT INTO calls_hourly ({', '.join((*keys, *sums))}) VALUES ({', '.join('?' * width)})",
-            [r[:width] for r in rollup([*full, to_row(pruned)])],
+            [r[:width] for r in rollup([*full, to_row(pruned)])],  # without the histogram (schema 10's)
         )
         conn.commit()
         conn.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -147,18 +148,35 @@ def _rollup_by_currency() -> list[str]:
 _MIGRATIONS = _migrations()
 _COL = {name: i for i, name in enumerate(NAMES)}
 _INSERT = f"INSERT INTO calls ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})"
-#: What the rollup adds up: SUMS, then the latency histogram.
-_ROLLED = (*SUMS, *LATENCY_COLUMNS)
-_UPSERT = (
-    f"INSERT INTO calls_hourly ({', '.join((*ROLLUP_KEYS, *_ROLLED))}) "
-    f"VALUES ({', '.join('?' * (len(ROLLUP_KEYS) + len(_ROLLED)))}) "
-    f"ON CONFLICT ({', '.join(ROLLUP_KEYS)}) DO UPDATE SET "
-    + ", ".join(f"{name} = {name} + excluded.{name}" for name in _ROLLED)
-)
+
+
+@functools.lru_cache(maxsize=512)
+def _upsert(buckets: tuple[int, ...]) -> str:
+    """The statement adding a rollup row's SUMS and the counts of its non-zero latency ``buckets``
+    (the others stay as they are: most rows count a few buckets of the 82)."""
+    rolled = (*SUMS, *(LATENCY_COLUMNS[i] for i in buckets))
+    return (
+        f"INSERT INTO calls_hourly ({', '.join((*ROLLUP_KEYS, *rolled))}) "
+        f"VALUES ({', '.join('?' * (len(ROLLUP_KEYS) + len(rolled)))}) "
+        f"ON CONFLICT ({', '.join(ROLLUP_KEYS)}) DO UPDATE SET "
+        + ", ".join(f"{name} = {name} + excluded.{name}" for name in rolled)
+    )
+
+
+def _add_rollup(conn: sqlite3.Connection, rolled: list[tuple[Any, ...]]) -> None:
+    """Add ``rollup()``'s rows to the hourly rollup, one statement per set of latency buckets."""
+    shapes: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+    for row in rolled:
+        histogram = row[-1]
+        buckets = tuple(sorted(histogram))
+        shapes.setdefault(buckets, []).append((*row[:-1], *(histogram[i] for i in buckets)))
+    for buckets, rows in shapes.items():
+        conn.executemany(_upsert(buckets), rows)
 
 
 def _compile_rollup() -> Any:
-    """The hourly sums of rows, one tuple per (hour, group): ROLLUP_KEYS, SUMS, the latency histogram.
+    """The hourly sums of rows, one tuple per (hour, group): ROLLUP_KEYS, SUMS, then the latency
+    histogram as {bucket: count} (its non-zero buckets).
 
     Straight-line code generated from SUMS (the writer runs it over every row it writes).
     """
@@ -186,9 +204,10 @@ def _compile_rollup() -> Any:
         f"r[{c['endpoint']}], r[{c['scope_path']}], r[{c['tags']}] or '', r[{c['currency']}])",
         "        acc = sums.get(key)",
         "        if acc is None:",
-        f"            acc = sums[key] = [0] * {len(_ROLLED)}",
+        f"            acc = sums[key] = [0] * {len(SUMS)} + [{{}}]",
         *adds,
-        f"        acc[{len(SUMS)} + bisect_right(BOUNDS, r[{c['latency_ms']}])] += 1",
+        f"        h = acc[{len(SUMS)}]; b = bisect_right(BOUNDS, r[{c['latency_ms']}])",
+        "        h[b] = h.get(b, 0) + 1",
         "    return [(*k, *v) for k, v in sums.items()]",
     ]
     namespace: dict[str, Any] = {"bisect_right": bisect.bisect_right, "BOUNDS": LATENCY_BOUNDS}
@@ -450,7 +469,7 @@ class SQLiteLedger:
             else:
                 conn.executemany(_INSERT, rows)
                 fresh = list(rows)
-            conn.executemany(_UPSERT, rollup(fresh))
+            _add_rollup(conn, rollup(fresh))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # a failed COMMIT may already have ended it
