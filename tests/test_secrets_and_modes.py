@@ -28,6 +28,7 @@ SHAPES = [
     "host=db.example password={pw} dbname=prod",
     "host=db.example dbname=prod password = {pw}",
     "host=db.example password='{pw} with spaces' dbname=prod",
+    "host=db.example password = '{pw}://looks-like-a-url' dbname=prod",
     "password={pw}",
 ]
 

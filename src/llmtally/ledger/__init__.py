@@ -117,7 +117,10 @@ def open_ledger(url: str, *, create: bool = True) -> Ledger | None:
 
         ledger = PostgresLedger(text, create=create)
     else:
-        raise LedgerError(
-            f"unknown ledger scheme {scheme!r} in {shown!r} (expected sqlite, postgresql or none)"
-        )
+        import re
+
+        # What precedes "://" is only shown when it is a scheme: in a libpq key/value string it is
+        # anything, a password's first part included.
+        named = f"scheme {scheme!r}" if re.fullmatch(r"[a-z][a-z0-9+.\-]{0,30}", scheme) else "scheme"
+        raise LedgerError(f"unknown ledger {named} in {shown!r} (expected sqlite, postgresql or none)")
     return ledger
