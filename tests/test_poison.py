@@ -257,3 +257,33 @@ def test_a_huge_count_from_the_server_reaches_the_ledger_as_an_estimate(ledger_u
         assert row.requests == 2 and row.estimated_requests == 1 and row.prompt_tokens < 10**6
     finally:
         llmtally.configure(ledger="none")
+
+
+def test_breaker_findings_on_counts() -> None:
+    """A 5,000-digit count (int() refuses it) is noted, not an exception; Anthropic's and Gemini's
+    stated null counts are noted as OpenAI's are."""
+    from llmtally.wire.anthropic import Messages
+    from llmtally.wire.gemini import GenerateContent
+
+    assert as_int("9" * 5000) == 0 and bad_count() == "9" * 5000
+    Messages().body({"type": "message", "usage": {"input_tokens": 3, "output_tokens": None}})
+    assert bad_count() is None
+    GenerateContent().body({"usageMetadata": {"promptTokenCount": None, "candidatesTokenCount": 3}})
+    assert bad_count() is None
+
+
+def test_a_bad_spool_line_is_set_apart_once_however_often_the_replay_fails(isolated_spool: Path) -> None:
+    from llmtally.ledger._spool import Spool
+
+    spool = Spool("sqlite:///nowhere.db")
+    spool.append([to_row(good_call(1))])
+    with open(spool.path, "ab") as f:
+        f.write(b"[1, 2]\n")
+
+    def down(rows: object) -> None:
+        raise OSError("the ledger is down")
+
+    for _ in range(3):
+        with pytest.raises(OSError):
+            spool.replay(down)
+    assert len(spool.quarantined()) == 1 and len(spool.read()) == 1

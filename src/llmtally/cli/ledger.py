@@ -136,7 +136,7 @@ def _reimport(url: str, args: argparse.Namespace) -> int:
             if record is None and isinstance(e.get("line"), str):
                 try:
                     record = json.loads(e["line"])
-                except ValueError:
+                except (ValueError, RecursionError):
                     record = None
             if not isinstance(record, dict):
                 left.append(e)

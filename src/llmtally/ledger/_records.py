@@ -203,6 +203,8 @@ def refused(exc: BaseException) -> bool:
 
 
 _INT64 = 2**63
+#: Text columns that reports read as JSON (a hand-edited spool could hold anything).
+_JSON_COLUMNS = ("scope_path", "tags", "price_context")
 
 
 def _column_check(name: str, kind: str) -> Any:
@@ -216,7 +218,14 @@ def _column_check(name: str, kind: str) -> Any:
         if kind.startswith("TEXT"):
             if type(value) is not str:
                 return f"{name} is not text: {value!r:.80}"
-            return f"{name} holds a NUL character" if "\x00" in value else None
+            if "\x00" in value:
+                return f"{name} holds a NUL character"
+            if name in _JSON_COLUMNS:
+                try:
+                    json.loads(value)
+                except (ValueError, RecursionError):
+                    return f"{name} is not JSON: {value!r:.80}"
+            return None
         if kind.startswith("DOUBLE"):
             if type(value) not in (int, float) or not math.isfinite(value):
                 return f"{name} is not a finite number: {value!r:.80}"
@@ -287,7 +296,7 @@ def url_secrets(url: str) -> list[str]:
     found += [
         piece
         for s in list(found)
-        for cut in (r"[#/?]", r"[#/?@:&=]")
+        for cut in (r"[#/?]", r"[#/?@:&=\s'\"]")
         for piece in re.split(cut, s)
         if len(piece) >= 3
     ]

@@ -219,6 +219,9 @@ class Spool:
             rows, rejects = self._rows(fd)
             if rejects:
                 self.quarantine(rejects)  # first: if it cannot be, nothing is deleted
+                # Then out of the spool: a replay that fails (the ledger still down) must not set the
+                # same lines apart again next time.
+                self._rewrite(fd, rows)
                 log.error(
                     "llmtally: %d line(s) of the spool %s are no record (%s); kept apart in %s",
                     len(rejects),
@@ -233,6 +236,15 @@ class Spool:
                 return len(rows)
         os.unlink(self.path)  # pragma: no cover - Windows deletes no open file
         return len(rows)
+
+    @staticmethod
+    def _rewrite(fd: int, rows: list[tuple[Any, ...]]) -> None:
+        data = "".join(json.dumps(dict(zip(_NAMES, row, strict=True))) + "\n" for row in rows).encode()
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
 
     @staticmethod
     def _lines(fd: int) -> list[bytes]:

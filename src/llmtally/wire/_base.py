@@ -61,8 +61,8 @@ def odd_count(value: Any, stated: bool = False) -> int:
         return 0
     if type(value) is float and value.is_integer() and 0 <= value <= MAX_COUNT:
         return int(value)
-    if type(value) is str and value.strip().isascii() and value.strip().isdigit():
-        number = int(value.strip())
+    if type(value) is str and len(value) <= 40 and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())  # short: int() refuses digit strings past 4,300 digits
         if number <= MAX_COUNT:
             return number
     if getattr(_seen, "bad", _NOTHING) is _NOTHING:

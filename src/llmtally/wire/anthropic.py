@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from .._core.usage import Usage
-from ._base import Parser, Result, StreamParser, as_int, as_str, loads, served_as
+from ._base import Parser, Result, StreamParser, as_int, as_str, loads, odd_count, served_as
 
 __all__ = ["Messages", "VertexMessages", "messages_usage"]
 
@@ -30,6 +30,10 @@ def messages_usage(u: Any) -> Usage | None:
     if not isinstance(u, dict):
         return None
     fields = {k: as_int(u.get(k)) for k in _FIELDS}
+    # Its output count given as null: noted, not a silent 0 (a stream's message_delta may state the
+    # *input* counts as null, as "not repeated here").
+    if "output_tokens" in u and u["output_tokens"] is None:
+        odd_count(None, stated=True)
     _extras(u, fields)
     return _to_usage(fields, u.get("cache_creation"))
 

@@ -28,7 +28,7 @@ import re
 from typing import Any
 
 from .._core.usage import Usage
-from ._base import Parser, Result, StreamParser, as_int, as_str, loads
+from ._base import Parser, Result, StreamParser, as_int, as_str, loads, odd_count
 
 __all__ = ["EmbedContent", "GenerateContent", "gemini_usage", "is_vertex_embedding", "model_in_path"]
 
@@ -49,6 +49,8 @@ def model_in_path(path: str) -> str | None:
 def gemini_usage(u: Any) -> Usage | None:
     if not isinstance(u, dict):
         return None
+    if "promptTokenCount" in u and u["promptTokenCount"] is None:
+        odd_count(None, stated=True)  # its very token count given as null: noted, not a silent 0
     prompt = as_int(u.get("promptTokenCount")) + as_int(u.get("toolUsePromptTokenCount"))
     thoughts = as_int(u.get("thoughtsTokenCount"))
     completion = as_int(u.get("candidatesTokenCount")) + thoughts
