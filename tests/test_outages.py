@@ -330,6 +330,7 @@ def call():
     r = client.post("http://fake/v1/chat/completions", json={"model": "gpt-4", "messages": []})
     assert r.status_code == 200
 
+call()  # a process that has made calls (what loads on a first call is loaded), then forks busily
 stop, made = threading.Event(), [0]
 def busy():
     with llmtally.track("parent"):
@@ -348,18 +349,21 @@ for i in range(40):
         os._exit(0 if llmtally.flush() else 3)
     children.append(pid)
     time.sleep(0.005)
-hung = bad = 0
+hung = 0
+codes = []
 deadline = time.time() + 120
 for pid in children:
-    while not os.waitpid(pid, os.WNOHANG)[0]:
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            codes.append(os.waitstatus_to_exitcode(status))
+            break
         if time.time() > deadline:
             hung += 1
             os.kill(pid, 9)
             os.waitpid(pid, 0)
             break
         time.sleep(0.01)
-    else:
-        continue
 stop.set()
 worker.join()
 assert llmtally.flush()
@@ -370,7 +374,10 @@ for _, path_json in rows:
     name = (json.loads(path_json) or ["-"])[0]
     scopes[name] = scopes.get(name, 0) + 1
 distinct = len({r[0] for r in rows})
-print(json.dumps({"made": made[0], "scopes": scopes, "rows": len(rows), "ids": distinct, "hung": hung}))
+import glob
+left = [f for f in glob.glob(os.environ["LLMTALLY_SPOOL_DIR"] + "/*") if not f.endswith(".dead.jsonl")]
+print(json.dumps({"made": made[0], "scopes": scopes, "rows": len(rows), "ids": distinct, "hung": hung,
+                  "codes": codes, "left": left}))
 """
 
 
@@ -386,8 +393,9 @@ def test_forty_forks_while_the_writer_is_busy(tmp_path: Path, isolated_spool: Pa
     )
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["hung"] == 0
+    assert got["hung"] == 0 and got["codes"] == [0] * 40 and got["left"] == [], got
     assert got["rows"] == got["ids"]  # no duplicates
+    assert got["scopes"].pop("-") == 1  # the warm-up call, outside any scope
     assert got["scopes"].pop("parent") == got["made"]  # the parent's calls, once each
     assert got["scopes"] == {f"child-{i}": 2 for i in range(40)}  # every child's, once each
 

@@ -42,6 +42,16 @@ if TYPE_CHECKING:
 
 __all__ = ["RUNTIME", "Runtime"]
 
+#: Modules a call is settled and recorded through (see ``Runtime._before_fork``).
+_SETTLE_MODULES = (
+    "llmtally._capture.settle",
+    "llmtally._pricing",
+    "llmtally._tokens",
+    "llmtally.ledger._records",
+    "llmtally.ledger._spool",
+    "llmtally.ledger._writer",
+)
+
 log = logging.getLogger("llmtally")
 
 
@@ -378,6 +388,15 @@ class Runtime:
         warming = self._warming
         if warming is not None and warming.is_alive() and warming is not threading.current_thread():
             warming.join(30)
+        # The same for the modules a call settles through, which load lazily on the first calls: if
+        # another thread is importing one now, importing it here waits for that import to end.
+        import importlib
+
+        for name in _SETTLE_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # pragma: no cover - an optional part that is not installed
+                pass
 
     def _after_fork(self) -> None:
         """A fork starts clean: the parent's queued calls are the parent's to settle and record."""

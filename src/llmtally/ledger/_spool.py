@@ -43,6 +43,8 @@ except ImportError:  # pragma: no cover - Windows: one process per spool file is
 
 #: Spool and dead-letter files open in this process, with their locks held.
 _held: set[int] = set()
+#: Claims this process's replays are writing now (any other claim of this process is stranded).
+_in_flight: set[str] = set()
 
 
 def _close_inherited() -> None:
@@ -85,8 +87,40 @@ class Spool:
         return f"<Spool {self.path}>"
 
     def pending(self) -> bool:
-        """Whether the file exists (it is deleted once replayed); cheap enough for every batch."""
-        return os.path.exists(self.path)
+        """Whether there are records to replay: the file (deleted once replayed), or the claim of a
+        replay that died; cheap enough for every batch."""
+        return os.path.exists(self.path) or bool(self._orphans())
+
+    def _claims(self) -> list[str]:
+        """The claim files of this spool: rows a replay took out of it while it writes them."""
+        directory, base = os.path.split(self.path)
+        prefix = base[: -len(".jsonl")] + ".claim-"
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return []
+        return [os.path.join(directory, n) for n in names if n.startswith(prefix)]
+
+    def _orphans(self) -> list[str]:
+        """Claims whose replay is over without having finished: its process is gone, or it is this
+        process's and could not be put back."""
+        out = []
+        for path in self._claims():
+            try:
+                pid = int(os.path.basename(path).split(".claim-")[1].split("-")[0])
+            except (IndexError, ValueError):
+                continue
+            if pid == os.getpid():
+                if path not in _in_flight:
+                    out.append(path)
+                continue
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                out.append(path)
+            except OSError:
+                pass  # alive, another user's: theirs
+        return out
 
     @contextlib.contextmanager
     def _locked(self, create: bool, path: str | None = None) -> Iterator[int | None]:
@@ -202,9 +236,25 @@ class Spool:
         return out
 
     def read(self) -> list[tuple[Any, ...]]:
-        """The spooled rows (lines that are no record skipped), without removing them."""
+        """The spooled rows (lines that are no record skipped), claims of replays in progress
+        included, without removing them."""
+        rows: list[tuple[Any, ...]] = []
         with self._locked(create=False) as fd:
-            return [] if fd is None else self._rows(fd)[0]
+            if fd is not None:
+                rows += self._rows(fd)[0]
+        for path in self._claims():
+            rows += self._rows_of(path)[0]
+        return rows
+
+    def _rows_of(self, path: str) -> tuple[list[tuple[Any, ...]], list[tuple[bytes, str]]]:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            return [], []
+        try:
+            return self._rows(fd)
+        finally:
+            os.close(fd)
 
     def replay(self, write: Callable[[Sequence[tuple[Any, ...]]], None], batch: int = 10_000) -> int:
         """Write every spooled row with ``write`` (chunks of ``batch``), then delete the file.
@@ -213,15 +263,19 @@ class Spool:
         already written are written again next time, which ``ignore_duplicates`` makes harmless).
         A line that is no record goes to the dead-letter file, never in the way of the others.
         """
-        with self._locked(create=False) as fd:
+        if fcntl is None:  # pragma: no cover - Windows: one process per spool, replayed in place
+            return self._replay_in_place(write, batch)
+        orphans = self._orphans()
+        with self._locked(create=bool(orphans)) as fd:
             if fd is None:
                 return 0
             rows, rejects = self._rows(fd)
+            for path in orphans:  # rows a replay took and never finished: now this one's
+                taken, bad = self._rows_of(path)
+                rows += taken
+                rejects += bad
             if rejects:
                 self.quarantine(rejects)  # first: if it cannot be, nothing is deleted
-                # Then out of the spool: a replay that fails (the ledger still down) must not set the
-                # same lines apart again next time.
-                self._rewrite(fd, rows)
                 log.error(
                     "llmtally: %d line(s) of the spool %s are no record (%s); kept apart in %s",
                     len(rejects),
@@ -229,12 +283,69 @@ class Spool:
                     rejects[0][1],
                     self.dead_path,
                 )
+            # The rows move to a claim of this replay, and the spool is free again: other
+            # processes append to it while this one writes to the ledger, which may wait seconds on
+            # a locked database (they used to queue behind it, and lose records at exit).
+            claim = self._claim(rows) if rows else None
+            os.unlink(self.path)  # under the lock: nobody can be appending to it
+            for path in orphans:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        if claim is None:
+            return 0
+        try:
             for start in range(0, len(rows), batch):
                 write(rows[start : start + batch])
-            if fcntl is not None:
-                os.unlink(self.path)  # under the lock: nobody can be appending to it
-                return len(rows)
-        os.unlink(self.path)  # pragma: no cover - Windows deletes no open file
+        except BaseException:
+            self._give_back(claim)
+            raise
+        finally:
+            _in_flight.discard(claim)
+        os.unlink(claim)
+        return len(rows)
+
+    def _claim(self, rows: list[tuple[Any, ...]]) -> str:
+        import secrets
+
+        base = self.path[: -len(".jsonl")]
+        claim = f"{base}.claim-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
+        data = "".join(json.dumps(dict(zip(_NAMES, row, strict=True))) + "\n" for row in rows).encode()
+        fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            os.unlink(claim)
+            raise
+        os.close(fd)
+        _in_flight.add(claim)
+        return claim
+
+    def _give_back(self, claim: str) -> None:
+        """A replay that failed: its rows back into the spool (or, if even that fails, its claim
+        stays, and a later replay takes it)."""
+        try:
+            with open(claim, "rb") as f:
+                data = f.read()
+            self._append(self.path, data)
+            os.unlink(claim)
+        except OSError as exc:
+            log.error("llmtally: the spool's claim %s is kept for a later replay (%s)", claim, exc)
+
+    def _replay_in_place(self, write: Callable[[Sequence[tuple[Any, ...]]], None], batch: int) -> int:
+        with self._locked(create=False) as fd:  # pragma: no cover - Windows
+            if fd is None:
+                return 0
+            rows, rejects = self._rows(fd)
+            if rejects:
+                self.quarantine(rejects)
+                self._rewrite(fd, rows)
+            for start in range(0, len(rows), batch):
+                write(rows[start : start + batch])
+        os.unlink(self.path)  # pragma: no cover
         return len(rows)
 
     @staticmethod
