@@ -429,3 +429,35 @@ def test_a_forked_child_never_touches_sqlite(tmp_path: Path, isolated_spool: Pat
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "1"  # the child's call, moved in by the parent
+
+
+def test_a_child_forked_from_a_thread_exits(tmp_path: Path, isolated_spool: Path) -> None:
+    """A child forked from a non-main thread that ends with sys.exit: a writer thread started at the
+    fork kept it alive for ever; it starts on the child's first call instead."""
+    code = textwrap.dedent(
+        f"""
+        import os, sys, threading, time, llmtally
+        llmtally.configure(ledger="sqlite:///{tmp_path / "l.db"}")
+        res = []
+        def forker():
+            pid = os.fork()
+            if pid == 0:
+                sys.exit(0)
+            t = time.time()
+            while time.time() - t < 20:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    res.append("exited")
+                    return
+                time.sleep(0.05)
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            res.append("hung")
+        th = threading.Thread(target=forker)
+        th.start()
+        th.join()
+        print(res[0])
+        """
+    )
+    env = {**os.environ, "LLMTALLY_SPOOL_DIR": str(isolated_spool)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.stdout.strip() == "exited", out.stderr[-2000:]

@@ -74,6 +74,8 @@ class Writer:
         self._retry_at = 0.0  # time.monotonic() before which the ledger is not tried (unless flushed)
         self._delay = 0.0
         self._stop = threading.Event()
+        self._idle = False
+        self._waking = threading.Lock()
         self._thread = self._start()
         self.written = 0
 
@@ -84,6 +86,17 @@ class Writer:
 
     def sink(self, call: Call) -> None:
         self._queue.put(call)
+        if self._idle:
+            self._wake()
+
+    def _wake(self) -> None:
+        """A forked child's first call: its writer thread starts now, not at the fork. A thread
+        started at the fork would keep alive a child that ends its forking thread (a fork from a
+        thread, then ``sys.exit``), waiting for nothing."""
+        with self._waking:
+            if self._idle:
+                self._thread = self._start()
+                self._idle = False
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -260,6 +273,8 @@ class Writer:
         not tried again (at exit: a dead server must not hold the process up, the spool is safe).
         """
         PIPELINE.flush()
+        if self._idle:
+            self._wake()
         if not self._thread.is_alive():
             return False
         marker = threading.Event() if retry else _NoRetry()
@@ -283,4 +298,5 @@ class Writer:
         self.ledger.after_fork()  # e.g. a database connection the child must not share with its parent
         if not getattr(self.ledger, "fork_safe", True) and self.spool is not None:
             self.spool_only = True
-        self._thread = self._start()
+        self._waking = threading.Lock()
+        self._idle = True  # started by the child's first call or flush (see _wake)
