@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -43,6 +44,11 @@ except ImportError:  # pragma: no cover - Windows: one process per spool file is
 
 #: Spool and dead-letter files open in this process, with their locks held.
 _held: set[int] = set()
+#: Held while a spool file is opened and noted in ``_held``, or forgotten and closed, and by fork():
+#: a child forked in between would keep a copy of a file the parent then locks, and the lock (which
+#: belongs to the open file both share) would outlive the parent's close for as long as the child
+#: lives: the child's own next append would wait on it.
+_opening = threading.Lock()
 #: Claims this process's replays are writing now (any other claim of this process is stranded).
 _in_flight: set[str] = set()
 
@@ -60,8 +66,13 @@ def _close_inherited() -> None:
     _held.clear()
 
 
+def _child() -> None:
+    _opening._at_fork_reinit()  # type: ignore[attr-defined]
+    _close_inherited()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited)
+    os.register_at_fork(before=_opening.acquire, after_in_parent=_opening.release, after_in_child=_child)
 
 
 def spool_dir() -> str:
@@ -132,11 +143,12 @@ class Spool:
             flags |= os.O_CREAT
         while True:
             try:
-                fd = os.open(path, flags, 0o600)
+                with _opening:
+                    fd = os.open(path, flags, 0o600)
+                    _held.add(fd)
             except FileNotFoundError:
                 yield None
                 return
-            _held.add(fd)
             try:
                 if fcntl is not None:
                     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -150,8 +162,9 @@ class Spool:
                     yield fd
                     return
             finally:
-                _held.discard(fd)
-                os.close(fd)  # also releases the lock
+                with _opening:
+                    _held.discard(fd)
+                    os.close(fd)  # also releases the lock
 
     def append(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Add rows durably (fsync), all or none; ``OSError`` if they could not be."""
