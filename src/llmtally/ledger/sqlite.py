@@ -104,17 +104,24 @@ def _migrations() -> dict[int, list[str]]:
     return steps
 
 
+def _keyed_table(what: str, counts: Sequence[str], options: str) -> str:
+    """CREATE ``what``: the rollup's keys, then integer ``counts``."""
+    return (
+        f"CREATE {what} (hour INTEGER NOT NULL, "
+        + ", ".join(f"{k} TEXT NOT NULL" for k in ROLLUP_KEYS[1:])
+        + ", "
+        + ", ".join(f"{name} INTEGER NOT NULL" for name in counts)
+        + f", PRIMARY KEY ({', '.join(ROLLUP_KEYS)})){options}"
+    )
+
+
 def _latency_from_calls() -> list[str]:
     """Fill the rollup's new latency histogram from the calls (hours pruned of their calls keep
     their totals and count no latency)."""
     keys = ", ".join(ROLLUP_KEYS)
     counts = ", ".join(LATENCY_COLUMNS)
     return [
-        "CREATE TEMP TABLE llmtally_latency (hour INTEGER NOT NULL, "
-        + ", ".join(f"{k} TEXT NOT NULL" for k in ROLLUP_KEYS[1:])
-        + ", "
-        + ", ".join(f"{name} INTEGER NOT NULL" for name in LATENCY_COLUMNS)
-        + f", PRIMARY KEY ({keys}))",
+        _keyed_table("TEMP TABLE llmtally_latency", LATENCY_COLUMNS, ""),
         f"INSERT INTO temp.llmtally_latency ({keys}, {counts}) "
         f"SELECT {keys}, {', '.join(f'SUM(b = {i})' for i in range(len(LATENCY_COLUMNS)))} FROM ("
         f"SELECT {', '.join(f'{sql} AS {k}' for k, sql in zip(ROLLUP_KEYS, _ROLLUP_KEY_SQL, strict=True))}, "
@@ -132,11 +139,7 @@ def _rollup_by_currency() -> list[str]:
     calls = {name for name, _ in columns_at(ROLLUP_BY_CURRENCY)}
     keys = ", ".join(ROLLUP_KEYS)
     return [
-        "CREATE TABLE calls_hourly_new (hour INTEGER NOT NULL, "
-        + ", ".join(f"{k} TEXT NOT NULL" for k in ROLLUP_KEYS[1:])
-        + ", "
-        + ", ".join(f"{name} INTEGER NOT NULL" for name in sums)
-        + f", PRIMARY KEY ({keys})) WITHOUT ROWID",
+        _keyed_table("TABLE calls_hourly_new", sums, " WITHOUT ROWID"),
         f"INSERT INTO calls_hourly_new ({keys}, {', '.join(sums)}) "
         f"SELECT {', '.join(_ROLLUP_KEY_SQL)}, {', '.join(sum_of_calls(n, calls) for n in sums)} "
         f"FROM calls GROUP BY {', '.join(str(i + 1) for i in range(len(ROLLUP_KEYS)))}",
