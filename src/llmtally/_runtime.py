@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._core import scope
 from ._core.pipeline import PIPELINE
@@ -382,7 +382,11 @@ class Runtime:
         self._fork_hooks = True
         os.register_at_fork(before=self._before_fork, after_in_child=self._after_fork)
 
+    #: The thread calling ``fork()`` is the main thread (see ``Writer.after_fork``).
+    _fork_from_main = True
+
     def _before_fork(self) -> None:
+        self._fork_from_main = threading.current_thread() is threading.main_thread()
         # A fork while the warm-up thread imports the catalogue would leave its import lock held
         # in the child, and the child's first priced call would wait for ever: let it finish.
         warming = self._warming
@@ -403,8 +407,9 @@ class Runtime:
         self._lock = threading.RLock()
         PIPELINE.after_fork()
         if self.writer is not None:
-            self.writer.after_fork()
+            self.writer.after_fork(orphan=not self._fork_from_main)
             self._flush_in_multiprocessing_child()
+            _flush_before_os_exit(self)
 
     def _flush_in_multiprocessing_child(self) -> None:
         """A child forked by multiprocessing (fork, forkserver) ends with ``os._exit``: no atexit. Its
@@ -443,6 +448,28 @@ def _finalize_at_exit(runtime: Runtime) -> None:
     from multiprocessing.util import Finalize
 
     Finalize(None, runtime._exit_flush, exitpriority=-1000)
+
+
+def _flush_before_os_exit(runtime: Runtime) -> None:
+    """In a forked child: ``os._exit`` flushes first. A forked child often ends with ``os._exit``
+    (no atexit, by design: the parent's exit handlers must not run twice), which would lose the calls
+    the child made since its writer's last write; the flush writes only the child's own records."""
+    real = os._exit
+    if getattr(real, "__wrapped__", None) is not None:
+        return  # a grandchild: already wrapped
+
+    def _exit(status: int) -> NoReturn:
+        try:
+            PIPELINE.flush()
+            writer = runtime.writer
+            if writer is not None and writer.has_work():
+                writer.flush(timeout=20, retry=False)
+        except BaseException:  # pragma: no cover - exiting regardless
+            pass
+        real(status)
+
+    _exit.__wrapped__ = real  # type: ignore[attr-defined]
+    os._exit = _exit
 
 
 def _die_of_sigterm() -> None:

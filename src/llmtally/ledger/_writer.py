@@ -75,6 +75,9 @@ class Writer:
         self._delay = 0.0
         self._stop = threading.Event()
         self._idle = False
+        #: In a child forked from a thread other than the main one: that thread is the child's main
+        #: thread, and when it ends the process ends only once no other thread runs (see _orphaned).
+        self._orphan = False
         self._waking = threading.Lock()
         self._thread = self._start()
         self.written = 0
@@ -100,11 +103,28 @@ class Writer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            orphaned = self._orphaned()
             try:
                 PIPELINE.flush()  # settle what the call path queued
             except Exception:  # pragma: no cover - settle() logs its own failures
                 log.exception("llmtally: settling calls for the ledger failed")
-            self._drain(self.interval)
+            # An orphan looks again soon: the process's end waits for this thread.
+            self._drain(0 if orphaned else min(self.interval, 0.2) if self._orphan else self.interval)
+            if orphaned and self._queue.empty():
+                return  # everything is written: let the process end
+
+    def _orphaned(self) -> bool:
+        """In a child forked from a non-main thread, that thread has ended (a ``sys.exit`` there, or
+        its function returned) and no other thread of the program is left: such a process ends when
+        its last thread does, atexit never runs, and this thread must write what it has and end."""
+        if not self._orphan or threading.main_thread().is_alive():
+            return False
+        me = threading.current_thread()
+        return all(t.daemon for t in threading.enumerate() if t is not me)
+
+    def has_work(self) -> bool:
+        """Calls were made since this writer started (a forked child's writer starts idle)."""
+        return not self._idle or not self._queue.empty()
 
     def _drain(self, wait: float) -> None:
         """Collect calls for ``wait`` seconds (or until a batch is full, or a flush asks), then
@@ -288,10 +308,11 @@ class Writer:
         self._thread.join(timeout)
         self.ledger.close()
 
-    def after_fork(self) -> None:
+    def after_fork(self, orphan: bool = False) -> None:
         """In a forked child: a fresh queue and thread (the parent's thread does not exist here);
         the parent's queued records are the parent's to write. No record is in memory to inherit:
-        the backlog goes too (the parent writes it)."""
+        the backlog goes too (the parent writes it). ``orphan``: forked from a non-main thread."""
+        self._orphan = orphan
         self._queue = SimpleQueue()
         self._backlog = []
         self._stop = threading.Event()
@@ -299,4 +320,8 @@ class Writer:
         if not getattr(self.ledger, "fork_safe", True) and self.spool is not None:
             self.spool_only = True
         self._waking = threading.Lock()
-        self._idle = True  # started by the child's first call or flush (see _wake)
+        if orphan:  # settles the child's calls and ends with it (see _orphaned)
+            self._idle = False
+            self._thread = self._start()
+        else:
+            self._idle = True  # started by the child's first call or flush (see _wake)
