@@ -316,6 +316,53 @@ def test_a_full_disk_loses_nothing_and_recovers(
             subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+STILL_FULL_AT_EXIT = """
+import os, sys, httpx2, llmtally
+from llmtally.testing import FakeProvider, Reply
+
+disk = sys.argv[1]
+llmtally.configure(ledger=f"sqlite:///{disk}/ledger.db", flush_interval=0.05)
+client = httpx2.Client(transport=FakeProvider(handler=lambda r: Reply(text="x")).httpx2_transport())
+post = lambda: client.post("http://fake/v1/chat/completions", json={"model": "gpt-4", "messages": []})
+post()
+assert llmtally.flush()
+fd = os.open(f"{disk}/filler", os.O_WRONLY | os.O_CREAT, 0o600)
+try:
+    while os.write(fd, b"\\0" * 4096):
+        pass
+except OSError:
+    pass
+for _ in range(200):
+    post()
+llmtally.flush(timeout=30)
+"""
+
+
+def test_a_disk_still_full_at_exit_says_what_is_lost(tmp_path: Path) -> None:
+    """Records neither the ledger nor the spool could take were lost at exit without a word."""
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "1m"):
+        pytest.skip("needs root on Linux to mount a small tmpfs (CI runs as root); nothing else is skipped")
+    try:
+        env = {**os.environ, "LLMTALLY_SPOOL_DIR": str(disk / "spool")}
+        out = subprocess.run(
+            [sys.executable, "-c", STILL_FULL_AT_EXIT, str(disk)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        lost = [line for line in out.stderr.splitlines() if "lost at exit" in line]
+        assert len(lost) == 1, out.stderr[-3000:]
+        n = int(lost[0].split("llmtally: ")[1].split()[0])
+        assert 0 < n <= 200, lost
+        assert "ledger.db" in lost[0] and "UTC" in lost[0]
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 FORKS = """
 import json, os, sqlite3, sys, threading, time
 import httpx2, llmtally

@@ -372,7 +372,7 @@ class Runtime:
             try:
                 # Long enough for a write that waits on a locked SQLite file and then spools
                 # (sqlite.WRITE_TIMEOUT): the records are on disk either way when the process ends.
-                writer.flush(timeout=20, retry=False)
+                writer.at_exit(timeout=20)
             except Exception:  # pragma: no cover
                 log.exception("llmtally: could not flush the ledger at exit")
 

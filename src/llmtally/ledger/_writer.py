@@ -48,6 +48,13 @@ MAX_BACKLOG = 100_000
 MAX_RETRY_DELAY = 30.0
 
 
+def _when(timestamp: Any) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(timestamp))) + " UTC"
+    except (TypeError, ValueError, OverflowError):
+        return repr(timestamp)
+
+
 class _NoRetry(threading.Event):
     """A flush marker that does not make the writer try a failing ledger before its retry time."""
 
@@ -300,6 +307,22 @@ class Writer:
         marker = threading.Event() if retry else _NoRetry()
         self._queue.put(marker)
         return marker.wait(timeout)
+
+    def at_exit(self, timeout: float | None = 20) -> None:
+        """The flush at exit; records neither the ledger nor the spool could take are lost with the
+        process, and the log says so (a full disk that never came back)."""
+        self.flush(timeout, retry=False)
+        if self._backlog:
+            spool = self.spool.path if self.spool is not None else "(no spool directory)"
+            log.error(
+                "llmtally: %d record(s) are lost at exit: neither the ledger %s nor its spool %s could "
+                "be written (calls from %s to %s)",
+                len(self._backlog),
+                self.ledger,
+                spool,
+                _when(min(row[1] for row in self._backlog)),
+                _when(max(row[1] for row in self._backlog)),
+            )
 
     def close(self, timeout: float | None = 30) -> None:
         self.flush(timeout)
