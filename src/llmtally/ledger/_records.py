@@ -255,8 +255,18 @@ def check_row(row: Any) -> str | None:
 # URL. Hiding too much (an "@" later in a query) is safe; libpq accepts unencoded "#", "/" and "?"
 # in a password, so the usual URL grammar would hide too little.
 _USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:@/]*):(.*)@", re.DOTALL)
-# password=... (or sslpassword=...) among a URL's query parameters.
-_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
+# libpq's connection parameters: what may follow a password in a URL's query.
+_LIBPQ_KEYS = (
+    "host|hostaddr|port|dbname|user|password|passfile|require_auth|channel_binding|connect_timeout|"
+    "client_encoding|options|application_name|fallback_application_name|keepalives|keepalives_idle|"
+    "keepalives_interval|keepalives_count|tcp_user_timeout|replication|gssencmode|sslmode|sslnegotiation|"
+    "requiressl|sslcompression|sslcert|sslkey|sslpassword|sslcertmode|sslrootcert|sslcrl|sslcrldir|"
+    "sslsni|requirepeer|ssl_min_protocol_version|ssl_max_protocol_version|krbsrvname|gsslib|gssdelegation|"
+    "service|target_session_attrs|load_balance_hosts"
+)
+# password=... (or sslpassword=...) among a URL's query parameters, up to the next parameter libpq
+# knows: an unencoded "&" inside the password ("?password=a&b") must not leave its tail in clear.
+_QUERY_PASSWORD = re.compile(rf"([?&](?:ssl)?password=)(?:[^&]|&(?!(?:{_LIBPQ_KEYS})=))*", re.IGNORECASE)
 # password=... in a libpq key/value string (host=db password='it''s secret' dbname=x): a quoted
 # value with backslash escapes, or a bare one up to the next space.
 _CONNINFO_PASSWORD = re.compile(r"((?:^|\s)(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", re.IGNORECASE)
