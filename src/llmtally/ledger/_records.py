@@ -29,9 +29,12 @@ __all__ = [
     "ADDED_KINDS",
     "ADDED_ROLLUP",
     "COLUMNS",
+    "COST_HI",
     "LATENCY_BOUNDS",
     "LATENCY_COLUMNS",
     "ROLLUP_BY_CURRENCY",
+    "ROLLUP_COST_SPLIT",
+    "ROLLUP_LATENCY",
     "SCHEMA_VERSION",
     "SUMS",
     "LedgerError",
@@ -79,7 +82,14 @@ LATENCY_BOUNDS: tuple[float, ...] = tuple(2 ** (k / 4) for k in range(81))
 LATENCY_COLUMNS: tuple[str, ...] = tuple(f"latency_{i}" for i in range(len(LATENCY_BOUNDS) + 1))
 #: Schema version -> the columns it added to SQLite's hourly rollup only (``calls`` unchanged):
 #: INTEGER NOT NULL DEFAULT 0, counts kept by ``write()`` and filled from the calls when migrated.
-ADDED_ROLLUP: dict[int, tuple[str, ...]] = {10: LATENCY_COLUMNS}
+ADDED_ROLLUP: dict[int, tuple[str, ...]] = {10: LATENCY_COLUMNS, 11: ("cost_pico_hi",)}
+#: The version that added the rollup's latency histogram.
+ROLLUP_LATENCY = 10
+#: The version from which an hour's cost in SQLite's rollup is ``cost_pico`` (below ``COST_HI``)
+#: plus ``cost_pico_hi`` times ``COST_HI``: one 64-bit column held $9.2M at most, and an hour of one
+#: group past that became a float (then "integer overflow" in reports and checks).
+ROLLUP_COST_SPLIT = 11
+COST_HI = 10**18
 #: Bumped with every change to the columns; each backend migrates older ledgers forward.
 SCHEMA_VERSION = max((*ADDED_KINDS, *ADDED_COLUMNS, *ADDED_ROLLUP, ROLLUP_BY_CURRENCY))
 
