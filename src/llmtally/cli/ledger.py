@@ -203,6 +203,12 @@ def _check(url: str, args: argparse.Namespace) -> int:
                         f"hourly totals of {_when(hour)}: {n} calls, {cost} pico in the rollup; "
                         f"{calls_n or 0} calls, {calls_cost or 0} pico in the calls"
                     )
+            # SQLite's key is (started_at, id), so that time windows are range scans: one id twice is
+            # a record whose time was edited (a spool line by hand) and then replayed.
+            for rid, times in ledger.execute(
+                "SELECT id, COUNT(*) FROM calls GROUP BY id HAVING COUNT(*) > 1 ORDER BY id LIMIT 20"
+            ):
+                problems.append(f"record {rid!r} is stored {times} times, at different times")
         (n,) = ledger.execute("SELECT COUNT(*) FROM calls")[0]
     finally:
         ledger.close()
