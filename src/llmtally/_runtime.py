@@ -70,6 +70,7 @@ class Runtime:
         self._extra_sinks: tuple[Sink, ...] = ()
         self.adapters: list[Adapter] | None = None
         self._threads: Any = None
+        self._processes: Any = None
         self._finder: Any = None
         self._stores: dict[str, BudgetStore] = {}
         self._exit_hooks = False
@@ -88,14 +89,17 @@ class Runtime:
                 return
             import sys
 
-            from ._capture import ADAPTERS, PatchOnImport, ThreadsInstrumentor
+            from ._capture import ADAPTERS, PatchOnImport, ProcessesInstrumentor, ThreadsInstrumentor
+            from ._capture import processes as process_hooks
             from ._pricing import warm
 
             if self.adapters is None:
                 self.adapters = [cls() for cls in ADAPTERS]
                 self._threads = ThreadsInstrumentor()
+                self._processes = ProcessesInstrumentor()
                 self._finder = PatchOnImport()
-            for adapter in self.adapters:
+                process_hooks.ledger_of = self._ledger_for_workers
+            for adapter in (*self.adapters, self._processes):
                 for name in adapter.modules:
                     module = sys.modules.get(name)
                     if module is not None:
@@ -105,6 +109,7 @@ class Runtime:
             self._threads.patch()
             self.started = True
             scope.mark_started(True)
+            self._flush_if_multiprocessing_child()
             if self._warming is None:
                 self._warming = warm()
             self._install_fork_hooks()
@@ -118,6 +123,7 @@ class Runtime:
                 for adapter in self.adapters:
                     adapter.unpatch()
                 self._threads.unpatch()
+                self._processes.unpatch()
             self.started = False
             scope.mark_started(False)
 
@@ -336,6 +342,13 @@ class Runtime:
             )
         return f"recorded in the ledger {writer.ledger.url}"
 
+    def _ledger_for_workers(self) -> str | None:
+        """The ledger a spawned worker writes to: this process's ("none" if it has none by choice)."""
+        writer = self.writer
+        if writer is not None:
+            return str(writer.ledger.url)
+        return "none" if self._configured else None
+
     def _install_exit_hooks(self) -> None:
         if self._exit_hooks:
             return
@@ -387,6 +400,15 @@ class Runtime:
 
     def _before_fork(self) -> None:
         self._fork_from_main = threading.current_thread() is threading.main_thread()
+        open_scopes = scope.current_scopes()
+        if open_scopes:  # the child's calls in them come back here (see _core.relay)
+            try:
+                from ._core import relay
+
+                for tally in open_scopes:
+                    relay.ensure(tally)
+            except Exception:  # pragma: no cover - a full temporary folder: the child counts alone
+                log.exception("llmtally: the scopes open at fork will not count the child's calls")
         # A fork while the warm-up thread imports the catalogue would leave its import lock held
         # in the child, and the child's first priced call would wait for ever: let it finish.
         warming = self._warming
@@ -408,6 +430,7 @@ class Runtime:
         PIPELINE.after_fork()
         if self.writer is not None:
             self.writer.after_fork(orphan=not self._fork_from_main)
+        if self.started:  # the child's calls are settled (recorded, relayed) before it ends
             self._flush_in_multiprocessing_child()
             _flush_before_os_exit(self)
 
@@ -419,6 +442,22 @@ class Runtime:
 
         util = sys.modules.get("multiprocessing.util")
         if util is not None:
+            util.register_after_fork(self, _finalize_at_exit)
+
+    def _flush_if_multiprocessing_child(self) -> None:
+        """Metering started inside a multiprocessing child (a spawned or forkserver worker whose first
+        task turned it on): such a child may end with ``os._exit`` (forkserver's do), so its calls are
+        settled and written by a multiprocessing finalizer, as a forked child's are."""
+        process = sys.modules.get("multiprocessing.process")
+        if process is None:
+            return
+        if process.parent_process() is not None:
+            _finalize_at_exit(self)
+        else:
+            # Maybe a spawned child not yet bootstrapped (metering started while its Process object
+            # was unpickled): the bootstrap clears finalizers, then runs these.
+            from multiprocessing import util
+
             util.register_after_fork(self, _finalize_at_exit)
 
     def _install_sigterm(self) -> None:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
     from .._limits import Limits
+    from .relay import Relay
     from .usage import Call, Totals
 
     F = TypeVar("F", bound=Callable[..., Any])
@@ -110,6 +111,9 @@ class Tally(_TallyFields):
     #: The native currencies of the trimmed calls (the summary names their rates).
     _currencies: frozenset[str] | set[str] = frozenset()
     _records: tuple[int, list[Call]] | None = None  # what ``calls`` last returned, and for which call
+    #: Where the calls this scope's worker processes make arrive (see ``relay``); None until work
+    #: leaves this process from inside the scope.
+    _relay: Relay | None = None
 
     def __init__(
         self,
@@ -222,6 +226,8 @@ class Tally(_TallyFields):
         """Settle the queued calls and add the new ones to the totals; the totals."""
         if PIPELINE.pending:
             PIPELINE.flush()
+        if self._relay is not None:
+            self._relay.pull(self)
         calls = self._calls
         if self._seen == len(calls):
             totals = self._totals
