@@ -319,7 +319,7 @@ class _Metering:
             if RUNTIME.configured_ledger():
                 here = f"{RUNTIME.where()}, each under its test's id (llmtally report --by scope)"
             else:
-                here = "not recorded in a ledger (--llmtally-ledger none)"
+                here = "not recorded in a ledger (the ledger is none)"
         except Exception:
             log.exception("llmtally: could not write the session's calls to the ledger")
             here = "could not be written to the ledger (see the log)"
