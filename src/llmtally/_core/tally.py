@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any, TypeVar
 
-    from .._limits import Limits
+    from .._limits import BudgetExceeded, Limits
     from .relay import Relay
     from .usage import Call, Totals
 
@@ -99,6 +99,7 @@ class Tally(_TallyFields):
     _limits: Limits | None = None
     _sent = 0
     _warned = False
+    _refused: BudgetExceeded | None = None
     _totals: Totals | None = None
     _by_model: dict[str, Totals] | None = None
     _models_seen = 0  # calls of _calls already added into _by_model
@@ -307,6 +308,12 @@ class Tally(_TallyFields):
         self._settled()
         with self._lock:
             return self._dropped + max(len(self._calls) - self._keep, 0)
+
+    @property
+    def refused(self) -> BudgetExceeded | None:
+        """The last request this scope's own limits refused (the ``BudgetExceeded`` raised), or None:
+        still known when the code inside caught the exception."""
+        return self._refused
 
     # -- LangChain compatibility -------------------------------------------------------------
     @property
