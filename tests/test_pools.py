@@ -6,6 +6,7 @@ made. Through the real openai SDK in the workers, against the fake provider over
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -208,3 +209,116 @@ def test_a_garbled_or_unfinished_line_never_breaks_the_scope(caplog: pytest.LogC
         f.write(good[20:])
     assert owner.requests == 2  # the rest of the line arrived: counted once
     assert oct(os.stat(r.folder).st_mode & 0o777) == "0o700"
+
+
+LIMITED = """
+import json, multiprocessing as mp, os, sys
+from concurrent.futures import ProcessPoolExecutor
+import llmtally
+from llmtally.testing import FakeProvider, Reply
+from workers import work
+
+if __name__ == "__main__":
+    method, limit = sys.argv[1], sys.argv[2]
+    reply = Reply(text="x", prompt_tokens=10, completion_tokens=5, model="gpt-4o")
+    fake = FakeProvider(handler=lambda r: reply)
+    kwargs = {"max_requests": 10} if limit == "requests" else {"max_cost": str(llmtally.cost_of(
+        "gpt-4o", input_tokens=10 * 10, output_tokens=10 * 5))}
+    refused = None
+    with fake.serve() as url:
+        os.environ["FAKE_URL"] = url
+        try:
+            with llmtally.track("capped", **kwargs) as t:
+                with ProcessPoolExecutor(2, mp_context=mp.get_context(method)) as pool:
+                    list(pool.map(work, range(40)))
+        except llmtally.BudgetExceeded as exc:
+            refused = {"limit": exc.limit, "scope": exc.scope, "text": str(exc)}
+        print(json.dumps({"served": len(fake.requests), "counted": t.requests, "refused": refused}))
+"""
+
+
+@pytest.mark.parametrize("limit", ["requests", "cost"])
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_scopes_limits_hold_across_its_workers(tmp_path: Path, method: str, limit: str) -> None:
+    """Each worker checks the scope's limits against everything the scope has spent: what it had when
+    the task was sent, the other workers' calls since, and its own (was: 40 of 40 sent on a limit of
+    10). Spend passes the limit by the calls in flight at most (two workers); the refusal raised in a
+    worker reaches the caller as itself."""
+    (tmp_path / "workers.py").write_text(WORKERS)
+    out = subprocess.run(
+        [sys.executable, "-c", LIMITED, method, limit],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Exception ignored" not in out.stderr, out.stderr[-3000:]  # no at-fork hook out of step
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 10 <= got["served"] <= 12 and got["counted"] == got["served"], got
+    assert (
+        got["refused"] is not None
+        and got["refused"]["limit"] == limit
+        and got["refused"]["scope"] == "capped"
+    )
+
+
+def test_a_refusal_pickles_whole() -> None:
+    import pickle
+    from decimal import Decimal
+
+    import llmtally
+
+    refusal = llmtally.BudgetExceeded("agent", "cost", Decimal("0.50"), Decimal("0.51"), worst=Decimal("0.1"))
+    back = pickle.loads(pickle.dumps(refusal))
+    assert type(back) is llmtally.BudgetExceeded and str(back) == str(refusal)
+    assert (back.scope, back.limit, back.allowed, back.spent, back.worst) == (
+        "agent",
+        "cost",
+        Decimal("0.50"),
+        Decimal("0.51"),
+        Decimal("0.1"),
+    )
+
+
+SHARED = """
+import json, multiprocessing as mp, os, sys
+from concurrent.futures import ProcessPoolExecutor
+import llmtally
+from llmtally.testing import FakeProvider, Reply
+from workers import work
+
+if __name__ == "__main__":
+    method, ledger = sys.argv[1], sys.argv[2]
+    llmtally.configure(ledger=ledger)
+    reply = Reply(text="x", prompt_tokens=10, completion_tokens=5, model="gpt-4o")
+    fake = FakeProvider(handler=lambda r: reply)
+    refused = None
+    with fake.serve() as url:
+        os.environ["FAKE_URL"] = url
+        try:
+            # Room for one worst case at a time (4,096 output tokens, reserved), and a dozen calls.
+            with llmtally.budget("team", max_cost="0.042"):
+                with ProcessPoolExecutor(2, mp_context=mp.get_context(method)) as pool:
+                    list(pool.map(work, range(40)))
+        except llmtally.BudgetExceeded as exc:
+            refused = exc.scope
+    print(json.dumps({"served": len(fake.requests), "refused": refused}))
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_shared_budget_holds_in_the_workers(tmp_path: Path, method: str) -> None:
+    (tmp_path / "workers.py").write_text(WORKERS)
+    out = subprocess.run(
+        [sys.executable, "-c", SHARED, method, f"sqlite:///{tmp_path / 'l.db'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(tmp_path), "LLMTALLY_SPOOL_DIR": str(tmp_path / "spool")},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["refused"] == "team" and 0 < got["served"] < 40, got

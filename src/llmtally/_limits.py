@@ -118,6 +118,10 @@ class BudgetExceeded(BaseException):
             )
         super().__init__(f"llmtally: {text}{extra}; the request was not sent")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole: a task refused in a process pool's worker reaches the caller as itself.
+        return (_rebuild_refusal, (type(self), self.args, dict(self.__dict__)))
+
     @classmethod
     def unchecked(cls, scope: str | None, error: Exception) -> BudgetExceeded:
         """The refusal of a request whose scope's limits could not be checked (``limit="unchecked"``)."""
@@ -129,6 +133,15 @@ class BudgetExceeded(BaseException):
             f"({type(error).__name__}: {error}); the request was not sent",
         )
         return self
+
+
+def _rebuild_refusal(
+    cls: type[BudgetExceeded], args: tuple[Any, ...], state: dict[str, Any]
+) -> BudgetExceeded:
+    self = cls.__new__(cls)
+    BaseException.__init__(self, *args)
+    self.__dict__.update(state)
+    return self
 
 
 @dataclass(frozen=True)
@@ -349,6 +362,7 @@ def _check(limited: list[tuple[Tally, Limits]], ex: Exchange) -> None:
     worst: Decimal | None = None
     for tally, limits in limited:
         problem: BudgetExceeded | None = None
+        tally._settled()  # also takes in its worker processes' calls (their requests count in _sent)
         if limits.max_requests is not None and tally._sent >= limits.max_requests:
             problem = BudgetExceeded(tally.name, "requests", limits.max_requests, tally._sent)
         elif limits.max_tokens is not None and tally.total_tokens >= limits.max_tokens:

@@ -99,6 +99,7 @@ class Runtime:
                 self._processes = ProcessesInstrumentor()
                 self._finder = PatchOnImport()
                 process_hooks.ledger_of = self._ledger_for_workers
+                process_hooks.store_of = self.budget_store
             for adapter in (*self.adapters, self._processes):
                 for name in adapter.modules:
                     module = sys.modules.get(name)

@@ -14,12 +14,15 @@ carries them back):
   for its whole life; a forked one has them already (``Runtime._before_fork`` gives them relays).
 
 A spawned worker starts metering with the parent's ledger (``LLMTALLY_LEDGER``), so its calls are
-recorded there under the scopes' names, as a forked worker's are. A scope's limits are checked in
-the process that owns the scope: its workers' calls count against them at its next check.
+recorded there under the scopes' names, as a forked worker's are. A scope with limits is rebuilt in
+the worker with them, what the scope had spent when the task was sent, and the relay's offsets
+then: the worker reads the other workers' calls since, so its checks count everything the scope
+has spent (``_core.relay.Relay.watch``); a shared budget is reopened by its ledger URL.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from types import ModuleType
@@ -33,8 +36,10 @@ __all__ = ["InScopes", "ProcessesInstrumentor"]
 
 #: The parent's ledger URL for spawned workers ("none" for none); set by the runtime.
 ledger_of: Callable[[], str | None] = lambda: None  # noqa: E731
+#: The shared-budget store of a ledger URL (``Runtime.budget_store``); set by the runtime.
+store_of: Callable[[str], Any] | None = None
 _QUIET = _Quiet(Suppressed(), None)
-_Portable = tuple[tuple[str | None, dict[str, Any], str, str, int], ...]
+_Portable = tuple[tuple[str | None, dict[str, Any], str, str, int, Any], ...]
 
 
 def _plain(tags: dict[str, object]) -> dict[str, Any]:
@@ -44,19 +49,61 @@ def _plain(tags: dict[str, object]) -> dict[str, Any]:
 
 
 def _portable(frame: tuple[Any, ...]) -> _Portable:
-    """The open scopes as a worker can rebuild them: names, tags, and each one's relay."""
+    """The open scopes as a worker can rebuild them: names, tags, each one's relay, and its limits
+    with what it has spent so far."""
     out = []
     for tally in frame:
         r = relay.ensure(tally)
-        out.append((tally.name, _plain(tally.tags), r.uid, r.folder, r.owner))
+        out.append((tally.name, _plain(tally.tags), r.uid, r.folder, r.owner, _limits_of(tally, r)))
     return tuple(out)
+
+
+def _limits_of(tally: Any, r: relay.Relay) -> Any:
+    """A limited scope's limits, and where it stands now: spent (its totals, its requests) and how
+    far it has read its workers' calls (a worker counts the others' calls from there)."""
+    limits = tally._limits
+    if limits is None:
+        return None
+    totals = copy.copy(tally._settled())
+    with r._read:
+        offsets = dict(r._offsets)
+    shared = None
+    if limits.shared is not None:
+        shared = (limits.shared.name, str(limits.shared.store.ledger.url), limits.shared.period)
+    kept = (limits.max_cost, limits.max_tokens, limits.max_requests, limits.on_exceed, limits.preflight)
+    return (*kept, shared, tally._sent, totals, offsets)
 
 
 def _frame_of(portable: _Portable) -> Any:
     frame = _EMPTY
-    for name, tags, uid, folder, owner in portable:
-        frame = _push(frame, relay.stand_in(name, tags, uid, folder, owner))
+    for name, tags, uid, folder, owner, limited in portable:
+        if limited is None:
+            tally = relay.stand_in(name, tags, uid, folder, owner)
+        else:
+            tally = _limited_stand_in(name, tags, uid, folder, owner, limited)
+        frame = _push(frame, tally)
     return frame
+
+
+def _limited_stand_in(
+    name: str | None, tags: dict[str, Any], uid: str, folder: str, owner: int, limited: Any
+) -> Any:
+    """A stand-in that checks the scope's limits against all it has spent: what it had spent when
+    the task was sent, the other workers' calls since, and this task's own."""
+    from .._core.tally import Tally
+    from .._limits import Limits, Shared
+
+    max_cost, max_tokens, max_requests, on_exceed, preflight, shared, sent, totals, offsets = limited
+    budget = None
+    if shared is not None and store_of is not None:
+        budget = Shared(shared[0], store_of(shared[1]), shared[2])
+    limits = Limits(max_cost, max_tokens, max_requests, on_exceed, preflight, shared=budget)
+    tally = Tally(name, tags or None, limits, keep_calls=False)
+    r = tally._relay = relay.Relay(uid, folder, owner)
+    r.watch(offsets)
+    tally._sent = sent
+    tally._totals = totals
+    return tally
 
 
 def _start_here(portable: _Portable, ledger: str | None) -> None:

@@ -17,10 +17,13 @@ owner exits.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import weakref
 from decimal import Decimal
@@ -47,9 +50,6 @@ class _Folder:
 
     def get(self) -> str:
         if self.path is None or self.pid != os.getpid():
-            import atexit
-            import tempfile
-
             self.path = tempfile.mkdtemp(prefix="llmtally-relay-")
             self.pid = os.getpid()
             atexit.register(_remove, self.path, self.pid)
@@ -67,8 +67,6 @@ def _remove(path: str, pid: int) -> None:
             r.pull(tally)
         except Exception:  # pragma: no cover
             log.exception("llmtally: could not read the relay of the scope %r", tally.name)
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -82,7 +80,7 @@ _stand_ins: dict[str, Tally] = {}
 class Relay:
     """Where the calls of one scope made in other processes are sent, and how far its owner has read."""
 
-    __slots__ = ("_offsets", "_out", "_read", "folder", "owner", "uid")
+    __slots__ = ("_mine_until", "_offsets", "_out", "_read", "_watch", "folder", "owner", "uid")
 
     def __init__(self, uid: str, folder: str, owner: int) -> None:
         self.uid = uid
@@ -91,6 +89,19 @@ class Relay:
         self._offsets: dict[str, int] = {}
         self._read = threading.Lock()
         self._out: tuple[int, int] | None = None  # (pid, fd) of this worker's file
+        #: In a worker whose scope has limits: it reads its siblings' calls too, from where the owner
+        #: had read when the task was sent (``_watch``), and its own file up to the task's start.
+        self._watch: dict[str, int] | None = None
+        self._mine_until = 0
+
+    def watch(self, offsets: dict[str, int]) -> None:
+        """In a worker: read the other workers' calls from ``offsets`` on (the scope's limits count
+        them); this worker's own calls from now on are in the stand-in already."""
+        self._watch = dict(offsets)
+        try:
+            self._mine_until = os.path.getsize(os.path.join(self.folder, self.uid, f"{os.getpid()}.jsonl"))
+        except OSError:
+            self._mine_until = 0
 
     # -- in a worker -------------------------------------------------------------------------------
     def push(self, call: Call) -> None:
@@ -110,9 +121,12 @@ class Relay:
 
     # -- in the owner ------------------------------------------------------------------------------
     def pull(self, tally: Tally) -> None:
-        """Add the workers' new calls to ``tally`` (the owner's; a no-op elsewhere)."""
-        if self.owner != os.getpid():
+        """Add the workers' new calls to ``tally`` (the owner's; in a worker, only with ``watch``)."""
+        pid = os.getpid()
+        offsets = self._offsets if self.owner == pid else self._watch
+        if offsets is None:
             return
+        mine = None if self.owner == pid else f"{pid}.jsonl"
         directory = os.path.join(self.folder, self.uid)
         with self._read:
             try:
@@ -120,17 +134,20 @@ class Relay:
             except FileNotFoundError:
                 return  # no worker has made a call in this scope yet
             for entry in entries:
-                done = self._offsets.get(entry.name, 0)
+                done = offsets.get(entry.name, 0)
                 try:
-                    if entry.stat().st_size <= done:
+                    size = entry.stat().st_size
+                    if entry.name == mine:
+                        size = min(size, self._mine_until)
+                    if size <= done:
                         continue
                     with open(entry.path, "rb") as f:
                         f.seek(done)
-                        data = f.read()
+                        data = f.read(size - done)
                 except OSError:
                     continue
                 end = data.rfind(b"\n") + 1  # complete lines only: a worker may be writing the next
-                self._offsets[entry.name] = done + end
+                offsets[entry.name] = done + end
                 for line in data[:end].splitlines():
                     try:
                         call = load(line)
@@ -138,6 +155,7 @@ class Relay:
                         log.warning("llmtally: a garbled line in the relay %s skipped", entry.path)
                         continue
                     tally._calls.append(call)
+                    tally._sent += 1  # a request of the scope's (max_requests counts them)
                     if len(tally._calls) > tally._trim_at:
                         tally._trim()
 

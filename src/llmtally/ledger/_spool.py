@@ -66,13 +66,33 @@ def _close_inherited() -> None:
     _held.clear()
 
 
+class _ForFork:
+    """Whether this fork's ``before`` hook took ``_opening``: a module first imported while a fork's
+    ``before`` hooks run (llmtally's own runtime imports this one then) gets its ``after_in_parent``
+    hook called without its ``before``, and must not release a lock it never took."""
+
+    held = False
+
+    @classmethod
+    def take(cls) -> None:
+        _opening.acquire()
+        cls.held = True
+
+    @classmethod
+    def give_back(cls) -> None:
+        if cls.held:
+            cls.held = False
+            _opening.release()
+
+
 def _child() -> None:
+    _ForFork.held = False
     _opening._at_fork_reinit()  # type: ignore[attr-defined]
     _close_inherited()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_opening.acquire, after_in_parent=_opening.release, after_in_child=_child)
+    os.register_at_fork(before=_ForFork.take, after_in_parent=_ForFork.give_back, after_in_child=_child)
 
 
 def spool_dir() -> str:
