@@ -21,6 +21,8 @@ import openai
 import llmtally
 from llmtally.testing import FakeProvider, FakeRequest, Reply
 
+#: How many calls record_calls makes (without extra).
+CALLS_MADE = 14
 PROMPT_MARK = "prompt-text-that-must-never-show-7f3a"
 API_KEY = "sk-test-key-that-must-never-show-91c2"
 #: Names a server can answer with (tests/test_report_safety.py's HOSTILE, some of them).

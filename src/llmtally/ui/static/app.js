@@ -1,6 +1,6 @@
 // llmtally ui: the page. Its whole state is its URL's query string (bookmarkable, shareable); every
 // API call sends the same query string. Every value from the ledger is put in the page as text
-// (textContent, never innerHTML) after shown(), which writes non-printable characters as escapes,
+// (textContent, never as markup) after shown(), which writes non-printable characters as escapes,
 // as the report's table does.
 "use strict";
 
