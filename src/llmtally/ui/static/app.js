@@ -77,7 +77,11 @@
   // ---- the filter form ---------------------------------------------------------------------
   function fillForm(p) {
     const since = p.has("since") ? p.get("since") : "7d";
-    const preset = ["24h", "7d", "30d", "90d", "all"].includes(since) && !p.get("until");
+    const select = $("f-since");
+    if (/^\d+[hdw]$/.test(since) && !p.get("until") && ![...select.options].some((o) => o.value === since)) {
+      select.insertBefore(el("option", { value: since }, "last " + since), select.lastElementChild);
+    }
+    const preset = [...select.options].some((o) => o.value === since && o.value !== "custom") && !p.get("until");
     $("f-since").value = preset ? since : "custom";
     $("filters").classList.toggle("custom-window", !preset);
     $("f-from").value = preset ? "" : since;
