@@ -120,6 +120,39 @@ class TestLimits:
             llmtally.track(max_cost="1", on_exceed="ignore")
 
 
+class TestRefused:
+    """``Tally.refused``: the scope whose limit refused a request knows it, even if the code caught it."""
+
+    def test_caught_refusal_is_kept(self, fake: FakeProvider, client: openai.OpenAI) -> None:
+        with llmtally.track("outer") as outer, llmtally.track("agent", max_requests=1) as t:
+            ask(client)
+            assert t.refused is None
+            try:
+                ask(client)
+            except llmtally.BudgetExceeded as exc:
+                caught = exc
+        assert t.refused is caught and t.refused.limit == "requests"
+        assert outer.refused is None  # not its limit
+        assert len(fake.requests) == 1
+
+    def test_only_the_refusing_scope(self, fake: FakeProvider, client: openai.OpenAI) -> None:
+        with (
+            llmtally.track("outer", max_requests=1) as outer,
+            llmtally.track("inner", max_requests=5) as inner,
+        ):
+            ask(client)
+            with pytest.raises(llmtally.BudgetExceeded):
+                ask(client)
+        assert outer.refused is not None and outer.refused.scope == "outer"
+        assert inner.refused is None
+
+    def test_warn_mode_refuses_nothing(self, fake: FakeProvider, client: openai.OpenAI) -> None:
+        with llmtally.track("agent", max_requests=1, on_exceed="warn") as t:
+            ask(client)
+            ask(client)
+        assert t.refused is None and len(fake.requests) == 2
+
+
 class TestPreflight:
     """With preflight, a request whose worst case could cross the limit is refused before any spend."""
 

@@ -95,6 +95,27 @@ def test_check(tmp_path: Path, isolated_spool: Path, capsys: pytest.CaptureFixtu
     assert code == 1 and "5 calls" in out and "4 calls" in out
 
 
+def test_check_finds_one_record_at_two_times(
+    tmp_path: Path, isolated_spool: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A spool line whose time was edited by hand, replayed: SQLite's key is (started_at, id), so the
+    record is stored twice. The check says so rather than leave it silent."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    first, second = to_row(make(1)), to_row(make(2))
+    led = open_ledger(url)
+    assert led is not None
+    led.write([first, second])
+    spool = Spool(led.url)
+    led.close()
+    at = NAMES.index("started_at")
+    spool.append([(*first[:at], first[at] + 60, *first[at + 1 :])])
+    llmtally.configure(ledger=url)  # replays the spool
+    assert llmtally.flush()
+    llmtally.configure(ledger="none")
+    code, out = run(capsys, "check", "--ledger", url)
+    assert code == 1 and f"record {first[0]!r} is stored 2 times, at different times" in out
+
+
 def test_prune_keeping_or_dropping_the_totals(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     calls = [make(i, day=d) for d in range(4) for i in range(5)]
     fill(url, calls)

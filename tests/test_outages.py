@@ -316,6 +316,53 @@ def test_a_full_disk_loses_nothing_and_recovers(
             subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+STILL_FULL_AT_EXIT = """
+import os, sys, httpx2, llmtally
+from llmtally.testing import FakeProvider, Reply
+
+disk = sys.argv[1]
+llmtally.configure(ledger=f"sqlite:///{disk}/ledger.db", flush_interval=0.05)
+client = httpx2.Client(transport=FakeProvider(handler=lambda r: Reply(text="x")).httpx2_transport())
+post = lambda: client.post("http://fake/v1/chat/completions", json={"model": "gpt-4", "messages": []})
+post()
+assert llmtally.flush()
+fd = os.open(f"{disk}/filler", os.O_WRONLY | os.O_CREAT, 0o600)
+try:
+    while os.write(fd, b"\\0" * 4096):
+        pass
+except OSError:
+    pass
+for _ in range(200):
+    post()
+llmtally.flush(timeout=30)
+"""
+
+
+def test_a_disk_still_full_at_exit_says_what_is_lost(tmp_path: Path) -> None:
+    """Records neither the ledger nor the spool could take were lost at exit without a word."""
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "1m"):
+        pytest.skip("needs root on Linux to mount a small tmpfs (CI runs as root); nothing else is skipped")
+    try:
+        env = {**os.environ, "LLMTALLY_SPOOL_DIR": str(disk / "spool")}
+        out = subprocess.run(
+            [sys.executable, "-c", STILL_FULL_AT_EXIT, str(disk)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        lost = [line for line in out.stderr.splitlines() if "lost at exit" in line]
+        assert len(lost) == 1, out.stderr[-3000:]
+        n = int(lost[0].split("llmtally: ")[1].split()[0])
+        assert 0 < n <= 200, lost
+        assert "ledger.db" in lost[0] and "UTC" in lost[0]
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 FORKS = """
 import json, os, sqlite3, sys, threading, time
 import httpx2, llmtally
@@ -461,3 +508,64 @@ def test_a_child_forked_from_a_thread_exits(tmp_path: Path, isolated_spool: Path
     env = {**os.environ, "LLMTALLY_SPOOL_DIR": str(isolated_spool)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert out.stdout.strip() == "exited", out.stderr[-2000:]
+
+
+CHILD_ENDS = """
+import os, sqlite3, sys, threading, time, httpx2, llmtally
+from llmtally.testing import FakeProvider, Reply
+
+path, how = sys.argv[1], sys.argv[2]
+llmtally.configure(ledger=f"sqlite:///{path}", flush_interval=60)  # nothing written by the interval
+client = httpx2.Client(transport=FakeProvider(handler=lambda r: Reply(text="x")).httpx2_transport())
+
+def child():
+    with llmtally.track("child"):
+        for _ in range(3):
+            client.post("http://fake/v1/chat/completions", json={"model": "gpt-4", "messages": []})
+    if how == "os._exit":
+        os._exit(0)
+    sys.exit(0)
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        child()
+    deadline = time.time() + 30
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.time() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            print("hung")
+            return
+        time.sleep(0.02)
+    print("exited")
+
+if how == "os._exit":
+    fork()
+else:  # from a thread: the child's only thread ends with sys.exit, and atexit never runs there
+    t = threading.Thread(target=fork)
+    t.start()
+    t.join()
+assert llmtally.flush()
+q = "SELECT COUNT(*) FROM calls WHERE scope_path LIKE '%child%'"
+print(sqlite3.connect(path).execute(q).fetchone()[0])
+"""
+
+
+@pytest.mark.parametrize("how", ["os._exit", "sys.exit in a thread"])
+def test_a_forked_child_that_ends_at_once_keeps_its_records(
+    tmp_path: Path, isolated_spool: Path, how: str
+) -> None:
+    """A forked child ending with ``os._exit`` (no atexit) lost the calls made since its writer's last
+    write; one forked from a thread that made calls and ended with sys.exit never exited (its writer
+    thread kept the process alive)."""
+    env = {**os.environ, "LLMTALLY_SPOOL_DIR": str(isolated_spool)}
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD_ENDS, str(tmp_path / "l.db"), how],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["exited", "3"], out.stderr[-2000:]

@@ -3,9 +3,12 @@ are no token count make the call an offline estimate; exact integers sent as flo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,81 @@ def test_poison_through_the_sdk_is_estimated_not_zero(
 def test_an_exact_float_is_exact(stream: bool) -> None:
     (call,) = calls(12.0, stream=stream)
     assert not call.estimated and call.usage is not None and call.usage.prompt_tokens == 12
+
+
+ANSWER = "the quick brown fox jumps over the lazy dog " * 5
+
+
+@contextlib.contextmanager
+def serving(body: dict[str, Any]) -> Iterator[str]:
+    """A loopback server answering every POST with ``body``: usage no fake provider would send."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [{"input_tokens": None, "output_tokens": 5}, {"input_tokens": 5, "output_tokens": None},
+     {"input_tokens": -1, "output_tokens": 5}, {"input_tokens": 5, "output_tokens": 2.5}],
+    ids=["input null", "output null", "input negative", "output fractional"],
+)  # fmt: skip
+def test_anthropic_poison_is_estimated_from_the_answer(usage: dict[str, Any]) -> None:
+    """A stated null input was a silent 0; a bad count was estimated with an output of 0 (the answer's
+    text was not read from a body that had a usage)."""
+    import anthropic
+
+    body = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+            "content": [{"type": "text", "text": ANSWER}], "stop_reason": "end_turn",
+            "usage": usage}  # fmt: skip
+    with serving(body) as url, llmtally.track() as t:
+        client = anthropic.Anthropic(base_url=url, api_key="sk-ant-test", max_retries=0)
+        got = client.messages.create(model="claude-3-5-haiku-20241022", max_tokens=100, messages=MESSAGES)
+    assert got.content[0].text == ANSWER  # the caller's answer, untouched
+    (call,) = t.calls
+    assert call.estimated and call.usage is not None
+    assert call.usage.prompt_tokens > 0 and call.usage.completion_tokens >= 40  # the answer, counted
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"promptTokenCount": 5, "candidatesTokenCount": None},
+        {"promptTokenCount": None, "candidatesTokenCount": 5},
+    ],
+    ids=["candidates null", "prompt null"],
+)
+def test_gemini_stated_nulls_are_estimated(usage: dict[str, Any]) -> None:
+    from google import genai
+    from google.genai import types
+
+    content = {"parts": [{"text": ANSWER}], "role": "model"}
+    body = {"candidates": [{"content": content, "finishReason": "STOP"}], "usageMetadata": usage,
+            "modelVersion": "gemini-2.0-flash"}  # fmt: skip
+    with serving(body) as url, llmtally.track() as t:
+        client = genai.Client(api_key="AIza-not-a-real-key", http_options=types.HttpOptions(base_url=url))
+        got = client.models.generate_content(model="gemini-2.0-flash", contents="hello there")
+    assert got.text == ANSWER
+    (call,) = t.calls
+    assert call.estimated and call.usage is not None and call.usage.completion_tokens >= 40
 
 
 # ---- the ledger: a bad record is set apart, the good ones are written, now and later ----

@@ -166,12 +166,14 @@ def test_exec_is_metered_and_counted(tmp_path: Path, fake_url: str) -> None:
     assert len(rows(db)) == 3
 
 
-def test_no_ledger_says_the_summary_is_this_process_only(tmp_path: Path, fake_url: str) -> None:
+def test_no_ledger_says_the_summary_is_this_process_and_its_pool(tmp_path: Path, fake_url: str) -> None:
+    """Without a ledger the run's own scope is all there is: the first process's call and its pool's
+    three (relayed to the scope), not the two of the python it started with subprocess."""
     write_app(tmp_path)
     out = llmtally_run("--ledger", "none", "--", sys.executable, "app.py", cwd=tmp_path, url=fake_url)
     assert out.returncode == 0, out.stderr
-    assert "Successful Requests: 1\n" in out.stderr
-    assert "this process only" in out.stderr
+    assert "Successful Requests: 4\n" in out.stderr
+    assert "this process and the workers of its process pools only" in out.stderr
 
 
 class TestCannotStart:

@@ -41,6 +41,25 @@ def test_every_shape_is_redacted(shape: str) -> None:
     assert any(SECRET in s for s in url_secrets(url))
 
 
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("postgresql://db/prod?user=app&password=Pw=Key&more", "postgresql://db/prod?user=app&password=***"),
+        (
+            "postgresql://db/prod?password=a&b&sslmode=disable",
+            "postgresql://db/prod?password=***&sslmode=disable",
+        ),
+        (
+            "postgresql://db/prod?password=x&user=y&sslpassword=q&r",
+            "postgresql://db/prod?password=***&user=y&sslpassword=***",
+        ),
+    ],
+)
+def test_an_unencoded_ampersand_in_a_query_password(url: str, kept: str) -> None:
+    """Its tail (``&more``) was shown in clear: the password runs to the next parameter libpq knows."""
+    assert redact_url(url) == kept
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_no_command_prints_it(shape: str, postgres: PostgresServer, tmp_path: Path) -> None:
     """Through the CLI as a user meets it: a report on that URL fails, and says why without it."""

@@ -324,13 +324,21 @@ def _unchecked(limited: list[tuple[Tally, Limits]], exc: Exception) -> None:
     for tally, limits in limited:
         if limits.on_exceed == "raise":
             log.error("llmtally: could not check the limits of scope %r", tally.name, exc_info=exc)
-            raise BudgetExceeded.unchecked(tally.name, exc) from exc
+            raise _refused(tally, BudgetExceeded.unchecked(tally.name, exc)) from exc
     log.error("llmtally: could not check the limits (warn mode); the request is sent", exc_info=exc)
+
+
+def _refused(tally: Tally, problem: BudgetExceeded) -> BudgetExceeded:
+    """Note the refusal on the scope whose limit made it (``Tally.refused``): code that catches the
+    exception cannot hide from the scope's owner that a request was refused (the pytest plugin's
+    budget marker fails such a test)."""
+    tally._refused = problem
+    return problem
 
 
 def _refuse(tally: Tally, limits: Limits, problem: BudgetExceeded) -> None:
     if limits.on_exceed == "raise":
-        raise problem
+        raise _refused(tally, problem)
     if not tally._warned:
         tally._warned = True
         log.warning("%s", str(problem).replace("; the request was not sent", "; sending anyway (warn mode)"))
@@ -384,7 +392,7 @@ def _reserve(shared: list[tuple[Tally, Limits]], ex: Exchange) -> None:
             if limits.on_exceed == "raise":
                 unreserve(made)
                 made = []
-                raise problem
+                raise _refused(tally, problem)
             _refuse(tally, limits, problem)  # warns
             made.append((budget, ZERO))
     finally:

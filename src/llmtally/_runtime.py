@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._core import scope
 from ._core.pipeline import PIPELINE
@@ -70,6 +70,7 @@ class Runtime:
         self._extra_sinks: tuple[Sink, ...] = ()
         self.adapters: list[Adapter] | None = None
         self._threads: Any = None
+        self._processes: Any = None
         self._finder: Any = None
         self._stores: dict[str, BudgetStore] = {}
         self._exit_hooks = False
@@ -88,14 +89,17 @@ class Runtime:
                 return
             import sys
 
-            from ._capture import ADAPTERS, PatchOnImport, ThreadsInstrumentor
+            from ._capture import ADAPTERS, PatchOnImport, ProcessesInstrumentor, ThreadsInstrumentor
+            from ._capture import processes as process_hooks
             from ._pricing import warm
 
             if self.adapters is None:
                 self.adapters = [cls() for cls in ADAPTERS]
                 self._threads = ThreadsInstrumentor()
+                self._processes = ProcessesInstrumentor()
                 self._finder = PatchOnImport()
-            for adapter in self.adapters:
+                process_hooks.ledger_of = self._ledger_for_workers
+            for adapter in (*self.adapters, self._processes):
                 for name in adapter.modules:
                     module = sys.modules.get(name)
                     if module is not None:
@@ -105,6 +109,7 @@ class Runtime:
             self._threads.patch()
             self.started = True
             scope.mark_started(True)
+            self._flush_if_multiprocessing_child()
             if self._warming is None:
                 self._warming = warm()
             self._install_fork_hooks()
@@ -118,6 +123,7 @@ class Runtime:
                 for adapter in self.adapters:
                     adapter.unpatch()
                 self._threads.unpatch()
+                self._processes.unpatch()
             self.started = False
             scope.mark_started(False)
 
@@ -336,6 +342,13 @@ class Runtime:
             )
         return f"recorded in the ledger {writer.ledger.url}"
 
+    def _ledger_for_workers(self) -> str | None:
+        """The ledger a spawned worker writes to: this process's ("none" if it has none by choice)."""
+        writer = self.writer
+        if writer is not None:
+            return str(writer.ledger.url)
+        return "none" if self._configured else None
+
     def _install_exit_hooks(self) -> None:
         if self._exit_hooks:
             return
@@ -372,7 +385,7 @@ class Runtime:
             try:
                 # Long enough for a write that waits on a locked SQLite file and then spools
                 # (sqlite.WRITE_TIMEOUT): the records are on disk either way when the process ends.
-                writer.flush(timeout=20, retry=False)
+                writer.at_exit(timeout=20)
             except Exception:  # pragma: no cover
                 log.exception("llmtally: could not flush the ledger at exit")
 
@@ -382,7 +395,20 @@ class Runtime:
         self._fork_hooks = True
         os.register_at_fork(before=self._before_fork, after_in_child=self._after_fork)
 
+    #: The thread calling ``fork()`` is the main thread (see ``Writer.after_fork``).
+    _fork_from_main = True
+
     def _before_fork(self) -> None:
+        self._fork_from_main = threading.current_thread() is threading.main_thread()
+        open_scopes = scope.current_scopes()
+        if open_scopes:  # the child's calls in them come back here (see _core.relay)
+            try:
+                from ._core import relay
+
+                for tally in open_scopes:
+                    relay.ensure(tally)
+            except Exception:  # pragma: no cover - a full temporary folder: the child counts alone
+                log.exception("llmtally: the scopes open at fork will not count the child's calls")
         # A fork while the warm-up thread imports the catalogue would leave its import lock held
         # in the child, and the child's first priced call would wait for ever: let it finish.
         warming = self._warming
@@ -403,8 +429,10 @@ class Runtime:
         self._lock = threading.RLock()
         PIPELINE.after_fork()
         if self.writer is not None:
-            self.writer.after_fork()
+            self.writer.after_fork(orphan=not self._fork_from_main)
+        if self.started:  # the child's calls are settled (recorded, relayed) before it ends
             self._flush_in_multiprocessing_child()
+            _flush_before_os_exit(self)
 
     def _flush_in_multiprocessing_child(self) -> None:
         """A child forked by multiprocessing (fork, forkserver) ends with ``os._exit``: no atexit. Its
@@ -414,6 +442,22 @@ class Runtime:
 
         util = sys.modules.get("multiprocessing.util")
         if util is not None:
+            util.register_after_fork(self, _finalize_at_exit)
+
+    def _flush_if_multiprocessing_child(self) -> None:
+        """Metering started inside a multiprocessing child (a spawned or forkserver worker whose first
+        task turned it on): such a child may end with ``os._exit`` (forkserver's do), so its calls are
+        settled and written by a multiprocessing finalizer, as a forked child's are."""
+        process = sys.modules.get("multiprocessing.process")
+        if process is None:
+            return
+        if process.parent_process() is not None:
+            _finalize_at_exit(self)
+        else:
+            # Maybe a spawned child not yet bootstrapped (metering started while its Process object
+            # was unpickled): the bootstrap clears finalizers, then runs these.
+            from multiprocessing import util
+
             util.register_after_fork(self, _finalize_at_exit)
 
     def _install_sigterm(self) -> None:
@@ -443,6 +487,28 @@ def _finalize_at_exit(runtime: Runtime) -> None:
     from multiprocessing.util import Finalize
 
     Finalize(None, runtime._exit_flush, exitpriority=-1000)
+
+
+def _flush_before_os_exit(runtime: Runtime) -> None:
+    """In a forked child: ``os._exit`` flushes first. A forked child often ends with ``os._exit``
+    (no atexit, by design: the parent's exit handlers must not run twice), which would lose the calls
+    the child made since its writer's last write; the flush writes only the child's own records."""
+    real = os._exit
+    if getattr(real, "__wrapped__", None) is not None:
+        return  # a grandchild: already wrapped
+
+    def _exit(status: int) -> NoReturn:
+        try:
+            PIPELINE.flush()
+            writer = runtime.writer
+            if writer is not None and writer.has_work():
+                writer.flush(timeout=20, retry=False)
+        except BaseException:  # pragma: no cover - exiting regardless
+            pass
+        real(status)
+
+    _exit.__wrapped__ = real  # type: ignore[attr-defined]
+    os._exit = _exit
 
 
 def _die_of_sigterm() -> None:

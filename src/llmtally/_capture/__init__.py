@@ -18,11 +18,12 @@ from .aiohttp import AiohttpAdapter
 from .http_client import HttpClientAdapter
 from .httpx import HttpxAdapter
 from .imports import PatchOnImport
+from .processes import ProcessesInstrumentor
 from .requests import RequestsAdapter
 from .threads import ThreadsInstrumentor
 from .urllib3 import Urllib3Adapter
 
-__all__ = ["ADAPTERS", "Adapter", "PatchOnImport", "ThreadsInstrumentor"]
+__all__ = ["ADAPTERS", "Adapter", "PatchOnImport", "ProcessesInstrumentor", "ThreadsInstrumentor"]
 
 
 class Adapter(Protocol):

@@ -19,7 +19,9 @@ This module is loaded by ``import llmtally``: builtins only at the top.
 
 from __future__ import annotations
 
+import os as _os
 from _thread import RLock
+from os import getpid
 
 TYPE_CHECKING = False  # typing imports re (milliseconds); mypy reads it the same way.
 if TYPE_CHECKING:
@@ -40,6 +42,11 @@ else:
     from _collections import deque  # collections' own C type, without importing collections
 
 __all__ = ["FLUSH_AT", "PIPELINE", "Pipeline"]
+
+#: This process's id, kept current across forks (``os`` is loaded before any program runs).
+_pid = [getpid()]
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, getpid()))
 
 #: Settle in the call path once this many calls wait: bounds the memory the queue holds.
 FLUSH_AT = 64
@@ -82,8 +89,21 @@ class Pipeline:
         self._lock = RLock()
 
     def deliver(self, call: Call, scopes: Sequence[Tally]) -> None:
-        """A settled call: into every scope it was made in, then to every sink (each guarded)."""
+        """A settled call: into every scope it was made in, then to every sink (each guarded). A
+        scope owned by another process (this one is its worker: ``relay``) is sent the call too."""
         for tally in scopes:
+            relay = tally._relay
+            if relay is not None and relay.owner != _pid[0]:
+                try:
+                    relay.push(call)
+                except Exception:
+                    import logging
+
+                    logging.getLogger("llmtally").exception(
+                        "llmtally: could not relay a call to the scope %r of process %d",
+                        tally.name,
+                        relay.owner,
+                    )
             calls = tally._calls
             calls.append(call)  # atomic; the totals catch up when the tally is read
             if len(calls) > tally._trim_at:  # a scope never read still holds a bounded list

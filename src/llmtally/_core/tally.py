@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any, TypeVar
 
-    from .._limits import Limits
+    from .._limits import BudgetExceeded, Limits
+    from .relay import Relay
     from .usage import Call, Totals
 
     F = TypeVar("F", bound=Callable[..., Any])
@@ -98,6 +99,7 @@ class Tally(_TallyFields):
     _limits: Limits | None = None
     _sent = 0
     _warned = False
+    _refused: BudgetExceeded | None = None
     _totals: Totals | None = None
     _by_model: dict[str, Totals] | None = None
     _models_seen = 0  # calls of _calls already added into _by_model
@@ -110,6 +112,9 @@ class Tally(_TallyFields):
     #: The native currencies of the trimmed calls (the summary names their rates).
     _currencies: frozenset[str] | set[str] = frozenset()
     _records: tuple[int, list[Call]] | None = None  # what ``calls`` last returned, and for which call
+    #: Where the calls this scope's worker processes make arrive (see ``relay``); None until work
+    #: leaves this process from inside the scope.
+    _relay: Relay | None = None
 
     def __init__(
         self,
@@ -222,6 +227,8 @@ class Tally(_TallyFields):
         """Settle the queued calls and add the new ones to the totals; the totals."""
         if PIPELINE.pending:
             PIPELINE.flush()
+        if self._relay is not None:
+            self._relay.pull(self)
         calls = self._calls
         if self._seen == len(calls):
             totals = self._totals
@@ -301,6 +308,12 @@ class Tally(_TallyFields):
         self._settled()
         with self._lock:
             return self._dropped + max(len(self._calls) - self._keep, 0)
+
+    @property
+    def refused(self) -> BudgetExceeded | None:
+        """The last request this scope's own limits refused (the ``BudgetExceeded`` raised), or None:
+        still known when the code inside caught the exception."""
+        return self._refused
 
     # -- LangChain compatibility -------------------------------------------------------------
     @property

@@ -164,7 +164,17 @@ def _reimport(url: str, args: argparse.Namespace) -> int:
     return 0 if not left else 1
 
 
+def _int(text: Any) -> int | str:
+    """An exact sum read back (``exact_sum``'s digits), or the text as it is if it is not one (a
+    float an older rollup overflowed into): a mismatch the check reports."""
+    try:
+        return int(text or 0)
+    except ValueError:
+        return str(text)
+
+
 def _check(url: str, args: argparse.Namespace) -> int:
+    from ..ledger._read import exact_sum
     from ..ledger.sqlite import SQLiteLedger
 
     ledger = _open(url)
@@ -174,20 +184,31 @@ def _check(url: str, args: argparse.Namespace) -> int:
             result = [r[0] for r in ledger.execute("PRAGMA integrity_check")]
             if result != ["ok"]:
                 problems += [f"integrity: {r}" for r in result[:20]]
-            # The hourly totals of the hours that still have their calls (pruning may keep older ones).
+            # The hourly totals of the hours that still have their calls (pruning may keep older ones),
+            # summed exactly past 2**63 picodollars.
+            hourly = {r[1] for r in ledger.execute("PRAGMA table_info(calls_hourly)")}
+            hi = "cost_pico_hi" if "cost_pico_hi" in hourly else None
             sql = (
                 "SELECT h.hour, h.n, h.cost, c.n, c.cost FROM "
-                "(SELECT hour, SUM(requests) n, SUM(cost_pico) cost FROM calls_hourly GROUP BY hour) h "
+                f"(SELECT hour, SUM(requests) n, {exact_sum('cost_pico', hi)} cost FROM calls_hourly "
+                "GROUP BY hour) h "
                 "LEFT JOIN (SELECT CAST(started_at / 3600 AS INTEGER) * 3600 hour, COUNT(*) n, "
-                "SUM(COALESCE(cost_pico, 0)) cost FROM calls GROUP BY 1) c ON c.hour = h.hour "
+                f"{exact_sum('COALESCE(cost_pico, 0)')} cost FROM calls GROUP BY 1) c ON c.hour = h.hour "
                 "WHERE h.hour >= (SELECT CAST(MIN(started_at) / 3600 AS INTEGER) * 3600 FROM calls)"
             )
             for hour, n, cost, calls_n, calls_cost in ledger.execute(sql):
-                if (n, cost) != (calls_n or 0, calls_cost or 0):
+                cost, calls_cost = _int(cost), _int(calls_cost)
+                if (n, cost) != (calls_n or 0, calls_cost):
                     problems.append(
                         f"hourly totals of {_when(hour)}: {n} calls, {cost} pico in the rollup; "
                         f"{calls_n or 0} calls, {calls_cost or 0} pico in the calls"
                     )
+            # SQLite's key is (started_at, id), so that time windows are range scans: one id twice is
+            # a record whose time was edited (a spool line by hand) and then replayed.
+            for rid, times in ledger.execute(
+                "SELECT id, COUNT(*) FROM calls GROUP BY id HAVING COUNT(*) > 1 ORDER BY id LIMIT 20"
+            ):
+                problems.append(f"record {rid!r} is stored {times} times, at different times")
         (n,) = ledger.execute("SELECT COUNT(*) FROM calls")[0]
     finally:
         ledger.close()

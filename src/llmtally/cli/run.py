@@ -212,11 +212,17 @@ def _run_totals(own: Tally, settings: dict[str, Any]) -> tuple[Tally, int, str]:
     writer = RUNTIME.writer
     run_id = settings.get("run_id")
     if writer is None or not run_id:
-        return own, 1, "Counted: this process only (no ledger to gather the other processes' calls from)\n"
+        return (
+            own,
+            1,
+            "Counted: this process and the workers of its process pools only (no ledger to gather the "
+            "other processes' calls from)\n",
+        )
     try:
         return (*_read_run(writer.ledger, own, run_id, float(settings.get("since") or 0)), "")
     except Exception as exc:
-        return own, 1, f"Counted: this process only (the ledger could not be read: {exc})\n"
+        why = f"the ledger could not be read: {exc}"
+        return own, 1, f"Counted: this process and the workers of its process pools only ({why})\n"
 
 
 def _read_run(ledger: Ledger, own: Tally, run_id: str, since: float) -> tuple[Tally, int]:

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from ._records import LATENCY_BOUNDS, SUMS
+from ._records import COST_HI, LATENCY_BOUNDS, SUMS
 
 __all__ = [
     "CALLS_ONLY",
@@ -34,6 +34,7 @@ __all__ = [
     "Where",
     "browse_sql",
     "check_group",
+    "exact_sum",
     "grouped",
     "latency_bucket_sql",
     "merge",
@@ -209,9 +210,21 @@ def tag_names(rows: Iterable[Sequence[Any]]) -> list[str]:
     return sorted(seen, key=lambda name: (-seen[name], name))
 
 
-def sum_of_calls(name: str, columns: Collection[str]) -> str:
+def exact_sum(column: str, hi: str | None = None) -> str:
+    """SQLite's SUM of a 64-bit integer column, exact past 2**63 (it raises "integer overflow"
+    there: $9.2M in picodollars, a team's year of spend): the sum in millions and the sum of the
+    remainders, written out as the digits of one number, which Python reads as an int. ``hi``: a
+    column of units of ``COST_HI`` to add (the rollup's ``cost_pico_hi``)."""
+    low = f"SUM({column} % 1000000)"
+    high = f" + SUM({hi}) * {COST_HI // 1000000}" if hi else ""
+    return f"(SUM({column} / 1000000){high} + {low} / 1000000) || printf('%06d', {low} % 1000000)"
+
+
+def sum_of_calls(name: str, columns: Collection[str], wide: bool = False) -> str:
     """One of SUMS over the ``calls`` table; a kind whose column the ledger lacks (an older schema,
-    read without migrating it) sums to 0."""
+    read without migrating it) sums to 0. ``wide``: the cost summed with ``exact_sum``."""
+    if wide and name == "cost_pico" and name in columns:
+        return exact_sum("cost_pico")
     if name == "requests":
         return "COUNT(*)"
     if name == "failed_requests":
@@ -223,14 +236,22 @@ def sum_of_calls(name: str, columns: Collection[str]) -> str:
     return f"SUM(COALESCE({name}, 0))" if name in columns else "0"
 
 
-def sums_of_calls(columns: Collection[str]) -> str:
+def sums_of_calls(columns: Collection[str], wide: bool = False) -> str:
     """The SUMS over the ``calls`` table."""
-    return ", ".join(sum_of_calls(name, columns) for name in SUMS)
+    return ", ".join(sum_of_calls(name, columns, wide) for name in SUMS)
 
 
-def sums_of_rollup(columns: Collection[str]) -> str:
+def sums_of_rollup(columns: Collection[str], wide: bool = False) -> str:
     """The SUMS over an hourly rollup table whose columns are named after them."""
-    return ", ".join(f"SUM({name})" if name in columns else "0" for name in SUMS)
+    hi = "cost_pico_hi" if "cost_pico_hi" in columns else None
+    return ", ".join(
+        "0"
+        if name not in columns
+        else exact_sum(name, hi)
+        if wide and name == "cost_pico"
+        else f"SUM({name})"
+        for name in SUMS
+    )
 
 
 def grouped(

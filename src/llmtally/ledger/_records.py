@@ -29,9 +29,12 @@ __all__ = [
     "ADDED_KINDS",
     "ADDED_ROLLUP",
     "COLUMNS",
+    "COST_HI",
     "LATENCY_BOUNDS",
     "LATENCY_COLUMNS",
     "ROLLUP_BY_CURRENCY",
+    "ROLLUP_COST_SPLIT",
+    "ROLLUP_LATENCY",
     "SCHEMA_VERSION",
     "SUMS",
     "LedgerError",
@@ -79,7 +82,14 @@ LATENCY_BOUNDS: tuple[float, ...] = tuple(2 ** (k / 4) for k in range(81))
 LATENCY_COLUMNS: tuple[str, ...] = tuple(f"latency_{i}" for i in range(len(LATENCY_BOUNDS) + 1))
 #: Schema version -> the columns it added to SQLite's hourly rollup only (``calls`` unchanged):
 #: INTEGER NOT NULL DEFAULT 0, counts kept by ``write()`` and filled from the calls when migrated.
-ADDED_ROLLUP: dict[int, tuple[str, ...]] = {10: LATENCY_COLUMNS}
+ADDED_ROLLUP: dict[int, tuple[str, ...]] = {10: LATENCY_COLUMNS, 11: ("cost_pico_hi",)}
+#: The version that added the rollup's latency histogram.
+ROLLUP_LATENCY = 10
+#: The version from which an hour's cost in SQLite's rollup is ``cost_pico`` (below ``COST_HI``)
+#: plus ``cost_pico_hi`` times ``COST_HI``: one 64-bit column held $9.2M at most, and an hour of one
+#: group past that became a float (then "integer overflow" in reports and checks).
+ROLLUP_COST_SPLIT = 11
+COST_HI = 10**18
 #: Bumped with every change to the columns; each backend migrates older ledgers forward.
 SCHEMA_VERSION = max((*ADDED_KINDS, *ADDED_COLUMNS, *ADDED_ROLLUP, ROLLUP_BY_CURRENCY))
 
@@ -255,8 +265,18 @@ def check_row(row: Any) -> str | None:
 # URL. Hiding too much (an "@" later in a query) is safe; libpq accepts unencoded "#", "/" and "?"
 # in a password, so the usual URL grammar would hide too little.
 _USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:@/]*):(.*)@", re.DOTALL)
-# password=... (or sslpassword=...) among a URL's query parameters.
-_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
+# libpq's connection parameters: what may follow a password in a URL's query.
+_LIBPQ_KEYS = (
+    "host|hostaddr|port|dbname|user|password|passfile|require_auth|channel_binding|connect_timeout|"
+    "client_encoding|options|application_name|fallback_application_name|keepalives|keepalives_idle|"
+    "keepalives_interval|keepalives_count|tcp_user_timeout|replication|gssencmode|sslmode|sslnegotiation|"
+    "requiressl|sslcompression|sslcert|sslkey|sslpassword|sslcertmode|sslrootcert|sslcrl|sslcrldir|"
+    "sslsni|requirepeer|ssl_min_protocol_version|ssl_max_protocol_version|krbsrvname|gsslib|gssdelegation|"
+    "service|target_session_attrs|load_balance_hosts"
+)
+# password=... (or sslpassword=...) among a URL's query parameters, up to the next parameter libpq
+# knows: an unencoded "&" inside the password ("?password=a&b") must not leave its tail in clear.
+_QUERY_PASSWORD = re.compile(rf"([?&](?:ssl)?password=)(?:[^&]|&(?!(?:{_LIBPQ_KEYS})=))*", re.IGNORECASE)
 # password=... in a libpq key/value string (host=db password='it''s secret' dbname=x): a quoted
 # value with backslash escapes, or a bare one up to the next space.
 _CONNINFO_PASSWORD = re.compile(r"((?:^|\s)(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", re.IGNORECASE)

@@ -48,6 +48,13 @@ MAX_BACKLOG = 100_000
 MAX_RETRY_DELAY = 30.0
 
 
+def _when(timestamp: Any) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(timestamp))) + " UTC"
+    except (TypeError, ValueError, OverflowError):
+        return repr(timestamp)
+
+
 class _NoRetry(threading.Event):
     """A flush marker that does not make the writer try a failing ledger before its retry time."""
 
@@ -75,6 +82,9 @@ class Writer:
         self._delay = 0.0
         self._stop = threading.Event()
         self._idle = False
+        #: In a child forked from a thread other than the main one: that thread is the child's main
+        #: thread, and when it ends the process ends only once no other thread runs (see _orphaned).
+        self._orphan = False
         self._waking = threading.Lock()
         self._thread = self._start()
         self.written = 0
@@ -100,11 +110,28 @@ class Writer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            orphaned = self._orphaned()
             try:
                 PIPELINE.flush()  # settle what the call path queued
             except Exception:  # pragma: no cover - settle() logs its own failures
                 log.exception("llmtally: settling calls for the ledger failed")
-            self._drain(self.interval)
+            # An orphan looks again soon: the process's end waits for this thread.
+            self._drain(0 if orphaned else min(self.interval, 0.2) if self._orphan else self.interval)
+            if orphaned and self._queue.empty():
+                return  # everything is written: let the process end
+
+    def _orphaned(self) -> bool:
+        """In a child forked from a non-main thread, that thread has ended (a ``sys.exit`` there, or
+        its function returned) and no other thread of the program is left: such a process ends when
+        its last thread does, atexit never runs, and this thread must write what it has and end."""
+        if not self._orphan or threading.main_thread().is_alive():
+            return False
+        me = threading.current_thread()
+        return all(t.daemon for t in threading.enumerate() if t is not me)
+
+    def has_work(self) -> bool:
+        """Calls were made since this writer started (a forked child's writer starts idle)."""
+        return not self._idle or not self._queue.empty()
 
     def _drain(self, wait: float) -> None:
         """Collect calls for ``wait`` seconds (or until a batch is full, or a flush asks), then
@@ -281,6 +308,22 @@ class Writer:
         self._queue.put(marker)
         return marker.wait(timeout)
 
+    def at_exit(self, timeout: float | None = 20) -> None:
+        """The flush at exit; records neither the ledger nor the spool could take are lost with the
+        process, and the log says so (a full disk that never came back)."""
+        self.flush(timeout, retry=False)
+        if self._backlog:
+            spool = self.spool.path if self.spool is not None else "(no spool directory)"
+            log.error(
+                "llmtally: %d record(s) are lost at exit: neither the ledger %s nor its spool %s could "
+                "be written (calls from %s to %s)",
+                len(self._backlog),
+                self.ledger,
+                spool,
+                _when(min(row[1] for row in self._backlog)),
+                _when(max(row[1] for row in self._backlog)),
+            )
+
     def close(self, timeout: float | None = 30) -> None:
         self.flush(timeout)
         self._stop.set()
@@ -288,10 +331,11 @@ class Writer:
         self._thread.join(timeout)
         self.ledger.close()
 
-    def after_fork(self) -> None:
+    def after_fork(self, orphan: bool = False) -> None:
         """In a forked child: a fresh queue and thread (the parent's thread does not exist here);
         the parent's queued records are the parent's to write. No record is in memory to inherit:
-        the backlog goes too (the parent writes it)."""
+        the backlog goes too (the parent writes it). ``orphan``: forked from a non-main thread."""
+        self._orphan = orphan
         self._queue = SimpleQueue()
         self._backlog = []
         self._stop = threading.Event()
@@ -299,4 +343,8 @@ class Writer:
         if not getattr(self.ledger, "fork_safe", True) and self.spool is not None:
             self.spool_only = True
         self._waking = threading.Lock()
-        self._idle = True  # started by the child's first call or flush (see _wake)
+        if orphan:  # settles the child's calls and ends with it (see _orphaned)
+            self._idle = False
+            self._thread = self._start()
+        else:
+            self._idle = True  # started by the child's first call or flush (see _wake)

@@ -43,10 +43,13 @@ from ._read import (
 from ._records import (
     ADDED_KINDS,
     ADDED_ROLLUP,
+    COST_HI,
     LATENCY_BOUNDS,
     LATENCY_COLUMNS,
     NAMES,
     ROLLUP_BY_CURRENCY,
+    ROLLUP_COST_SPLIT,
+    ROLLUP_LATENCY,
     SCHEMA_VERSION,
     SUMS,
     LedgerError,
@@ -104,7 +107,11 @@ def _migrations() -> dict[int, list[str]]:
             ),
         ]
     steps[ROLLUP_BY_CURRENCY] += _rollup_by_currency()
-    steps[max(ADDED_ROLLUP)] += _latency_from_calls()
+    steps[ROLLUP_LATENCY] += _latency_from_calls()
+    steps[ROLLUP_COST_SPLIT] += [
+        f"UPDATE calls_hourly SET cost_pico_hi = CAST(cost_pico AS INTEGER) / {COST_HI}, "
+        f"cost_pico = CAST(cost_pico AS INTEGER) % {COST_HI} WHERE cost_pico >= {COST_HI}"
+    ]
     return steps
 
 
@@ -161,22 +168,35 @@ _INSERT = f"INSERT INTO calls ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(
 def _upsert(buckets: tuple[int, ...]) -> str:
     """The statement adding a rollup row's SUMS and the counts of its non-zero latency ``buckets``
     (the others stay as they are: most rows count a few buckets of the 82)."""
-    rolled = (*SUMS, *(LATENCY_COLUMNS[i] for i in buckets))
+    rolled = (*SUMS, "cost_pico_hi", *(LATENCY_COLUMNS[i] for i in buckets))
+    # The cost carries into cost_pico_hi (both sides read the row as it was: SQLite's upsert).
+    cost = "cost_pico + excluded.cost_pico"
+    carry = {
+        "cost_pico": f"({cost}) % {COST_HI}",
+        "cost_pico_hi": f"cost_pico_hi + excluded.cost_pico_hi + ({cost}) / {COST_HI}",
+    }
     return (
         f"INSERT INTO calls_hourly ({', '.join((*ROLLUP_KEYS, *rolled))}) "
         f"VALUES ({', '.join('?' * (len(ROLLUP_KEYS) + len(rolled)))}) "
         f"ON CONFLICT ({', '.join(ROLLUP_KEYS)}) DO UPDATE SET "
-        + ", ".join(f"{name} = {name} + excluded.{name}" for name in rolled)
+        + ", ".join(f"{name} = {carry.get(name, f'{name} + excluded.{name}')}" for name in rolled)
     )
+
+
+_COST_AT = len(ROLLUP_KEYS) + SUMS.index("cost_pico")
 
 
 def _add_rollup(conn: sqlite3.Connection, rolled: list[tuple[Any, ...]]) -> None:
     """Add ``rollup()``'s rows to the hourly rollup, one statement per set of latency buckets."""
     shapes: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+    at = _COST_AT
     for row in rolled:
         histogram = row[-1]
         buckets = tuple(sorted(histogram))
-        shapes.setdefault(buckets, []).append((*row[:-1], *(histogram[i] for i in buckets)))
+        hi, lo = divmod(row[at], COST_HI)
+        shapes.setdefault(buckets, []).append(
+            (*row[:at], lo, *row[at + 1 : -1], hi, *(histogram[i] for i in buckets))
+        )
     for buckets, rows in shapes.items():
         conn.executemany(_upsert(buckets), rows)
 
@@ -529,7 +549,7 @@ class SQLiteLedger:
                 return self._calls(conn, exprs, calls, start, end, where)
             sql, params = grouped(
                 [_hourly_sql(g) for g in groups],
-                sums_of_rollup(hourly),
+                sums_of_rollup(hourly, wide=True),
                 "calls_hourly",
                 "hour",
                 first,
@@ -560,7 +580,7 @@ class SQLiteLedger:
     ) -> list[tuple[Any, ...]]:
         sql, params = grouped(
             exprs,
-            sums_of_calls(columns),
+            sums_of_calls(columns, wide=True),
             "calls",
             "started_at",
             start,

@@ -30,9 +30,9 @@ def messages_usage(u: Any) -> Usage | None:
     if not isinstance(u, dict):
         return None
     fields = {k: as_int(u.get(k)) for k in _FIELDS}
-    # Its output count given as null: noted, not a silent 0 (a stream's message_delta may state the
-    # *input* counts as null, as "not repeated here").
-    if "output_tokens" in u and u["output_tokens"] is None:
+    # A whole message's input or output count given as null: noted, not a silent 0 (only a stream's
+    # message_delta states counts as null, meaning "not repeated here"; see _MessagesStream).
+    if any(k in u and u[k] is None for k in ("input_tokens", "output_tokens")):
         odd_count(None, stated=True)
     _extras(u, fields)
     return _to_usage(fields, u.get("cache_creation"))
@@ -62,6 +62,22 @@ def _to_usage(f: dict[str, int], creation: Any) -> Usage:
         cache_write_1h_tokens=min(write_1h, write),
         web_searches=f.get("web_searches", 0),
     )
+
+
+def _answer(content: Any) -> list[str]:
+    """The text, thinking and tool arguments of a message's content blocks."""
+    import json
+
+    texts: list[str] = []
+    for block in content if isinstance(content, list) else ():
+        if not isinstance(block, dict):
+            continue
+        for key in ("text", "thinking"):
+            if isinstance(block.get(key), str):
+                texts.append(block[key])
+        if block.get("type") == "tool_use" and "input" in block:
+            texts.append(json.dumps(block["input"], ensure_ascii=False))
+    return texts
 
 
 class _MessagesStream(StreamParser):
@@ -132,6 +148,8 @@ class Messages(Parser):
         result = Result(as_str(obj.get("model")), messages_usage(u), as_str(obj.get("id")))
         if isinstance(u, dict) and "speed" in u:  # Opus's fast mode is priced apart
             result.context = served_as("speed", u["speed"])
+        if result.usage is None:  # the answer, to count offline (kept only when there is no usage)
+            result.text = _answer(obj.get("content"))
         return result
 
     def stream(self, request: bytes = b"") -> StreamParser:

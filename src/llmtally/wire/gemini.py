@@ -49,7 +49,7 @@ def model_in_path(path: str) -> str | None:
 def gemini_usage(u: Any) -> Usage | None:
     if not isinstance(u, dict):
         return None
-    if "promptTokenCount" in u and u["promptTokenCount"] is None:
+    if any(u.get(k, 0) is None for k in ("promptTokenCount", "candidatesTokenCount")):
         odd_count(None, stated=True)  # its very token count given as null: noted, not a silent 0
     prompt = as_int(u.get("promptTokenCount")) + as_int(u.get("toolUsePromptTokenCount"))
     thoughts = as_int(u.get("thoughtsTokenCount"))
