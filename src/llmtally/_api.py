@@ -240,14 +240,17 @@ def report(
     top: int | None = None,
     currency: str | None = None,
     rates: Mapping[str, object] | str | None = None,
+    where: str | Sequence[str] | Mapping[str, str | Sequence[str]] | None = None,
 ) -> Report:
     """Totals per group over the ledger's calls in ``[since, until)``, most expensive first.
 
     ``by``: any of ``model``, ``provider``, ``endpoint``, ``day``, ``hour``, ``scope``, ``currency``,
-    ``tag:KEY``. ``top`` keeps the N most expensive groups. ``ledger`` defaults to the one
-    configured, then ``LLMTALLY_LEDGER``, then the default SQLite file. Costs are in ``currency``
-    (default: the display currency), others converted at ``rates`` (default: those configured);
-    the result's ``.currency`` and ``.rates`` say which.
+    ``tag:KEY``. ``top`` keeps the N most expensive groups. ``where`` keeps the calls whose value of a
+    group is the one given, as a report by that group shows it: ``"model=gpt-4o"``, a list of such,
+    or ``{"tag:team": "search", "model": ["gpt-4o", "o3"]}`` (one group's values are alternatives).
+    ``ledger`` defaults to the one configured, then ``LLMTALLY_LEDGER``, then the default SQLite
+    file. Costs are in ``currency`` (default: the display currency), others converted at ``rates``
+    (default: those configured); the result's ``.currency`` and ``.rates`` say which.
     """
     from ._report import report as _report
     from ._runtime import RUNTIME
@@ -257,7 +260,7 @@ def report(
     if currency is None:
         currency, configured = RUNTIME.money()
         rates = configured if rates is None else rates
-    return _report(url, since=since, until=until, by=by, top=top, currency=currency, rates=rates)
+    return _report(url, since=since, until=until, by=by, top=top, currency=currency, rates=rates, where=where)
 
 
 def configure(

@@ -23,14 +23,20 @@ currency with no rate stay out of ``cost``: they are in ``unconverted`` and thei
 as unpriced, never as 0.
 
 A report reads any ``Ledger`` (SQLite, PostgreSQL) through its ``sums()``, opened read-only: it
-never creates or migrates anything. Which ledger is decided by the caller (``_runtime.ledger_url``).
+never creates or migrates anything. Which ledger is decided by the caller (``_runtime.ledger_url``),
+who passes its URL, or a ledger it holds open (the dashboard, which asks many questions a second).
+
+``where`` keeps the calls whose value of a group is one of those given, as the report shows it
+(``model=gpt-4o``, ``tag:team=search``, ``scope=job > step``; ``ledger._read.parse_where``): a
+report filtered so holds exactly the calls of that group's row in the unfiltered report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -39,9 +45,27 @@ from typing import Any
 from .._core.money import from_pico
 from .._core.usage import COUNT_NAMES, TOKEN_NAMES, Totals
 from ..ledger import Ledger, LedgerError, open_ledger, redact_url
+from ..ledger._read import Where, parse_where
 from ..ledger._records import SUMS
 
-__all__ = ["FIELDS", "Report", "ReportRow", "parse_time", "report", "spend_over_time", "totals"]
+__all__ = [
+    "FIELDS",
+    "Report",
+    "ReportRow",
+    "Source",
+    "group_key",
+    "parse_time",
+    "parse_where",
+    "reading",
+    "report",
+    "spend_over_time",
+    "totals",
+]
+
+#: What a report reads: a ledger's URL (opened and closed for it), or a ledger held open.
+Source = str | Ledger
+#: What ``where=`` takes: ``parse_where``'s forms.
+Filter = str | Iterable[str | tuple[str, Any]] | Mapping[str, Any] | None
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -151,35 +175,48 @@ def _open(url: str) -> Ledger:
     return ledger
 
 
-def _sums(url: str, since: Any, until: Any, groups: Sequence[str]) -> list[tuple[Any, ...]]:
-    start, end = parse_time(since), parse_time(until)
-    ledger = _open(url)
+@contextlib.contextmanager
+def reading(source: Source) -> Iterator[Ledger]:
+    """The ledger a report reads: opened (read-only) and closed for it from a URL, else the one given."""
+    if not isinstance(source, str):
+        yield source
+        return
+    ledger = _open(source)
     try:
-        return ledger.sums(groups, start, end)
+        yield ledger
     finally:
         ledger.close()
 
 
-def _latencies(url: str, since: Any, until: Any, groups: Sequence[str], rows: Report) -> None:
+def _sums(
+    source: Source, since: Any, until: Any, groups: Sequence[str], where: Where
+) -> list[tuple[Any, ...]]:
+    start, end = parse_time(since), parse_time(until)
+    with reading(source) as ledger:
+        return ledger.sums(groups, start, end, where)
+
+
+def _latencies(
+    source: Source, since: Any, until: Any, groups: Sequence[str], rows: Report, where: Where
+) -> None:
     """Each row's p50 and p95 latency, and the whole report's, from the ledger."""
     start, end = parse_time(since), parse_time(until)
-    ledger = _open(url)
-    try:
+    with reading(source) as ledger:
         found = {
             tuple(_key(g, v) for g, v in zip(groups, values, strict=False)): values[len(groups) :]
-            for values in ledger.latency(groups, start, end)
+            for values in ledger.latency(groups, start, end, where)
         }
-        overall = ledger.latency([], start, end)
+        overall = ledger.latency([], start, end, where) if groups else list(found.values())
         rows.latency_exact = bool(getattr(ledger, "latency_exact", False))
-    finally:
-        ledger.close()
     for row in rows:
         row.latency_p50_ms, row.latency_p95_ms = found.get(row.keys, (None, None))
     if overall:
         rows.latency = (overall[0][0], overall[0][1])
 
 
-def _key(group: str, value: Any) -> str:
+def group_key(group: str, value: Any) -> str:
+    """A group's value as a report shows it (and a filter takes it): a scope path as ``a > b``,
+    an empty value as ``(none)``."""
     if group == "scope":
         import json
 
@@ -195,6 +232,9 @@ def _key(group: str, value: Any) -> str:
     return str(value)
 
 
+_key = group_key
+
+
 def _money_in(currency: str | None, rates: Mapping[str, object] | None) -> tuple[str, dict[str, Decimal]]:
     """The report's currency and rates: as given (validated), else those configured."""
     from .._core import currency as money
@@ -206,7 +246,13 @@ def _money_in(currency: str | None, rates: Mapping[str, object] | None) -> tuple
 
 
 def _rows(
-    url: str, since: Any, until: Any, groups: Sequence[str], currency: str | None, rates: Any
+    source: Source,
+    since: Any,
+    until: Any,
+    groups: Sequence[str],
+    currency: str | None,
+    rates: Any,
+    where: Where = (),
 ) -> Report:
     """The ledger's sums per group and currency, each group's costs converted into one currency."""
     code, table = _money_in(currency, rates)
@@ -217,7 +263,7 @@ def _rows(
     n = len(asked)
     rows: dict[tuple[str, ...], ReportRow] = {}
     used: dict[str, Decimal] = {}
-    for values in _sums(url, since, until, query):
+    for values in _sums(source, since, until, query, where):
         keys = tuple(_key(g, v) for g, v in zip(asked, values[:n], strict=False))
         sums = dict(zip(SUMS, (int(v or 0) for v in values[len(query) :]), strict=True))
         pico = sums.pop("cost_pico")
@@ -241,7 +287,7 @@ def _rows(
 
 
 def report(
-    url: str,
+    url: Source,
     *,
     since: str | float | datetime | None = None,
     until: str | float | datetime | None = None,
@@ -250,19 +296,21 @@ def report(
     currency: str | None = None,
     rates: Mapping[str, object] | str | None = None,
     latency: bool = True,
+    where: Filter = None,
 ) -> Report:
-    """Totals per group over the calls in ``[since, until)`` of the ledger at ``url``, most
-    expensive first; ``top`` keeps the N most expensive groups. With ``latency``, each group's p50
-    and p95 latency too (one more query).
+    """Totals per group over the calls in ``[since, until)`` of the ledger at ``url`` (or the ledger
+    given) that ``where`` keeps, most expensive first; ``top`` keeps the N most expensive groups.
+    With ``latency``, each group's p50 and p95 latency too (one more query).
 
     Costs are in ``currency`` (default: the display currency configured), costs recorded in other
     currencies converted at ``rates`` ({"USD": "0.92"} or "USD=0.92": units of ``currency`` per
     one; default: the rates configured).
     """
-    rows = _rows(url, since, until, by, currency, rates)
+    kept = parse_where(where)
+    rows = _rows(url, since, until, by, currency, rates, kept)
     rows.sort(key=lambda r: (-r.cost, -r.requests, r.keys))
     if latency:
-        _latencies(url, since, until, by, rows)
+        _latencies(url, since, until, by, rows, kept)
     if top:
         del rows[top:]
     return rows
@@ -281,19 +329,26 @@ def totals(rows: Sequence[ReportRow]) -> ReportRow:
 
 
 def spend_over_time(
-    url: str,
+    url: Source,
     *,
     since: Any = None,
     until: Any = None,
     stack_by: str | None = "model",
     currency: str | None = None,
     rates: Mapping[str, object] | str | None = None,
+    where: Filter = None,
+    bucket: str | None = None,
 ) -> tuple[str, Report]:
-    """Cost per time bucket (hours for two days or less, else days), split by ``stack_by``."""
-    span = len(_sums(url, since, until, ["hour"]))
-    bucket = "hour" if span <= 48 else "day"
+    """Cost per time ``bucket`` (``hour`` or ``day``; by default hours when the calls span two days or
+    less, else days), split by ``stack_by``."""
+    kept = parse_where(where)
+    if bucket is None:
+        span = len(_sums(url, since, until, ["hour"], kept))
+        bucket = "hour" if span <= 48 else "day"
+    elif bucket not in ("hour", "day"):
+        raise ValueError(f"a time bucket is 'hour' or 'day', not {bucket!r}")
     groups = [bucket] + ([stack_by] if stack_by and stack_by not in ("day", "hour") else [])
     # In time order (then by stack), whichever database grouped them: charts come out the same.
-    rows = _rows(url, since, until, groups, currency, rates)
+    rows = _rows(url, since, until, groups, currency, rates, kept)
     rows.sort(key=lambda r: r.keys)
     return bucket, rows

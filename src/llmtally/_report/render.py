@@ -26,7 +26,7 @@ from .._core.usage import KINDS
 from ..ledger._read import LATENCY_PRECISION
 from . import FIELDS, Report, ReportRow, spend_over_time, totals
 
-__all__ = ["render", "write_chart"]
+__all__ = ["cost_cell", "csv_text", "readable", "render", "write_chart"]
 
 #: The table's number columns: the requests, then every token kind (usage.KINDS).
 _NUMBERS = (
@@ -43,7 +43,7 @@ _FORMULA = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", 
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
-def _csv_text(value: object) -> object:
+def csv_text(value: object) -> object:
     """A text cell a spreadsheet shows as written (a ``'`` before what would start a formula)."""
     if not isinstance(value, str):
         return value
@@ -95,7 +95,7 @@ def render(rows: Sequence[ReportRow], by: Sequence[str], fmt: str, out: TextIO |
         writer.writeheader()
         for r in _progress(rows, "writing CSV"):
             cells = {**r.as_dict(by), "unconverted": _unconverted(r.unconverted)}
-            writer.writerow({k: _csv_text(v) if k in text else v for k, v in cells.items()})
+            writer.writerow({k: csv_text(v) if k in text else v for k, v in cells.items()})
         return
     _table(rows, by, out, currency, rates)
 
@@ -166,7 +166,7 @@ class _Column:
         return max(cell_len(t) for t in (header, footer, *cells))
 
 
-def _readable(amount: Decimal, currency: str) -> str:
+def readable(amount: Decimal, currency: str) -> str:
     """Money rounded for reading: cents from one unit up, else four significant digits (CSV and
     JSON keep the exact amounts)."""
     if not amount:
@@ -179,19 +179,19 @@ def _readable(amount: Decimal, currency: str) -> str:
     return f"${shown}" if currency == "USD" else f"{shown} {printable(currency)}"
 
 
-def _cost_cell(row: ReportRow, currency: str) -> str:
+def cost_cell(row: ReportRow, currency: str) -> str:
     """A group's cost: empty when no call has a known price (the Unpriced column counts them),
     "≥ amount" when some have none."""
     known = row.known_cost
     if known is None:
         return ""
-    return ("≥ " if row.cost_is_partial else "") + _readable(known, currency)
+    return ("≥ " if row.cost_is_partial else "") + readable(known, currency)
 
 
 def _exact(row: ReportRow, currency: str) -> str:
     """A cost cell as it would read unrounded."""
-    cell = _cost_cell(row, currency)
-    return cell and cell.replace(_readable(row.cost, currency), _money(row.cost, currency))
+    cell = cost_cell(row, currency)
+    return cell and cell.replace(readable(row.cost, currency), _money(row.cost, currency))
 
 
 def _compact(n: int) -> str:
@@ -273,7 +273,7 @@ def _table(
     for name, label in _NUMBERS[2:]:
         if name in ("prompt_tokens", "completion_tokens") or getattr(total, name):
             counts(name, label)
-    costs = [_cost_cell(r, currency) for r in [*rows, total]]
+    costs = [cost_cell(r, currency) for r in [*rows, total]]
     columns.append(_Column("cost", f"Cost ({printable(currency)})", costs[:-1], costs[-1], style="green"))
     if total.unconverted:
         columns.append(
@@ -418,6 +418,7 @@ def write_chart(
     currency: str | None = None,
     rates: Mapping[str, object] | None = None,
     top: int | None = None,
+    where: Any = None,
 ) -> None:
     """Spend over time, stacked by ``stack_by``, as a PNG or a self-contained HTML page (inline SVG).
 
@@ -434,7 +435,7 @@ def write_chart(
     import matplotlib.pyplot as plt
 
     bucket, rows = spend_over_time(
-        ledger, since=since, until=until, stack_by=stack_by, currency=currency, rates=rates
+        ledger, since=since, until=until, stack_by=stack_by, currency=currency, rates=rates, where=where
     )
     times = sorted({r.keys[0] for r in rows})
     series: dict[str, dict[str, float]] = {}

@@ -93,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
         help="model, provider, endpoint, day, hour, scope, currency, price_source or tag:KEY "
         "(repeatable; default: model)",
     )
+    rep.add_argument(
+        "--where",
+        action="append",
+        metavar="GROUP=VALUE",
+        help="only the calls whose GROUP (model, provider, endpoint, scope, currency, price_source, "
+        "tag:KEY) is VALUE, as a report by that group shows it (repeatable: one GROUP's values are "
+        "alternatives, different GROUPs must all match), e.g. --where model=gpt-4o --where tag:team=search",
+    )
     rep.add_argument("--format", choices=("table", "csv", "json"), default="table")
     rep.add_argument("--chart", metavar="FILE", help="also write spend over time to FILE.png or FILE.html")
     rep.add_argument("--top", type=int, metavar="N", help="only the N most expensive groups")
@@ -107,8 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     from .ledger import add_parser as add_ledger_parser
+    from .ui import add_parser as add_ui_parser
 
     add_ledger_parser(sub)
+    add_ui_parser(sub)
 
     bud = sub.add_parser(
         "budget",
@@ -221,6 +231,10 @@ def cli_logic(argv: Sequence[str] | None = None) -> int:
         from .ledger import ledger_command
 
         return ledger_command(args)
+    if args.command == "ui":
+        from .ui import ui_command
+
+        return ui_command(args)
     parser.print_help()
     return 0
 
@@ -429,7 +443,15 @@ def _report(args: argparse.Namespace) -> int:
             currency, rates = args.currency.strip().upper(), {}
         if args.rates is not None:
             rates = args.rates
-        rows = report(url, since=args.since, until=args.until, by=by, currency=currency, rates=rates)
+        rows = report(
+            url,
+            since=args.since,
+            until=args.until,
+            by=by,
+            currency=currency,
+            rates=rates,
+            where=args.where,
+        )
         if args.top is not None:
             # The totals stay those of everything: the groups past the top N are summed in one row.
             rows = rows.with_others(args.top, by)
@@ -444,6 +466,7 @@ def _report(args: argparse.Namespace) -> int:
                 currency=currency,
                 rates=rates,
                 top=args.top,
+                where=args.where,
             )
             print(f"chart written to {args.chart}", file=sys.stderr)
     except (LedgerError, ValueError, RuntimeError) as exc:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from ._read import Where
 from ._records import COLUMNS, LedgerError, redact_url, to_row
 
 __all__ = [
@@ -63,13 +64,39 @@ class Ledger(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """One statement in its own transaction (shared budgets); its rows, if any."""
 
-    def sums(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
+    def sums(
+        self, groups: Sequence[str], start: float | None, end: float | None, where: Where = ()
+    ) -> list[tuple[Any, ...]]:
         """Per group (``_read.GROUPS``), the group's values then ``_records.SUMS``, over the calls
-        started in ``[start, end)``."""
+        started in ``[start, end)`` that ``where`` keeps (``_read.parse_where``)."""
 
-    def latency(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
+    def latency(
+        self, groups: Sequence[str], start: float | None, end: float | None, where: Where = ()
+    ) -> list[tuple[Any, ...]]:
         """Per group, the group's values then the p50 and p95 latency in ms (``_read.QUANTILES``),
-        over the calls started in ``[start, end)``."""
+        over the calls started in ``[start, end)`` that ``where`` keeps."""
+
+    def browse(
+        self,
+        start: float | None,
+        end: float | None,
+        where: Where = (),
+        *,
+        only: str | None = None,
+        before: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """The records (column -> value) of the calls in ``[start, end)`` that ``where`` keeps,
+        newest first; ``only`` one of ``_read.ONLY``; ``before`` the (started_at, id) a page ends at."""
+
+    def record(self, call_id: str, started_at: float | None = None) -> dict[str, Any] | None:
+        """One call's record, or None."""
+
+    def tag_keys(self, start: float | None, end: float | None) -> list[str]:
+        """The tag names used by the calls of ``[start, end)`` (or a little more), most used first."""
+
+    def changed(self) -> tuple[Any, ...]:
+        """A cheap value that changes whenever calls are written."""
 
     def after_fork(self) -> None:
         """In a forked child: drop what the parent's connections and locks were."""

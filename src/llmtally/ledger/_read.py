@@ -1,32 +1,51 @@
 """What every backend shares to answer a report: the groups, the sums, the SQL around them.
 
-A report asks a ledger for ``sums(groups, start, end)``: one row per group, the group's values
+A report asks a ledger for ``sums(groups, start, end, where)``: one row per group, the group's values
 followed by ``SUMS`` (request counts, every token kind, the cost in picodollars). Each backend
 supplies the SQL expression of each group in its own dialect; the sums and the statement's shape
 are built here, from ``SUMS``, so every backend sums the same things in the same order.
+
+``where`` keeps the calls whose value of a group is one of those given, the value as a report shows
+it (``parse_where``): ``model=gpt-4o`` keeps exactly the calls of the ``gpt-4o`` row of a report
+``--by model``, ``scope=job > step`` those of that scope path (not its nested scopes, which are rows
+of their own), ``tag:team=(none)`` the calls without that tag. Several values of one group are
+alternatives; different groups must all match. The rule is the same over the calls and over an
+hourly rollup, so a filtered report reads the rollup as fast as an unfiltered one.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from ._records import COST_HI, LATENCY_BOUNDS, SUMS
 
 __all__ = [
     "CALLS_ONLY",
+    "FILTERS",
     "GROUPS",
+    "NO_SCOPE",
+    "NO_VALUE",
+    "ONLY",
+    "SCOPE_SEPARATOR",
+    "Where",
+    "browse_sql",
     "check_group",
     "exact_sum",
     "grouped",
     "latency_bucket_sql",
     "merge",
+    "parse_where",
     "percentiles",
+    "scope_value",
     "sum_of_calls",
     "sums_of_calls",
     "sums_of_rollup",
+    "tag_names",
+    "where_sql",
 ]
 
 #: What a percentile read from the latency histogram may be off by: half a bucket (a quarter of an
@@ -39,6 +58,15 @@ GROUPS = ("model", "provider", "endpoint", "day", "hour", "scope", "currency", "
 #: Groups the hourly rollup does not keep: a report by them reads the calls.
 CALLS_ONLY = ("price_source",)
 _TAG_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+#: The groups a report can be filtered on (time has ``since`` and ``until``).
+FILTERS = ("model", "provider", "endpoint", "scope", "currency", "price_source", "tag:KEY")
+#: How a report shows an empty or missing value, a call outside every scope, and a scope path.
+NO_VALUE = "(none)"
+NO_SCOPE = "(no scope)"
+SCOPE_SEPARATOR = " > "
+
+#: A filter: (group, the values it keeps), every group's values kept at once.
+Where = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 def check_group(key: str) -> str | None:
@@ -51,6 +79,135 @@ def check_group(key: str) -> str | None:
     if key not in GROUPS:
         raise ValueError(f"cannot group by {key!r}; choose from {', '.join(GROUPS)}")
     return None
+
+
+def parse_where(where: str | Iterable[str | tuple[str, Any]] | Mapping[str, Any] | None) -> Where:
+    """A filter from ``"model=gpt-4o"``, a list of such strings or (group, value) pairs, or a mapping
+    {group: value or list of values}; ``ValueError`` naming what is wrong. Values are as a report
+    shows them (``(none)``, ``(no scope)``, ``job > step``)."""
+    if not where:
+        return ()
+    pairs: list[tuple[str, str]] = []
+    items: Iterable[Any]
+    if isinstance(where, str):
+        items = [where]
+    elif isinstance(where, Mapping):
+        items = [(k, v) for k, vs in where.items() for v in ([vs] if isinstance(vs, str) else list(vs))]
+    else:
+        items = where
+    for item in items:
+        if isinstance(item, str):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"a filter is GROUP=VALUE (model=gpt-4o, tag:team=search), not {item!r}")
+        else:
+            key, value = item
+        key = str(key).strip()
+        if key in ("day", "hour"):
+            raise ValueError(f"filter time with since and until, not {key}=")
+        check_group(key)  # a tag name, or one of GROUPS
+        if not key.startswith("tag:") and key not in FILTERS:
+            raise ValueError(f"cannot filter on {key!r}; choose from {', '.join(FILTERS)}")
+        # (group, several values): a filter parsed before (``Where``) passes through as it is.
+        values = value if isinstance(value, (tuple, list)) else [value]
+        pairs += [(key, str(v)) for v in values]
+    merged: dict[str, list[str]] = {}
+    for key, value in pairs:
+        values = merged.setdefault(key, [])
+        if value not in values:
+            values.append(value)
+    return tuple((key, tuple(values)) for key, values in merged.items())
+
+
+def scope_value(shown: str) -> str:
+    """The ``scope_path`` column llmtally writes for a scope as a report shows it."""
+    return "[]" if shown == NO_SCOPE else json.dumps(shown.split(SCOPE_SEPARATOR))
+
+
+def where_sql(
+    where: Where, expr: Callable[[str], tuple[str, list[Any]]], mark: str = "?"
+) -> tuple[list[str], list[Any]]:
+    """The conditions (to AND) and their parameters of a filter, given each group's SQL expression
+    (and the parameters it binds) over the table read."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    for key, values in where:
+        e, args = expr(key)
+        alternatives = []
+        for value in values:
+            if key == "scope":
+                # As written by llmtally (a JSON list), or as it is (a path written by other code).
+                alternatives.append(f"{e} IN ({mark}, {mark})")
+                params += [*args, scope_value(value), value]
+            elif value == NO_VALUE:
+                alternatives.append(f"COALESCE({e}, '') IN ('', {mark})")
+                params += [*args, value]
+            else:
+                alternatives.append(f"{e} = {mark}")
+                params += [*args, value]
+        conditions.append("(" + " OR ".join(alternatives) + ")")
+    return conditions, params
+
+
+#: The calls a listing can be narrowed to, beyond a filter: each the condition a report counts them by.
+ONLY = {
+    "failed": "ok = 0",
+    "unpriced": "cost IS NULL",
+    "estimated": "estimated = 1",
+}
+
+
+def browse_sql(
+    columns: Sequence[str],
+    start: float | None,
+    end: float | None,
+    where: Where,
+    expr: Callable[[str], tuple[str, list[Any]]],
+    only: str | None,
+    before: tuple[float, str] | None,
+    limit: int,
+    mark: str = "?",
+) -> tuple[str, list[Any]]:
+    """SELECT the ``columns`` of the calls in ``[start, end)`` that ``where`` (and ``only``) keep,
+    newest first, ``limit`` of them, from just after ``before`` (the (started_at, id) of the last
+    call of the previous page): pages by key, as fast deep in a large ledger as at its start."""
+    if only is not None and only not in ONLY:
+        raise ValueError(f"only= is one of {', '.join(ONLY)}, not {only!r}")
+    conditions, params = where_sql(where, expr, mark)
+    if start is not None:
+        conditions.append(f"started_at >= {mark}")
+        params.append(start)
+    if end is not None:
+        conditions.append(f"started_at < {mark}")
+        params.append(end)
+    if only is not None:
+        conditions.append(ONLY[only])
+    if before is not None:
+        # The bound alone lets the database seek to the page; the rest breaks ties between equal times.
+        conditions.append(f"started_at <= {mark}")
+        conditions.append(f"(started_at < {mark} OR id < {mark})")
+        params += [before[0], before[0], before[1]]
+    sql = f"SELECT {', '.join(columns)} FROM calls"
+    if conditions:
+        sql += " WHERE " + " AND ".join(conditions)
+    sql += f" ORDER BY started_at DESC, id DESC LIMIT {int(limit)}"
+    return sql, params
+
+
+def tag_names(rows: Iterable[Sequence[Any]]) -> list[str]:
+    """The tag names of (tags JSON, count) rows, most calls first; text that is not a JSON object
+    (not written by llmtally) is skipped, never a failure."""
+    seen: dict[str, int] = {}
+    for tags, count in rows:
+        try:
+            found = json.loads(tags) if tags else {}
+        except (TypeError, ValueError, RecursionError):
+            continue
+        if isinstance(found, dict):
+            for name in found:
+                if _TAG_KEY.match(str(name)):
+                    seen[str(name)] = seen.get(str(name), 0) + int(count or 0)
+    return sorted(seen, key=lambda name: (-seen[name], name))
 
 
 def exact_sum(column: str, hi: str | None = None) -> str:
@@ -98,9 +255,17 @@ def sums_of_rollup(columns: Collection[str], wide: bool = False) -> str:
 
 
 def grouped(
-    exprs: Sequence[str], sums: str, table: str, column: str, start: Any, end: Any, mark: str = "?"
+    exprs: Sequence[str],
+    sums: str,
+    table: str,
+    column: str,
+    start: Any,
+    end: Any,
+    mark: str = "?",
+    filters: tuple[list[str], list[Any]] = ([], []),
 ) -> tuple[str, list[Any]]:
-    """SELECT groups and sums FROM table WHERE start <= column < end GROUP BY the groups."""
+    """SELECT groups and sums FROM table WHERE start <= column < end AND the ``filters``
+    (``where_sql``'s) GROUP BY the groups."""
     where, params = [], []
     if start is not None:
         where.append(f"{column} >= {mark}")
@@ -108,6 +273,8 @@ def grouped(
     if end is not None:
         where.append(f"{column} < {mark}")
         params.append(end)
+    where += filters[0]
+    params += filters[1]
     sql = f"SELECT {', '.join([*exprs, sums])} FROM {table}"
     if where:
         sql += " WHERE " + " AND ".join(where)

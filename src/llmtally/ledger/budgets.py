@@ -45,7 +45,7 @@ from ._records import LedgerError
 if TYPE_CHECKING:
     from . import Ledger
 
-__all__ = ["LEASE_SECONDS", "PERIODS", "BudgetState", "BudgetStore", "window_start"]
+__all__ = ["LEASE_SECONDS", "PERIODS", "BudgetState", "BudgetStore", "read_budgets", "window_start"]
 
 log = logging.getLogger("llmtally")
 
@@ -223,6 +223,34 @@ class BudgetState:
     window_start: float
 
 
+def _state(r: tuple[Any, ...]) -> BudgetState:
+    """A budget as a row of ``_SELECT`` holds it (a window that has passed has spent nothing)."""
+    spent = 0 if r[5] < window_start(r[2]) else r[3]
+    return BudgetState(r[0], from_pico(r[1]), r[2], from_pico(spent), from_pico(int(r[4] or 0)), r[5])
+
+
+def read_budgets(ledger: Ledger) -> list[BudgetState]:
+    """Every budget of a ledger database, as ``BudgetStore.list`` shows them but read only: nothing
+    created, nothing reclaimed (a ledger opened to read, by the dashboard). None if it has none."""
+    if ledger.placeholder == "?":
+        find = (
+            "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'llmtally_budgets'), "
+            "(SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'llmtally_reservations')"
+        )
+    else:
+        find = "SELECT to_regclass('llmtally_budgets')::text, to_regclass('llmtally_reservations')::text"
+    found = ledger.execute(find, ())
+    budgets, leases = (bool(v) for v in found[0]) if found else (False, False)
+    if not budgets:
+        return []
+    # Without the leases table (a database from before leases), nothing is known to be in flight.
+    select = (
+        _SELECT if leases else _SELECT.replace("(" + _LEASED_HERE + " AND r.expires_at >= {p})", "{p} * 0")
+    )
+    rows = ledger.execute((select + " ORDER BY name").replace("{p}", ledger.placeholder), (time.time(),))
+    return [_state(r) for r in rows]
+
+
 class BudgetStore:
     """Budgets in one ledger database (any ``Ledger``: SQLite or PostgreSQL)."""
 
@@ -290,15 +318,11 @@ class BudgetStore:
 
     def get(self, name: str) -> BudgetState | None:
         rows = self._run(_SELECT + " WHERE name = {p}", (time.time(), name))
-        return self._state(rows[0]) if rows else None
+        return _state(rows[0]) if rows else None
 
     def list(self) -> list[BudgetState]:
         self.reclaim()
-        return [self._state(r) for r in self._run(_SELECT + " ORDER BY name", (time.time(),))]
-
-    def _state(self, r: tuple[Any, ...]) -> BudgetState:
-        spent = 0 if r[5] < window_start(r[2]) else r[3]
-        return BudgetState(r[0], from_pico(r[1]), r[2], from_pico(spent), from_pico(int(r[4])), r[5])
+        return [_state(r) for r in self._run(_SELECT + " ORDER BY name", (time.time(),))]
 
     def reserve(self, name: str, amount: Decimal, period: str | None) -> str | None:
         """Reserve ``amount``: the lease's id, or None (nothing reserved) if it does not fit."""

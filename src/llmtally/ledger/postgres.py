@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._read import QUANTILES, check_group, grouped, sums_of_calls
+from ._read import QUANTILES, Where, browse_sql, check_group, grouped, sums_of_calls, tag_names, where_sql
 from ._records import NAMES, SCHEMA_VERSION, LedgerError, added_at, columns_at, redact_url, url_secrets
 
 if TYPE_CHECKING:
@@ -280,8 +280,11 @@ class PostgresLedger:
                     self._drop()
                 raise self._error("cannot use", exc) from None
 
-    def sums(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
-        """The report's rows: each group's values, then SUMS, over calls in ``[start, end)``."""
+    def sums(
+        self, groups: Sequence[str], start: float | None, end: float | None, where: Where = ()
+    ) -> list[tuple[Any, ...]]:
+        """The report's rows: each group's values, then SUMS, over calls in ``[start, end)`` that
+        ``where`` keeps."""
         exprs, params = [], []
         for g in groups:
             expr, args = _group_sql(g)
@@ -306,7 +309,14 @@ class PostgresLedger:
                         ).fetchall()
                     }
                     sql, window = grouped(
-                        exprs, sums_of_calls(columns), "calls", "started_at", start, end, "%s"
+                        exprs,
+                        sums_of_calls(columns),
+                        "calls",
+                        "started_at",
+                        start,
+                        end,
+                        "%s",
+                        where_sql(where, _group_sql, "%s"),
                     )
                     rows: list[tuple[Any, ...]] = conn.execute(sql, [*params, *window]).fetchall()
                     return rows
@@ -315,16 +325,21 @@ class PostgresLedger:
                     self._drop()
                 raise self._error("cannot read", exc) from None
 
-    def latency(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
+    def latency(
+        self, groups: Sequence[str], start: float | None, end: float | None, where: Where = ()
+    ) -> list[tuple[Any, ...]]:
         """Per group, the group's values then the p50 and p95 latency in ms, over calls in
-        ``[start, end)``: exact (nearest rank, ``percentile_disc``), computed by the server."""
+        ``[start, end)`` that ``where`` keeps: exact (nearest rank, ``percentile_disc``), computed by
+        the server."""
         exprs, params = [], []
         for g in groups:
             expr, args = _group_sql(g)
             exprs.append(expr)
             params += args
         quantiles = ", ".join(f"percentile_disc({q!r}) WITHIN GROUP (ORDER BY latency_ms)" for q in QUANTILES)
-        sql, window = grouped(exprs, quantiles, "calls", "started_at", start, end, "%s")
+        sql, window = grouped(
+            exprs, quantiles, "calls", "started_at", start, end, "%s", where_sql(where, _group_sql, "%s")
+        )
         with self._lock:
             conn, _ = self._connection()
             try:
@@ -343,6 +358,70 @@ class PostgresLedger:
             for row in rows
             if row[n] is not None
         ]
+
+    def _read(self, sql: str, params: Sequence[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and rows of one query on the calls (none if there is no calls table yet)."""
+        with self._lock:
+            conn, _ = self._connection()
+            try:
+                with conn.transaction():
+                    found = conn.execute("SELECT to_regclass('calls')::text").fetchone()
+                    if found is None or found[0] is None:
+                        return [], []
+                    cur = conn.execute(sql, params)
+                    names = [d.name for d in cur.description or ()]
+                    return names, list(cur.fetchall())
+            except self._pg.Error as exc:
+                if conn.broken:
+                    self._drop()
+                raise self._error("cannot read", exc) from None
+
+    def _call_columns(self) -> list[str]:
+        _, rows = self._read(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'calls' "
+            "AND table_schema = ANY (current_schemas(false)) ORDER BY ordinal_position",
+            (),
+        )
+        return [r[0] for r in rows]
+
+    def browse(
+        self,
+        start: float | None,
+        end: float | None,
+        where: Where = (),
+        *,
+        only: str | None = None,
+        before: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """The calls in ``[start, end)`` that ``where`` keeps, newest first, whole (``_read.browse_sql``)."""
+        columns = self._call_columns()
+        if not columns:
+            return []
+        sql, params = browse_sql(columns, start, end, where, _group_sql, only, before, limit, "%s")
+        names, rows = self._read(sql, params)
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def record(self, call_id: str, started_at: float | None = None) -> dict[str, Any] | None:
+        """One call's whole record by its id."""
+        sql = "SELECT * FROM calls WHERE id = %s"
+        params: list[Any] = [call_id]
+        if started_at is not None:  # the index on started_at finds it
+            sql += " AND started_at = %s"
+            params.append(started_at)
+        names, rows = self._read(sql, params)
+        if not rows and started_at is not None:
+            return self.record(call_id)
+        return dict(zip(names, rows[0], strict=True)) if rows else None
+
+    def tag_keys(self, start: float | None, end: float | None) -> list[str]:
+        """The tag names of the calls in ``[start, end)``, most used first."""
+        sql, params = grouped(["tags"], "COUNT(*)", "calls", "started_at", start, end, "%s")
+        return tag_names(self._read(sql, params)[1])
+
+    def changed(self) -> tuple[Any, ...]:
+        """A value that changes whenever calls are written (the live view polls it)."""
+        return tuple(self._read("SELECT COUNT(*), MAX(started_at) FROM calls", ())[1][:1])
 
     def write(self, rows: Sequence[tuple[Any, ...]], *, ignore_duplicates: bool = False) -> None:
         """Append rows in one transaction (all or none); ``LedgerError`` if they could not be.

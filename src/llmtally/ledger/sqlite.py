@@ -27,6 +27,8 @@ from typing import Any
 from ._read import (
     CALLS_ONLY,
     QUANTILES,
+    Where,
+    browse_sql,
     check_group,
     grouped,
     latency_bucket_sql,
@@ -35,6 +37,8 @@ from ._read import (
     sum_of_calls,
     sums_of_calls,
     sums_of_rollup,
+    tag_names,
+    where_sql,
 )
 from ._records import (
     ADDED_KINDS,
@@ -294,6 +298,18 @@ def _hourly_sql(key: str) -> str:
     return _group_sql(key)  # scope: scope_path; anything else raises
 
 
+def _filter_calls(key: str) -> tuple[str, list[Any]]:
+    """A group's expression over ``calls`` for a filter: a tag as text, as a report shows it (SQLite's
+    json_extract gives numbers as numbers, which equal no text)."""
+    expr = _group_sql(key)
+    return (f"CAST({expr} AS TEXT)" if key.startswith("tag:") else expr), []
+
+
+def _filter_hourly(key: str) -> tuple[str, list[Any]]:
+    expr = _hourly_sql(key)
+    return (f"CAST({expr} AS TEXT)" if key.startswith("tag:") else expr), []
+
+
 class SQLiteLedger:
     """Appends call records to a SQLite file, and reads them back for reports."""
 
@@ -506,8 +522,11 @@ class SQLiteLedger:
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"cannot use the SQLite ledger {self.path}: {exc}") from exc
 
-    def sums(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
-        """The report's rows: each group's values, then SUMS, over calls in ``[start, end)``."""
+    def sums(
+        self, groups: Sequence[str], start: float | None, end: float | None, where: Where = ()
+    ) -> list[tuple[Any, ...]]:
+        """The report's rows: each group's values, then SUMS, over calls in ``[start, end)`` that
+        ``where`` keeps."""
         exprs = [_group_sql(g) for g in groups]
         conn = self.connect()
         try:
@@ -515,18 +534,19 @@ class SQLiteLedger:
             if not calls:
                 raise LedgerError(f"{self.path} has no calls table: not an llmtally ledger")
             hourly = self._columns(conn, "calls_hourly")
+            keys = [*groups, *(key for key, _ in where)]
             if (
                 not hourly
-                or ("currency" in groups and "currency" not in hourly)
-                or any(g in CALLS_ONLY for g in groups)
+                or ("currency" in keys and "currency" not in hourly)
+                or any(g in CALLS_ONLY for g in keys)
             ):
                 # No rollup, or one from before it had the currency (a ledger read without migrating).
-                return self._calls(conn, exprs, calls, start, end)
+                return self._calls(conn, exprs, calls, start, end, where)
             # Whole hours from the hourly sums; the partial hours at the window's edges from the calls.
             first = None if start is None else -(-start // 3600) * 3600
             last = None if end is None else end // 3600 * 3600
             if first is not None and last is not None and first >= last:
-                return self._calls(conn, exprs, calls, start, end)
+                return self._calls(conn, exprs, calls, start, end, where)
             sql, params = grouped(
                 [_hourly_sql(g) for g in groups],
                 sums_of_rollup(hourly, wide=True),
@@ -534,12 +554,13 @@ class SQLiteLedger:
                 "hour",
                 first,
                 last,
+                filters=where_sql(where, _filter_hourly),
             )
             parts = list(conn.execute(sql, params).fetchall())
             if start is not None and first is not None and start < first:
-                parts += self._calls(conn, exprs, calls, start, first)
+                parts += self._calls(conn, exprs, calls, start, first, where)
             if end is not None and last is not None and last < end:
-                parts += self._calls(conn, exprs, calls, last, end)
+                parts += self._calls(conn, exprs, calls, last, end, where)
             return merge(parts, len(groups))
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path} is not a readable llmtally ledger: {exc}") from exc
@@ -550,48 +571,79 @@ class SQLiteLedger:
 
     @staticmethod
     def _calls(
-        conn: sqlite3.Connection, exprs: list[str], columns: set[str], start: float | None, end: float | None
+        conn: sqlite3.Connection,
+        exprs: list[str],
+        columns: set[str],
+        start: float | None,
+        end: float | None,
+        where: Where = (),
     ) -> list[tuple[Any, ...]]:
-        sql, params = grouped(exprs, sums_of_calls(columns, wide=True), "calls", "started_at", start, end)
+        sql, params = grouped(
+            exprs,
+            sums_of_calls(columns, wide=True),
+            "calls",
+            "started_at",
+            start,
+            end,
+            filters=where_sql(where, _filter_calls),
+        )
         return list(conn.execute(sql, params).fetchall())
 
-    def latency(self, groups: Sequence[str], start: float | None, end: float | None) -> list[tuple[Any, ...]]:
+    def latency(
+        self, groups: Sequence[str], start: float | None, end: float | None, where: Where = ()
+    ) -> list[tuple[Any, ...]]:
         """Per group, the group's values then the p50 and p95 latency in ms (``None``: no call), over
-        calls in ``[start, end)``: approximate, from the rollup's histogram (``LATENCY_PRECISION``)
-        for whole hours and the same buckets counted over the calls at the window's edges."""
+        calls in ``[start, end)`` that ``where`` keeps: approximate, from the rollup's histogram
+        (``LATENCY_PRECISION``) for whole hours and the same buckets counted over the calls at the
+        window's edges."""
         n = len(groups)
         exprs = [_group_sql(g) for g in groups]
+        keys = [*groups, *(key for key, _ in where)]
         conn = self.connect()
         try:
             hourly = self._columns(conn, "calls_hourly")
             parts: list[tuple[Any, ...]] = []
-            if set(LATENCY_COLUMNS) <= hourly and not any(g in CALLS_ONLY for g in groups):
+            if set(LATENCY_COLUMNS) <= hourly and not any(g in CALLS_ONLY for g in keys):
                 first = None if start is None else -(-start // 3600) * 3600
                 last = None if end is None else end // 3600 * 3600
                 if first is None or last is None or first < last:
                     sums = ", ".join(f"SUM({name})" for name in LATENCY_COLUMNS)
                     sql, params = grouped(
-                        [_hourly_sql(g) for g in groups], sums, "calls_hourly", "hour", first, last
+                        [_hourly_sql(g) for g in groups],
+                        sums,
+                        "calls_hourly",
+                        "hour",
+                        first,
+                        last,
+                        filters=where_sql(where, _filter_hourly),
                     )
                     parts += conn.execute(sql, params).fetchall()
                     if start is not None and first is not None and start < first:
-                        parts += self._buckets(conn, exprs, start, first)
+                        parts += self._buckets(conn, exprs, start, first, where)
                     if end is not None and last is not None and last < end:
-                        parts += self._buckets(conn, exprs, last, end)
+                        parts += self._buckets(conn, exprs, last, end, where)
                 else:
-                    parts = self._buckets(conn, exprs, start, end)
+                    parts = self._buckets(conn, exprs, start, end, where)
             else:
-                parts = self._buckets(conn, exprs, start, end)
+                parts = self._buckets(conn, exprs, start, end, where)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path} is not a readable llmtally ledger: {exc}") from exc
         return [(*row[:n], *percentiles(row[n:], QUANTILES)) for row in merge(parts, n)]
 
     @staticmethod
     def _buckets(
-        conn: sqlite3.Connection, exprs: list[str], start: float | None, end: float | None
+        conn: sqlite3.Connection, exprs: list[str], start: float | None, end: float | None, where: Where = ()
     ) -> list[tuple[Any, ...]]:
         """The latency histogram of the calls in ``[start, end)`` per group, as the rollup keeps it."""
-        sql, params = grouped([*exprs, latency_bucket_sql()], "COUNT(*)", "calls", "started_at", start, end)
+        sql, params = grouped(
+            [*exprs, latency_bucket_sql()],
+            "COUNT(*)",
+            "calls",
+            "started_at",
+            start,
+            end,
+            filters=where_sql(where, _filter_calls),
+        )
         n = len(exprs)
         width = len(LATENCY_COLUMNS)
         out = []
@@ -600,6 +652,75 @@ class SQLiteLedger:
             histogram[row[n]] = row[n + 1]
             out.append((*row[:n], *histogram))
         return out
+
+    def browse(
+        self,
+        start: float | None,
+        end: float | None,
+        where: Where = (),
+        *,
+        only: str | None = None,
+        before: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """The calls in ``[start, end)`` that ``where`` keeps, newest first, whole (``_read.browse_sql``)."""
+        conn = self.connect()
+        try:
+            columns = [r[1] for r in conn.execute("PRAGMA table_info(calls)")]
+            sql, params = browse_sql(columns, start, end, where, _filter_calls, only, before, limit)
+            return [dict(zip(columns, row, strict=True)) for row in conn.execute(sql, params)]
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path} is not a readable llmtally ledger: {exc}") from exc
+
+    def record(self, call_id: str, started_at: float | None = None) -> dict[str, Any] | None:
+        """One call's whole record by its id (found by its key when ``started_at`` is given)."""
+        conn = self.connect()
+        try:
+            columns = [r[1] for r in conn.execute("PRAGMA table_info(calls)")]
+            if started_at is not None:
+                row = conn.execute(
+                    "SELECT * FROM calls WHERE started_at = ? AND id = ?", (started_at, call_id)
+                ).fetchone()
+                if row is not None:
+                    return dict(zip(columns, row, strict=True))
+            row = conn.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path} is not a readable llmtally ledger: {exc}") from exc
+        return None if row is None else dict(zip(columns, row, strict=True))
+
+    def tag_keys(self, start: float | None, end: float | None) -> list[str]:
+        """The tag names of the calls in (the hours around) ``[start, end)``, most used first."""
+        conn = self.connect()
+        try:
+            if "tags" in self._columns(conn, "calls_hourly"):
+                sql = "SELECT tags, SUM(requests) FROM calls_hourly WHERE tags <> ''"
+                params: list[Any] = []
+                if start is not None:
+                    sql += " AND hour >= ?"
+                    params.append(start // 3600 * 3600)
+                if end is not None:
+                    sql += " AND hour < ?"
+                    params.append(end)
+                rows = conn.execute(sql + " GROUP BY tags", params).fetchall()
+            else:
+                sql, params = grouped(["tags"], "COUNT(*)", "calls", "started_at", start, end)
+                rows = conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path} is not a readable llmtally ledger: {exc}") from exc
+        return tag_names(rows)
+
+    def changed(self) -> tuple[Any, ...]:
+        """A value that changes whenever calls are written (the live view polls it): the rollup's
+        count and the newest call's key, each one cheap."""
+        conn = self.connect()
+        try:
+            newest = conn.execute(
+                "SELECT started_at, id FROM calls ORDER BY started_at DESC, id DESC LIMIT 1"
+            )
+            total = conn.execute("SELECT TOTAL(requests) FROM calls_hourly").fetchone()
+            return (*(newest.fetchone() or ()), *(total or ()))
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path} is not a readable llmtally ledger: {exc}") from exc
 
     def after_fork(self) -> None:
         """In a forked child: leave the parent's connections alone (SQLite forbids using them
