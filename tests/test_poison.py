@@ -30,6 +30,12 @@ from llmtally.wire.openai import ChatCompletions
 MESSAGES = [{"role": "user", "content": "hello there, how are you today?"}]
 
 
+@pytest.fixture(autouse=True)
+def nothing_noted() -> None:
+    """Start from a clean note (a test elsewhere may parse garbage on this thread and leave it)."""
+    bad_count()
+
+
 @pytest.mark.parametrize(("value", "count"), [(12, 12), (12.0, 12), ("12", 12), (" 7 ", 7), (None, 0)])
 def test_exact_integers_in_any_dress_are_taken(value: Any, count: int) -> None:
     assert as_int(value) == count and bad_count() is NOTHING
@@ -90,15 +96,20 @@ ANSWER = "the quick brown fox jumps over the lazy dog " * 5
 
 
 @contextlib.contextmanager
-def serving(body: dict[str, Any]) -> Iterator[str]:
-    """A loopback server answering every POST with ``body``: usage no fake provider would send."""
+def serving(body: dict[str, Any] | list[dict[str, Any]]) -> Iterator[str]:
+    """A loopback server answering every POST with ``body`` (a list: as server-sent events): usage
+    no fake provider would send."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["content-length"]))
-            data = json.dumps(body).encode()
+            if isinstance(body, list):
+                data = b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in body)
+                kind = "text/event-stream"
+            else:
+                data, kind = json.dumps(body).encode(), "application/json"
             self.send_response(200)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", kind)
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -118,8 +129,8 @@ def serving(body: dict[str, Any]) -> Iterator[str]:
 @pytest.mark.parametrize(
     "usage",
     [{"input_tokens": None, "output_tokens": 5}, {"input_tokens": 5, "output_tokens": None},
-     {"input_tokens": -1, "output_tokens": 5}, {"input_tokens": 5, "output_tokens": 2.5}],
-    ids=["input null", "output null", "input negative", "output fractional"],
+     {"input_tokens": -1, "output_tokens": 5}, {"input_tokens": 5, "output_tokens": 2.5}, {}],
+    ids=["input null", "output null", "input negative", "output fractional", "empty"],
 )  # fmt: skip
 def test_anthropic_poison_is_estimated_from_the_answer(usage: dict[str, Any]) -> None:
     """A stated null input was a silent 0; a bad count was estimated with an output of 0 (the answer's
@@ -143,8 +154,9 @@ def test_anthropic_poison_is_estimated_from_the_answer(usage: dict[str, Any]) ->
     [
         {"promptTokenCount": 5, "candidatesTokenCount": None},
         {"promptTokenCount": None, "candidatesTokenCount": 5},
+        {},
     ],
-    ids=["candidates null", "prompt null"],
+    ids=["candidates null", "prompt null", "empty"],
 )
 def test_gemini_stated_nulls_are_estimated(usage: dict[str, Any]) -> None:
     from google import genai
@@ -159,6 +171,49 @@ def test_gemini_stated_nulls_are_estimated(usage: dict[str, Any]) -> None:
     assert got.text == ANSWER
     (call,) = t.calls
     assert call.estimated and call.usage is not None and call.usage.completion_tokens >= 40
+
+
+def anthropic_stream(start: dict[str, Any], delta: dict[str, Any]) -> list[dict[str, Any]]:
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+               "content": [], "stop_reason": None, "usage": start}  # fmt: skip
+    words = ANSWER.split(" ")
+    return [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w + " "}}
+          for w in words),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": delta},
+        {"type": "message_stop"},
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("start", "delta"),
+    [({"input_tokens": 9, "output_tokens": 1}, {"output_tokens": None}),
+     ({"input_tokens": None, "output_tokens": 1}, {"output_tokens": 45}),
+     ({"input_tokens": 9, "output_tokens": 1}, {"output_tokens": -1}),
+     ({"input_tokens": 9, "output_tokens": 1}, {"output_tokens": "x"}),
+     ({"input_tokens": 9, "output_tokens": 1}, {})],
+    ids=["output null", "input null", "output negative", "output text", "delta empty"],
+)  # fmt: skip
+def test_anthropic_stream_poison_is_estimated_from_the_streamed_text(
+    start: dict[str, Any], delta: dict[str, Any]
+) -> None:
+    """Was: a null output count kept message_start's placeholder (1), a null input count was a silent
+    0, and a bad output count was estimated as 0 (the streamed text was dropped at message_delta)."""
+    import anthropic
+
+    with serving(anthropic_stream(start, delta)) as url, llmtally.track() as t:
+        client = anthropic.Anthropic(base_url=url, api_key="sk-ant-test", max_retries=0)
+        with client.messages.stream(
+            model="claude-3-5-haiku-20241022", max_tokens=100, messages=MESSAGES
+        ) as stream:
+            text = "".join(stream.text_stream)
+    assert text.strip() == ANSWER.strip()  # the caller's stream, untouched
+    (call,) = t.calls
+    assert call.estimated and call.usage is not None
+    assert call.usage.prompt_tokens > 0 and call.usage.completion_tokens >= 40
 
 
 # ---- the ledger: a bad record is set apart, the good ones are written, now and later ----

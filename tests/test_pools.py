@@ -136,7 +136,12 @@ with llmtally.track("job") as t:
         pid = os.fork()
         if pid == 0:
             post(); post()
-            os._exit(0)
+            how = sys.argv[1]
+            if how == "os._exit":
+                os._exit(0)
+            elif how == "sys.exit":
+                sys.exit(0)
+            raise SystemExit  # ends as a script that falls off its end would, atexit and all
         pids.append(pid)
     for pid in pids:
         os.waitpid(pid, 0)
@@ -144,12 +149,144 @@ with llmtally.track("job") as t:
 """
 
 
-def test_a_plain_fork_counts_in_the_scope(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["os._exit", "sys.exit", "end"])
+def test_a_plain_fork_counts_in_the_scope(tmp_path: Path, how: str) -> None:
+    """With no ledger too: a child that ended with sys.exit lost its calls (no exit hook settled them)."""
     out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FORK)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", textwrap.dedent(FORK), how], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout) == {"requests": 7, "prompt": 70}
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"requests": 7, "prompt": 70}
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+LONG_LIVED = """
+import json, os, sys
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing as mp
+import httpx2, llmtally
+from llmtally._core import relay
+from llmtally.testing import FakeProvider, Reply
+
+def call(_=None):
+    fake = FakeProvider(handler=lambda r: Reply(prompt_tokens=10, completion_tokens=5))
+    httpx2.Client(transport=fake.httpx2_transport()).post(
+        "http://fake/v1/chat/completions", json={"model": "gpt-4o", "messages": []})
+    return len(os.listdir("/proc/self/fd"))
+
+if __name__ == "__main__":
+    relay.ROTATE, relay._SETTLED = 5, 0.0  # small files, retired at once: the folder stays small
+    fds = []
+    with ProcessPoolExecutor(1, mp_context=mp.get_context(sys.argv[1])) as pool:
+        for i in range(150):  # a service: one scope per request, one long-lived worker
+            with llmtally.track(f"req-{i}") as t:
+                fds.append(pool.submit(call).result())
+            assert t.requests == 1, (i, t.requests)
+        import gc
+        gc.collect()
+        with llmtally.track("batch") as batch:
+            list(pool.map(call, range(60)))
+            n = batch.requests
+            r = batch._relay
+            files = len(os.listdir(os.path.join(r.folder, r.uid)))
+            scopes = len(os.listdir(r.folder))  # the 150 requests' scopes are gone, and their files
+    print(json.dumps({"first": fds[0], "last": fds[-1], "batch": n, "files": files, "scopes": scopes}))
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_long_lived_worker_holds_no_file_per_scope(tmp_path: Path, method: str) -> None:
+    """Was: one file descriptor per scope left open in the worker, until the user's own calls failed
+    with EMFILE; and a relay file that grew for the scope's whole life."""
+    (tmp_path / "service.py").write_text(LONG_LIVED)
+    out = subprocess.run(
+        [sys.executable, "service.py", method],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["last"] - got["first"] < 5, got
+    assert got["batch"] == 60 and got["files"] <= 4, got  # 60 lines in files of 5: all but the last retired
+    assert got["scopes"] <= 3, got
+
+
+ORPHAN = """
+import os, sys, time
+import httpx2, llmtally
+from llmtally.testing import FakeProvider, Reply
+
+fake = FakeProvider(handler=lambda r: Reply(prompt_tokens=10, completion_tokens=5))
+client = httpx2.Client(transport=fake.httpx2_transport())
+post = lambda: client.post("http://fake/v1/chat/completions", json={"model": "gpt-4o", "messages": []})
+with llmtally.track("job"):
+    if os.fork() == 0:
+        time.sleep(1.0)  # the parent has exited by now, its relay folder gone
+        for _ in range(3):
+            post()
+        print("child done", flush=True)
+        os._exit(0)
+"""
+
+
+def test_a_child_that_outlives_its_scope_says_so_once(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(ORPHAN)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = proc.communicate(timeout=60)  # the pipes close when the child ends too
+    assert "child done" in out, err[-2000:]
+    assert "Traceback" not in err and err.count("has ended") == 1, err[-2000:]
+
+
+def test_no_relay_folder_is_left_behind(tmp_path: Path) -> None:
+    """Workers that open a scope and start a pool of their own end with os._exit: their relay folders
+    were left in the temporary directory."""
+    (tmp_path / "workers.py").write_text(WORKERS)
+    (tmp_path / "program.py").write_text(PROGRAM)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = textwrap.dedent(
+        """
+        import multiprocessing as mp, os, sys
+        from concurrent.futures import ProcessPoolExecutor
+        import llmtally
+        from llmtally.testing import FakeProvider, Reply
+        from workers import work
+
+        def nested(i):
+            with llmtally.track("sub"):
+                with ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as inner:
+                    return sum(inner.map(work, range(2)))
+
+        if __name__ == "__main__":
+            reply = Reply(prompt_tokens=10, completion_tokens=5, model="gpt-4o")
+            fake = FakeProvider(handler=lambda r: reply)
+            with fake.serve() as url:
+                os.environ["FAKE_URL"] = url
+                with llmtally.track("top") as t:
+                    with ProcessPoolExecutor(2, mp_context=mp.get_context(sys.argv[1])) as pool:
+                        list(pool.map(nested, range(3)))
+                print(t.requests)
+        """
+    )
+    (tmp_path / "nested.py").write_text(code)
+    for method in ("fork", "forkserver"):
+        out = subprocess.run(
+            [sys.executable, "nested.py", method],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(tmp_path)},
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.strip().splitlines()[-1] == "6"
+        assert [p.name for p in tmp.iterdir() if p.name.startswith("llmtally-relay-")] == [], method
 
 
 def test_a_call_crosses_as_it_was(tmp_path: Path) -> None:
@@ -176,7 +313,7 @@ def test_a_call_crosses_as_it_was(tmp_path: Path) -> None:
         started_at=1_790_000_000.25,
         latency=0.5,
         scope_path=("a", "b"),
-        tags={"team": "search", "n": 3},
+        tags={"team": "search", "n": 3, "none": None},
         context=(("service_tier", "flex"),),
         run_id="r1",
     )

@@ -226,3 +226,30 @@ class TestRunName:
             pytest.skip("no console script next to this interpreter")
         out = llmtally_run("--ledger", "none", "--", str(script), "cost", "gpt-4", cwd=tmp_path, url=fake_url)
         assert "\nllmtally: llmtally\n" in out.stderr, out.stderr
+
+
+FORKING = textwrap.dedent(
+    """
+    import os, sys
+    from calls import call
+
+    call()
+    pid = os.fork()
+    if pid == 0:
+        call()
+        sys.exit(0)  # ends normally: atexit hooks, the parent's copies among them, run here
+    os.waitpid(pid, 0)
+    """
+)
+
+
+@pytest.mark.parametrize("ledger", ["none", "sqlite"])
+def test_a_forked_child_prints_no_summary_of_its_own(tmp_path: Path, fake_url: str, ledger: str) -> None:
+    """Was: a child forked by the program, ending normally, printed a second (and wrong) summary."""
+    (tmp_path / "calls.py").write_text(CALL)
+    (tmp_path / "forking.py").write_text(FORKING)
+    url = "none" if ledger == "none" else f"sqlite:///{tmp_path / 'l.db'}"
+    out = llmtally_run("--ledger", url, "--", sys.executable, "forking.py", cwd=tmp_path, url=fake_url)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("llmtally: forking.py") == 1, out.stderr
+    assert "Successful Requests: 2\n" in out.stderr, out.stderr

@@ -389,6 +389,7 @@ class Runtime:
                 writer.at_exit(timeout=20)
             except Exception:  # pragma: no cover
                 log.exception("llmtally: could not flush the ledger at exit")
+        _relay_cleanup()
 
     def _install_fork_hooks(self) -> None:
         if self._fork_hooks or not hasattr(os, "register_at_fork"):
@@ -434,6 +435,7 @@ class Runtime:
         if self.started:  # the child's calls are settled (recorded, relayed) before it ends
             self._flush_in_multiprocessing_child()
             _flush_before_os_exit(self)
+            self._install_exit_hooks()  # a child ending with sys.exit, with or without a ledger
 
     def _flush_in_multiprocessing_child(self) -> None:
         """A child forked by multiprocessing (fork, forkserver) ends with ``os._exit``: no atexit. Its
@@ -504,12 +506,24 @@ def _flush_before_os_exit(runtime: Runtime) -> None:
             writer = runtime.writer
             if writer is not None and writer.has_work():
                 writer.flush(timeout=20, retry=False)
+            _relay_cleanup()
         except BaseException:  # pragma: no cover - exiting regardless
             pass
         real(status)
 
     _exit.__wrapped__ = real  # type: ignore[attr-defined]
     os._exit = _exit
+
+
+def _relay_cleanup() -> None:
+    """This process's relay folder (scopes it shared with its workers), read and removed; only if the
+    relay was ever loaded."""
+    relay = sys.modules.get("llmtally._core.relay")
+    if relay is not None:
+        try:
+            relay.cleanup()
+        except Exception:  # pragma: no cover
+            log.exception("llmtally: could not remove the relay folder")
 
 
 def _die_of_sigterm() -> None:

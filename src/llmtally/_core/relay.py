@@ -70,17 +70,43 @@ def _remove(path: str, pid: int) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def cleanup() -> None:
+    """This process's relay folder, if it made one, read into its scopes and removed: at exit, and
+    before a forked worker's ``os._exit`` (which runs no atexit hook)."""
+    folder = _folder
+    if folder.path is not None and folder.pid == os.getpid():
+        _remove(folder.path, folder.pid)
+        folder.path = None
+
+
 _folder = _Folder()
 #: The scopes of this process that have a relay (read once more at exit).
 _owned: weakref.WeakKeyDictionary[Tally, Relay] = weakref.WeakKeyDictionary()
-#: Stand-ins made in this worker process, by relay id: a pool worker runs many tasks of one scope.
+#: Stand-ins made in this worker process, by relay id, the most recent last: a pool worker runs many
+#: tasks of one scope (and, over its life, of many scopes: at most ``_STAND_INS`` are kept).
 _stand_ins: dict[str, Tally] = {}
+_STAND_INS = 256
+#: Lines a worker writes to one file before it starts the next (``<pid>.<n>.jsonl``): the owner
+#: deletes a file it has read to its end once a later one exists, so the folder stays small.
+ROTATE = 1000
+#: Seconds a file must have been left alone before its owner deletes it (a write may be under way).
+_SETTLED = 10.0
+#: Lines this process has relayed per scope: numbers its files.
+_pushed: dict[str, int] = {}
+_push_lock = threading.Lock()
+
+
+def _file_pid_seq(name: str) -> tuple[str, int] | None:
+    parts = name.split(".")
+    if len(parts) != 3 or parts[2] != "jsonl" or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
 
 
 class Relay:
     """Where the calls of one scope made in other processes are sent, and how far its owner has read."""
 
-    __slots__ = ("_mine_until", "_offsets", "_out", "_read", "_watch", "folder", "owner", "uid")
+    __slots__ = ("_failing", "_gone", "_mine", "_offsets", "_read", "_watch", "folder", "owner", "uid")
 
     def __init__(self, uid: str, folder: str, owner: int) -> None:
         self.uid = uid
@@ -88,36 +114,64 @@ class Relay:
         self.owner = owner
         self._offsets: dict[str, int] = {}
         self._read = threading.Lock()
-        self._out: tuple[int, int] | None = None  # (pid, fd) of this worker's file
         #: In a worker whose scope has limits: it reads its siblings' calls too, from where the owner
-        #: had read when the task was sent (``_watch``), and its own file up to the task's start.
+        #: had read when the task was sent (``_watch``), and its own files as they were then.
         self._watch: dict[str, int] | None = None
-        self._mine_until = 0
+        self._mine: dict[str, int] = {}
+        self._gone = False  # the owner has exited: nothing more to send
+        self._failing = False
 
     def watch(self, offsets: dict[str, int]) -> None:
         """In a worker: read the other workers' calls from ``offsets`` on (the scope's limits count
         them); this worker's own calls from now on are in the stand-in already."""
         self._watch = dict(offsets)
+        prefix = f"{os.getpid()}."
         try:
-            self._mine_until = os.path.getsize(os.path.join(self.folder, self.uid, f"{os.getpid()}.jsonl"))
+            with os.scandir(os.path.join(self.folder, self.uid)) as entries:
+                self._mine = {e.name: e.stat().st_size for e in entries if e.name.startswith(prefix)}
         except OSError:
-            self._mine_until = 0
+            self._mine = {}
 
     # -- in a worker -------------------------------------------------------------------------------
     def push(self, call: Call) -> None:
-        """Append ``call`` for the owner to read (one ``write``, so a line is never interleaved)."""
-        pid = os.getpid()
-        out = self._out
-        if out is None or out[0] != pid:
-            directory = os.path.join(self.folder, self.uid)
-            # Not makedirs: the owner's folder gone (it has exited) is an error, not a folder to make.
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(directory, 0o700)
-            fd = os.open(
-                os.path.join(directory, f"{pid}.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        """Append ``call`` for the owner to read: one ``write`` of one line (never interleaved), the
+        file opened and closed around it (a worker serving many scopes holds no file open)."""
+        if self._gone:
+            return
+        line = dump(call)
+        with _push_lock:
+            n = _pushed.get(self.uid, 0)
+            _pushed[self.uid] = n + 1
+        directory = os.path.join(self.folder, self.uid)
+        path = os.path.join(directory, f"{os.getpid()}.{n // ROTATE}.jsonl")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        try:
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileNotFoundError:
+                # The scope's first call from a worker. Not makedirs: the owner's folder gone means
+                # the owner has exited, not a folder to make.
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(directory, 0o700)
+                fd = os.open(path, flags, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            self._gone = True
+            log.warning(
+                "llmtally: the process that opened the scope %s (pid %d) has ended; this process's calls "
+                "in it are not counted there",
+                self.uid,
+                self.owner,
             )
-            out = self._out = (pid, fd)
-        os.write(out[1], dump(call))
+        except OSError as exc:  # a full disk, no file descriptor left: said once, the call is the user's
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "llmtally: could not send a call to the scope %s of pid %d: %s", self.uid, self.owner, exc
+                )
 
     # -- in the owner ------------------------------------------------------------------------------
     def pull(self, tally: Tally) -> None:
@@ -126,20 +180,29 @@ class Relay:
         offsets = self._offsets if self.owner == pid else self._watch
         if offsets is None:
             return
-        mine = None if self.owner == pid else f"{pid}.jsonl"
+        owner = self.owner == pid
+        mine = f"{pid}."
         directory = os.path.join(self.folder, self.uid)
         with self._read:
             try:
                 entries = list(os.scandir(directory))
             except FileNotFoundError:
                 return  # no worker has made a call in this scope yet
+            latest: dict[str, int] = {}
+            for entry in entries:
+                named = _file_pid_seq(entry.name)
+                if named is not None and named[1] > latest.get(named[0], -1):
+                    latest[named[0]] = named[1]
             for entry in entries:
                 done = offsets.get(entry.name, 0)
                 try:
-                    size = entry.stat().st_size
-                    if entry.name == mine:
-                        size = min(size, self._mine_until)
+                    stat = entry.stat()
+                    size = stat.st_size
+                    if not owner and entry.name.startswith(mine):
+                        size = min(size, self._mine.get(entry.name, 0))  # later lines: the stand-in's own
                     if size <= done:
+                        if owner:
+                            self._retire(entry, done, stat, latest)
                         continue
                     with open(entry.path, "rb") as f:
                         f.seek(done)
@@ -148,6 +211,8 @@ class Relay:
                     continue
                 end = data.rfind(b"\n") + 1  # complete lines only: a worker may be writing the next
                 offsets[entry.name] = done + end
+                if owner and done + end == size:
+                    self._retire(entry, size, stat, latest)
                 for line in data[:end].splitlines():
                     try:
                         call = load(line)
@@ -159,6 +224,23 @@ class Relay:
                     if len(tally._calls) > tally._trim_at:
                         tally._trim()
 
+    def _retire(
+        self, entry: os.DirEntry[str], done: int, stat: os.stat_result, latest: dict[str, int]
+    ) -> None:
+        """Delete a file read to its end whose worker has moved on to a later one, once it has been
+        left alone a while (its worker may have chosen it just before moving on)."""
+        import time
+
+        named = _file_pid_seq(entry.name)
+        if named is None or named[1] >= latest.get(named[0], -1) or done != stat.st_size:
+            return
+        if time.time() - stat.st_mtime < _SETTLED:
+            return
+        with contextlib.suppress(OSError):
+            if os.stat(entry.path).st_size == done:  # nothing written since it was read
+                os.unlink(entry.path)
+                self._offsets.pop(entry.name, None)
+
 
 def ensure(tally: Tally) -> Relay:
     """``tally``'s relay, made now if it has none (its owner is this process)."""
@@ -169,18 +251,28 @@ def ensure(tally: Tally) -> Relay:
             if relay is None:
                 relay = tally._relay = Relay(os.urandom(8).hex(), _folder.get(), os.getpid())
                 _owned[tally] = relay
+                # A service opens a scope per request: each one's files go with it.
+                gone = weakref.finalize(tally, _forget, os.path.join(relay.folder, relay.uid), relay.owner)
+                gone.atexit = False  # at exit the scope may still be read (``_remove`` reads it first)
     return relay
+
+
+def _forget(directory: str, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def stand_in(name: str | None, tags: dict[str, Any], uid: str, folder: str, owner: int) -> Tally:
     """In a worker: the scope ``uid`` of process ``owner``, whose calls are relayed there."""
     from .tally import Tally
 
-    tally = _stand_ins.get(uid)
+    tally = _stand_ins.pop(uid, None)
     if tally is None:
         tally = Tally(name, tags or None, keep_calls=False)
         tally._relay = Relay(uid, folder, owner)
-        _stand_ins[uid] = tally
+        if len(_stand_ins) >= _STAND_INS:
+            del _stand_ins[next(iter(_stand_ins))]  # the least recently used
+    _stand_ins[uid] = tally
     return tally
 
 
@@ -217,7 +309,8 @@ def dump(call: Call) -> bytes:
         record["usage"] = {k: v for k in TOKEN_NAMES if (v := getattr(u, k))}
     record["scope_path"] = list(call.scope_path)
     record["tags"] = {
-        str(k): v if isinstance(v, str | int | float | bool) else str(v) for k, v in call.tags.items()
+        str(k): v if v is None or isinstance(v, str | int | float | bool) else str(v)
+        for k, v in call.tags.items()
     }
     if call.context:
         record["context"] = [list(pair) for pair in call.context]

@@ -171,6 +171,8 @@ def start_in_child() -> None:
     import atexit
 
     def summary() -> None:
+        if os.getpid() != settings.get("top"):
+            return  # a child forked from the first process, ending normally: it has no summary
         try:
             llmtally.flush()
             counted, processes, note = _run_totals(tally, settings)

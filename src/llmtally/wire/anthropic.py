@@ -30,9 +30,9 @@ def messages_usage(u: Any) -> Usage | None:
     if not isinstance(u, dict):
         return None
     fields = {k: as_int(u.get(k)) for k in _FIELDS}
-    # A whole message's input or output count given as null: noted, not a silent 0 (only a stream's
-    # message_delta states counts as null, meaning "not repeated here"; see _MessagesStream).
-    if any(k in u and u[k] is None for k in ("input_tokens", "output_tokens")):
+    # A whole message's input or output count given as null, or missing: noted, not a silent 0 (only
+    # a stream's message_delta states counts as null, meaning "not repeated here"; see _MessagesStream).
+    if any(u.get(k) is None for k in ("input_tokens", "output_tokens")):
         odd_count(None, stated=True)
     _extras(u, fields)
     return _to_usage(fields, u.get("cache_creation"))
@@ -86,21 +86,32 @@ class _MessagesStream(StreamParser):
     the text the caller already received; Anthropic's deltas are several tokens each, so there
     are few of them to parse."""
 
-    __slots__ = ("_creation", "_fields", "complete")
+    __slots__ = ("_creation", "_fields", "_tainted", "complete")
 
     def __init__(self) -> None:
         super().__init__()
         self._fields: dict[str, int] | None = None
         self._creation: Any = None
+        self._tainted = False  # a bad count seen: the usage will be estimated, from the text
         self.complete = False
 
-    def _merge(self, u: Any) -> None:
+    def _merge(self, u: Any, stated: tuple[str, ...]) -> bool:
+        """Merge a usage; ``False`` if a count in it is no token count (then noted, see ``as_int``).
+        ``stated``: the counts this event must give (null or missing is then a bad count too)."""
         if not isinstance(u, dict):
-            return
+            return False
+        good = True
+        for k in stated:
+            if u.get(k) is None:
+                odd_count(None, stated=True)
+                good = False
         fields = self._fields if self._fields is not None else dict.fromkeys(_FIELDS, 0)
         for k in _FIELDS:
             if k in u and u[k] is not None:
-                fields[k] = as_int(u[k])
+                value = u[k]
+                if not (type(value) is int and 0 <= value):
+                    good = False  # as_int notes it, or takes an exact float or digit string
+                fields[k] = as_int(value)
         if isinstance(u.get("cache_creation"), dict):
             self._creation = u["cache_creation"]
         if "speed" in u:
@@ -108,6 +119,7 @@ class _MessagesStream(StreamParser):
         _extras(u, fields)
         self._fields = fields
         self.result.usage = _to_usage(fields, self._creation)
+        return good
 
     def event(self, name: str, data: bytes) -> None:
         if self.complete and name == "content_block_delta":
@@ -128,12 +140,13 @@ class _MessagesStream(StreamParser):
             if isinstance(msg, dict):
                 r.model = as_str(msg.get("model"))
                 r.request_id = as_str(msg.get("id"))
-                self._merge(msg.get("usage"))
+                self._tainted = not self._merge(msg.get("usage"), ("input_tokens",))
         elif kind == "message_delta":
-            self._merge(obj.get("usage"))
+            good = self._merge(obj.get("usage"), ("output_tokens",))
             if obj.get("usage") is not None:
                 self.complete = True
-                r.text = []
+                if good and not self._tainted:  # else the text is what the output is counted from
+                    r.text = []
 
 
 class Messages(Parser):

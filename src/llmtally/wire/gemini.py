@@ -49,8 +49,12 @@ def model_in_path(path: str) -> str | None:
 def gemini_usage(u: Any) -> Usage | None:
     if not isinstance(u, dict):
         return None
-    if any(u.get(k, 0) is None for k in ("promptTokenCount", "candidatesTokenCount")):
-        odd_count(None, stated=True)  # its very token count given as null: noted, not a silent 0
+    if u.get("promptTokenCount") is None or (
+        "candidatesTokenCount" in u and u["candidatesTokenCount"] is None
+    ):
+        # Its very token count missing or null: noted, not a silent 0 (no output count at all is
+        # an answer of no tokens, as a blocked prompt's).
+        odd_count(None, stated=True)
     prompt = as_int(u.get("promptTokenCount")) + as_int(u.get("toolUsePromptTokenCount"))
     thoughts = as_int(u.get("thoughtsTokenCount"))
     completion = as_int(u.get("candidatesTokenCount")) + thoughts
