@@ -36,15 +36,12 @@ def ui_command(args: argparse.Namespace) -> int:
     from .._runtime import RUNTIME
     from ..ledger import LedgerError, open_ledger
     from ..ui.server import Dashboard
+    from . import report_money
 
     url = RUNTIME.ledger_url(args.ledger)
     assert url is not None
     try:
-        currency, rates = RUNTIME.money()
-        if args.currency and args.currency.strip().upper() != currency:
-            currency, rates = args.currency.strip().upper(), {}
-        if args.rates is not None:
-            rates = args.rates
+        currency, rates = report_money(args)
         ledger = open_ledger(url, create=False)
         if ledger is None:
             print("llmtally ui: no ledger to show (--ledger none); pass --ledger URL", file=sys.stderr)
