@@ -3,8 +3,8 @@
 Contenders, each in a fresh process (the patches are process-wide), alternated round by round:
 
 - ``plain``: llmtally not imported;
-- ``started``: llmtally metering, no scope open (each task is still sent wrapped, so that a pool
-  made inside a scope does not count later tasks in it);
+- ``started``: llmtally metering (``instrument()`` before the pool starts), no scope open (each
+  task is still sent wrapped, so that a pool made inside a scope does not count later tasks in it);
 - ``scope``: inside ``llmtally.track()`` (each task carries the scope; its worker relays calls back).
 
 Two workloads: ``trivial`` tasks (nothing but the task: the worst case, all overhead) and ``llm``
@@ -45,6 +45,7 @@ CHILD = textwrap.dedent(
         if mode != "plain":
             import llmtally
             llmtally.configure(ledger="none")
+            llmtally.instrument()  # metering on before the pool starts, as a program's first scope does
         import contextlib
         scope = llmtally.track("bench") if mode == "scope" else contextlib.nullcontext()
         with ProcessPoolExecutor(2) as pool:
