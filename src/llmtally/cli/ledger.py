@@ -15,7 +15,10 @@ import contextlib
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..ledger.sqlite import Coarser
 
 __all__ = ["add_parser", "ledger_command"]
 
@@ -174,29 +177,29 @@ def _int(text: Any) -> int | str:
         return str(text)
 
 
-def _check_narrow(ledger: Any) -> list[str]:
-    """The narrow rollup's rows against the calls, row by row (hour, model, provider, endpoint,
-    currency), for the hours that still have their calls; none to check in a ledger without it."""
+def _check_coarser(ledger: Any, coarse: Coarser) -> list[str]:
+    """A coarser rollup's rows (``sqlite.COARSER``) against the calls, row by row, for the hours that
+    still have their calls; none to check in a ledger without it (schema 11 or older)."""
     from ..ledger._read import exact_sum
-    from ..ledger.sqlite import NARROW, NARROW_KEY_SQL, NARROW_KEYS
 
-    if not ledger.execute(f"PRAGMA table_info({NARROW})"):
+    table = coarse.table
+    if not ledger.execute(f"PRAGMA table_info({table})"):
         return []
-    keys = ", ".join(NARROW_KEYS)
+    keys = ", ".join(coarse.keys)
     first = "(SELECT CAST(MIN(started_at) / 3600 AS INTEGER) * 3600 FROM calls)"
     rolled = {
         tuple(r[:-2]): (r[-2], _int(r[-1]))
         for r in ledger.execute(
-            f"SELECT {keys}, requests, {exact_sum('cost_pico', 'cost_pico_hi')} FROM {NARROW} "
+            f"SELECT {keys}, requests, {exact_sum('cost_pico', 'cost_pico_hi')} FROM {table} "
             f"WHERE hour >= {first} GROUP BY {keys}"
         )
     }
-    exprs = ", ".join(NARROW_KEY_SQL)
+    exprs = ", ".join(coarse.key_sql)
     counted = {
         tuple(r[:-2]): (r[-2], _int(r[-1]))
         for r in ledger.execute(
             f"SELECT {exprs}, COUNT(*), {exact_sum('COALESCE(cost_pico, 0)')} FROM calls "
-            f"GROUP BY {', '.join(str(i + 1) for i in range(len(NARROW_KEYS)))}"
+            f"GROUP BY {', '.join(str(i + 1) for i in range(len(coarse.keys)))}"
         )
     }
     problems = []
@@ -206,7 +209,7 @@ def _check_narrow(ledger: Any) -> list[str]:
         if (n, cost) != (calls_n, calls_cost):
             what = ", ".join(str(v) for v in key[1:])
             problems.append(
-                f"narrow hourly totals of {_when(key[0])} ({what}): {n} calls, {cost} pico in the rollup; "
+                f"{table} of {_when(key[0])} ({what}): {n} calls, {cost} pico in the rollup; "
                 f"{calls_n} calls, {calls_cost} pico in the calls"
             )
     return problems
@@ -214,7 +217,7 @@ def _check_narrow(ledger: Any) -> list[str]:
 
 def _check(url: str, args: argparse.Namespace) -> int:
     from ..ledger._read import exact_sum
-    from ..ledger.sqlite import SQLiteLedger
+    from ..ledger.sqlite import COARSER, SQLiteLedger
 
     ledger = _open(url)
     problems: list[str] = []
@@ -242,7 +245,8 @@ def _check(url: str, args: argparse.Namespace) -> int:
                         f"hourly totals of {_when(hour)}: {n} calls, {cost} pico in the rollup; "
                         f"{calls_n or 0} calls, {calls_cost or 0} pico in the calls"
                     )
-            problems += _check_narrow(ledger)
+            for coarse in COARSER:
+                problems += _check_coarser(ledger, coarse)
             # SQLite's key is (started_at, id), so that time windows are range scans: one id twice is
             # a record whose time was edited (a spool line by hand) and then replayed.
             for rid, times in ledger.execute(
@@ -284,11 +288,12 @@ def _prune(url: str, args: argparse.Namespace) -> int:
             (n,) = ledger.execute(f"SELECT COUNT(*) FROM calls WHERE started_at < {p}", (cutoff,))[0]
             ledger.execute(f"DELETE FROM calls WHERE started_at < {p}", (cutoff,))
             if sqlite and args.totals == "drop":
-                from ..ledger.sqlite import NARROW
+                from ..ledger.sqlite import COARSER
 
                 ledger.execute(f"DELETE FROM calls_hourly WHERE hour < {p}", (cutoff,))
-                if ledger.execute(f"PRAGMA table_info({NARROW})"):
-                    ledger.execute(f"DELETE FROM {NARROW} WHERE hour < {p}", (cutoff,))
+                for coarse in COARSER:
+                    if ledger.execute(f"PRAGMA table_info({coarse.table})"):
+                        ledger.execute(f"DELETE FROM {coarse.table} WHERE hour < {p}", (cutoff,))
             if sqlite:
                 ledger.execute("COMMIT")
         except BaseException:

@@ -11,9 +11,10 @@ hour and group, kept up to date by ``write()``, so that reports over millions of
 thousands of rows: whole hours from the rollup, the window's partial edges from the calls.
 
 ``calls_hourly`` is keyed by the whole scope path and tag set: a tag nearly unique per call (a user)
-makes it as large as the calls. ``calls_hourly_narrow`` holds the same sums keyed without the scope
-and the tags (``NARROW_KEYS``), written in the same transaction; a report whose groups and filters
-it keeps reads it instead (``_rollup_for``), one row per hour and model, whatever the tags.
+makes it as large as the calls. Two coarser rollups hold the same sums with fewer keys (``COARSER``),
+written in the same transaction: ``calls_hourly_untagged`` without the tags, ``calls_hourly_narrow``
+without the tags and the scope. A report reads the narrowest one that keeps its groups and filters
+(``_rollup_for``): by model, a few rows an hour whatever the tags and scopes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._read import (
     CALLS_ONLY,
@@ -64,7 +65,7 @@ from ._records import (
     sums_at,
 )
 
-__all__ = ["NARROW", "NARROW_KEYS", "NARROW_KEY_SQL", "ROLLUP_KEYS", "SQLiteLedger", "narrow", "rollup"]
+__all__ = ["COARSER", "ROLLUP_KEYS", "Coarser", "SQLiteLedger", "coarser", "rollup"]
 
 log = logging.getLogger("llmtally")
 
@@ -86,14 +87,35 @@ _ROLLUP_KEY_SQL = (
     "COALESCE(tags, '')",
     "currency",
 )
-#: The narrow rollup: the wide one's keys without the scope and the tags.
-NARROW = "calls_hourly_narrow"
-NARROW_KEYS = ("hour", "model", "provider", "endpoint", "currency")
-_NARROW_AT = tuple(ROLLUP_KEYS.index(k) for k in NARROW_KEYS)
-#: Each narrow key as computed from a row of ``calls`` (what ``ledger check`` compares it with).
-NARROW_KEY_SQL = tuple(_ROLLUP_KEY_SQL[i] for i in _NARROW_AT)
-#: The groups (and filters) the narrow rollup keeps; any other reads the wide one or the calls.
-_NARROW_GROUPS = frozenset(("model", "provider", "endpoint", "currency", "day", "hour"))
+
+
+class Coarser(NamedTuple):
+    """An hourly rollup with some of the wide one's keys: the same sums, fewer rows."""
+
+    table: str
+    keys: tuple[str, ...]
+    #: The report groups (and filters) it keeps; a report by any other reads a wider table.
+    groups: frozenset[str]
+
+    @property
+    def key_sql(self) -> tuple[str, ...]:
+        """Each key as computed from a row of ``calls`` (what ``ledger check`` compares it with)."""
+        return tuple(_ROLLUP_KEY_SQL[ROLLUP_KEYS.index(k)] for k in self.keys)
+
+
+_TIMELESS = ("model", "provider", "endpoint", "currency", "day", "hour")
+#: The coarser rollups (schema ``ROLLUP_NARROW``), narrowest first; each is summed from the next
+#: one's rows when written (the last from the wide one's), so each key must be among the next's.
+COARSER = (
+    Coarser(
+        "calls_hourly_narrow", ("hour", "model", "provider", "endpoint", "currency"), frozenset(_TIMELESS)
+    ),
+    Coarser(
+        "calls_hourly_untagged",
+        ("hour", "model", "provider", "endpoint", "scope_path", "currency"),
+        frozenset((*_TIMELESS, "scope")),
+    ),
+)
 
 
 def _migrations() -> dict[int, list[str]]:
@@ -126,7 +148,7 @@ def _migrations() -> dict[int, list[str]]:
         f"UPDATE calls_hourly SET cost_pico_hi = CAST(cost_pico AS INTEGER) / {COST_HI}, "
         f"cost_pico = CAST(cost_pico AS INTEGER) % {COST_HI} WHERE cost_pico >= {COST_HI}"
     ]
-    steps[ROLLUP_NARROW] += _narrow_from_wide()
+    steps[ROLLUP_NARROW] += [s for coarse in COARSER for s in _coarser_from_wide(coarse)]
     return steps
 
 
@@ -143,25 +165,26 @@ def _keyed_table(
     )
 
 
-def _narrow_from_wide() -> list[str]:
-    """(Re)build the narrow rollup from the wide one, which holds every hour's totals (those of hours
+def _coarser_from_wide(coarse: Coarser) -> list[str]:
+    """(Re)build a coarser rollup from the wide one, which holds every hour's totals (those of hours
     pruned of their calls too, which the calls no longer have), the cost carried into
     ``cost_pico_hi`` exactly: each wide row's ``cost_pico`` is below ``COST_HI``, summed in two
     halves of 10**9 so that no 64-bit sum overflows."""
-    keys = ", ".join(NARROW_KEYS)
+    table = coarse.table
+    keys = ", ".join(coarse.keys)
     g = 10**9
     plain = [name for name in (*SUMS, *LATENCY_COLUMNS) if name != "cost_pico"]
     return [
-        f"DROP TABLE IF EXISTS {NARROW}",
+        f"DROP TABLE IF EXISTS {table}",
         # DEFAULT 0 as the wide one's added columns: an upsert names only a row's non-zero buckets.
         _keyed_table(
-            f"TABLE {NARROW}",
+            f"TABLE {table}",
             (*SUMS, "cost_pico_hi", *LATENCY_COLUMNS),
             " WITHOUT ROWID",
-            NARROW_KEYS,
+            coarse.keys,
             " DEFAULT 0",
         ),
-        f"INSERT INTO {NARROW} ({keys}, {', '.join(plain)}, cost_pico, cost_pico_hi) "
+        f"INSERT INTO {table} ({keys}, {', '.join(plain)}, cost_pico, cost_pico_hi) "
         f"SELECT {keys}, {', '.join(plain)}, (a + b / {g}) % {g} * {g} + b % {g}, hi + (a + b / {g}) / {g} "
         f"FROM (SELECT {keys}, {', '.join(f'SUM({name}) AS {name}' for name in plain)}, "
         f"SUM(cost_pico / {g}) AS a, SUM(cost_pico % {g}) AS b, SUM(cost_pico_hi) AS hi "
@@ -234,7 +257,7 @@ def _add_rollup(
     table: str = "calls_hourly",
     keys: tuple[str, ...] = ROLLUP_KEYS,
 ) -> None:
-    """Add ``rollup()``'s rows (or ``narrow()``'s, with its ``table`` and ``keys``) to an hourly
+    """Add ``rollup()``'s rows (or ``coarser()``'s, with its ``table`` and ``keys``) to an hourly
     rollup, one statement per set of latency buckets."""
     shapes: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
     at = len(keys) + SUMS.index("cost_pico")
@@ -249,14 +272,15 @@ def _add_rollup(
         conn.executemany(_upsert(buckets, table, keys), rows)
 
 
-def narrow(rolled: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """``rollup()``'s rows summed by ``NARROW_KEYS``: the narrow rollup's rows, in the same shape
-    (keys, SUMS, the latency histogram as {bucket: count}). From the wide rows, not the calls: a
-    batch has far fewer of them than calls, unless a tag is nearly unique per call."""
-    n = len(ROLLUP_KEYS)
+def coarser(rolled: list[tuple[Any, ...]], keys: Sequence[str], into: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Rows of a rollup keyed by ``keys`` (``rollup()``'s: keys, SUMS, the latency histogram as
+    {bucket: count}) summed by the fewer keys ``into``, in the same shape. From rolled rows, not the
+    calls: a batch has far fewer of them than calls, unless a tag is nearly unique per call."""
+    n = len(keys)
+    at = [keys.index(k) for k in into]
     sums: dict[tuple[Any, ...], tuple[list[int], dict[int, int]]] = {}
     for row in rolled:
-        key = tuple(row[i] for i in _NARROW_AT)
+        key = tuple(row[i] for i in at)
         found = sums.get(key)
         if found is None:
             sums[key] = (list(row[n:-1]), dict(row[-1]))
@@ -576,8 +600,11 @@ class SQLiteLedger:
                 conn.executemany(_INSERT, rows)
                 fresh = list(rows)
             rolled = rollup(fresh)
+            keys: tuple[str, ...] = ROLLUP_KEYS
             _add_rollup(conn, rolled)
-            _add_rollup(conn, narrow(rolled), NARROW, NARROW_KEYS)
+            for coarse in reversed(COARSER):  # each from the wider one's rows
+                rolled, keys = coarser(rolled, keys, coarse.keys), coarse.keys
+                _add_rollup(conn, rolled, coarse.table, keys)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # a failed COMMIT may already have ended it
@@ -640,12 +667,13 @@ class SQLiteLedger:
 
     def _rollup_for(self, conn: sqlite3.Connection, keys: Sequence[str]) -> tuple[str, set[str]]:
         """The narrowest hourly rollup that keeps every group and filter of ``keys``, and its columns
-        (none: no rollup, read the calls). The narrow one is missing from a ledger of schema 11 or
-        older read without migrating it: the wide one answers then."""
-        if all(k in _NARROW_GROUPS for k in keys):
-            columns = self._columns(conn, NARROW)
-            if columns:
-                return NARROW, columns
+        (none: no rollup, read the calls). The coarser ones are missing from a ledger of schema 11
+        or older read without migrating it: the wide one answers then."""
+        for coarse in COARSER:
+            if all(k in coarse.groups for k in keys):
+                columns = self._columns(conn, coarse.table)
+                if columns:
+                    return coarse.table, columns
         return "calls_hourly", self._columns(conn, "calls_hourly")
 
     @staticmethod
