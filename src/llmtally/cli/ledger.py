@@ -4,7 +4,7 @@
                  what was set apart (the dead-letter file);
 ``quarantined``  the records set apart, each with why (text the server sent is shown escaped);
 ``reimport``     tries them again, once fixed (edit the dead-letter file: one JSON object a line);
-``check``        SQLite's integrity check and the hourly totals (both rollups) against the calls;
+``check``        SQLite's integrity check and the hourly totals (every rollup) against the calls;
 ``prune``        deletes calls older than a date, keeping their hourly totals in reports (SQLite) or not.
 """
 
@@ -282,7 +282,7 @@ def _prune(url: str, args: argparse.Namespace) -> int:
                 "say so with --totals drop"
             )
         p = ledger.placeholder
-        if sqlite:  # the calls and both rollups' hours at once, or none of them
+        if sqlite:  # the calls and the rollups' hours at once, or none of them
             ledger.execute("BEGIN IMMEDIATE")
         try:
             (n,) = ledger.execute(f"SELECT COUNT(*) FROM calls WHERE started_at < {p}", (cutoff,))[0]
