@@ -4,17 +4,21 @@
                  what was set apart (the dead-letter file);
 ``quarantined``  the records set apart, each with why (text the server sent is shown escaped);
 ``reimport``     tries them again, once fixed (edit the dead-letter file: one JSON object a line);
-``check``        SQLite's integrity check and the hourly totals against the calls;
+``check``        SQLite's integrity check and the hourly totals (every rollup) against the calls;
 ``prune``        deletes calls older than a date, keeping their hourly totals in reports (SQLite) or not.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..ledger.sqlite import Coarser
 
 __all__ = ["add_parser", "ledger_command"]
 
@@ -173,9 +177,47 @@ def _int(text: Any) -> int | str:
         return str(text)
 
 
+def _check_coarser(ledger: Any, coarse: Coarser) -> list[str]:
+    """A coarser rollup's rows (``sqlite.COARSER``) against the calls, row by row, for the hours that
+    still have their calls; none to check in a ledger without it (schema 11 or older)."""
+    from ..ledger._read import exact_sum
+
+    table = coarse.table
+    if not ledger.execute(f"PRAGMA table_info({table})"):
+        return []
+    keys = ", ".join(coarse.keys)
+    first = "(SELECT CAST(MIN(started_at) / 3600 AS INTEGER) * 3600 FROM calls)"
+    rolled = {
+        tuple(r[:-2]): (r[-2], _int(r[-1]))
+        for r in ledger.execute(
+            f"SELECT {keys}, requests, {exact_sum('cost_pico', 'cost_pico_hi')} FROM {table} "
+            f"WHERE hour >= {first} GROUP BY {keys}"
+        )
+    }
+    exprs = ", ".join(coarse.key_sql)
+    counted = {
+        tuple(r[:-2]): (r[-2], _int(r[-1]))
+        for r in ledger.execute(
+            f"SELECT {exprs}, COUNT(*), {exact_sum('COALESCE(cost_pico, 0)')} FROM calls "
+            f"GROUP BY {', '.join(str(i + 1) for i in range(len(coarse.keys)))}"
+        )
+    }
+    problems = []
+    for key in sorted(rolled.keys() | counted.keys(), key=repr):
+        n, cost = rolled.get(key, (0, 0))
+        calls_n, calls_cost = counted.get(key, (0, 0))
+        if (n, cost) != (calls_n, calls_cost):
+            what = ", ".join(str(v) for v in key[1:])
+            problems.append(
+                f"{table} of {_when(key[0])} ({what}): {n} calls, {cost} pico in the rollup; "
+                f"{calls_n} calls, {calls_cost} pico in the calls"
+            )
+    return problems
+
+
 def _check(url: str, args: argparse.Namespace) -> int:
     from ..ledger._read import exact_sum
-    from ..ledger.sqlite import SQLiteLedger
+    from ..ledger.sqlite import COARSER, SQLiteLedger
 
     ledger = _open(url)
     problems: list[str] = []
@@ -203,6 +245,8 @@ def _check(url: str, args: argparse.Namespace) -> int:
                         f"hourly totals of {_when(hour)}: {n} calls, {cost} pico in the rollup; "
                         f"{calls_n or 0} calls, {calls_cost or 0} pico in the calls"
                     )
+            for coarse in COARSER:
+                problems += _check_coarser(ledger, coarse)
             # SQLite's key is (started_at, id), so that time windows are range scans: one id twice is
             # a record whose time was edited (a spool line by hand) and then replayed.
             for rid, times in ledger.execute(
@@ -221,6 +265,7 @@ def _check(url: str, args: argparse.Namespace) -> int:
 
 def _prune(url: str, args: argparse.Namespace) -> int:
     from .._report import parse_time
+    from ..ledger import LedgerError
     from ..ledger.sqlite import SQLiteLedger
 
     if not args.before:
@@ -237,10 +282,25 @@ def _prune(url: str, args: argparse.Namespace) -> int:
                 "say so with --totals drop"
             )
         p = ledger.placeholder
-        (n,) = ledger.execute(f"SELECT COUNT(*) FROM calls WHERE started_at < {p}", (cutoff,))[0]
-        ledger.execute(f"DELETE FROM calls WHERE started_at < {p}", (cutoff,))
-        if sqlite and args.totals == "drop":
-            ledger.execute(f"DELETE FROM calls_hourly WHERE hour < {p}", (cutoff,))
+        if sqlite:  # the calls and the rollups' hours at once, or none of them
+            ledger.execute("BEGIN IMMEDIATE")
+        try:
+            (n,) = ledger.execute(f"SELECT COUNT(*) FROM calls WHERE started_at < {p}", (cutoff,))[0]
+            ledger.execute(f"DELETE FROM calls WHERE started_at < {p}", (cutoff,))
+            if sqlite and args.totals == "drop":
+                from ..ledger.sqlite import COARSER
+
+                ledger.execute(f"DELETE FROM calls_hourly WHERE hour < {p}", (cutoff,))
+                for coarse in COARSER:
+                    if ledger.execute(f"PRAGMA table_info({coarse.table})"):
+                        ledger.execute(f"DELETE FROM {coarse.table} WHERE hour < {p}", (cutoff,))
+            if sqlite:
+                ledger.execute("COMMIT")
+        except BaseException:
+            if sqlite:
+                with contextlib.suppress(LedgerError):  # a failed COMMIT may already have ended it
+                    ledger.execute("ROLLBACK")
+            raise
     finally:
         ledger.close()
     kept = "kept in reports" if args.totals == "keep" else "dropped"

@@ -35,6 +35,7 @@ __all__ = [
     "ROLLUP_BY_CURRENCY",
     "ROLLUP_COST_SPLIT",
     "ROLLUP_LATENCY",
+    "ROLLUP_NARROW",
     "SCHEMA_VERSION",
     "SUMS",
     "LedgerError",
@@ -90,8 +91,12 @@ ROLLUP_LATENCY = 10
 #: group past that became a float (then "integer overflow" in reports and checks).
 ROLLUP_COST_SPLIT = 11
 COST_HI = 10**18
+#: The version that added SQLite's coarser hourly rollups (``sqlite.COARSER``): the same sums keyed
+#: without the tags (whose values can be nearly unique per call, a user tag), and without the tags
+#: and the scope, filled from the wide one and kept by ``write()`` beside it. ``calls`` unchanged.
+ROLLUP_NARROW = 12
 #: Bumped with every change to the columns; each backend migrates older ledgers forward.
-SCHEMA_VERSION = max((*ADDED_KINDS, *ADDED_COLUMNS, *ADDED_ROLLUP, ROLLUP_BY_CURRENCY))
+SCHEMA_VERSION = max((*ADDED_KINDS, *ADDED_COLUMNS, *ADDED_ROLLUP, ROLLUP_BY_CURRENCY, ROLLUP_NARROW))
 
 _missing = set(TOKEN_NAMES) - set(V1_KINDS) - {k for kinds in ADDED_KINDS.values() for k in kinds}
 if _missing:  # pragma: no cover - a developer added a kind without its migration

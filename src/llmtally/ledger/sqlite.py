@@ -9,6 +9,12 @@ and is left untouched. Older ledgers are migrated forward in one transaction. Op
 range scans and no secondary index slows the writes; ``calls_hourly`` holds the calls' sums per
 hour and group, kept up to date by ``write()``, so that reports over millions of calls read
 thousands of rows: whole hours from the rollup, the window's partial edges from the calls.
+
+``calls_hourly`` is keyed by the whole scope path and tag set: a tag nearly unique per call (a user)
+makes it as large as the calls. Two coarser rollups hold the same sums with fewer keys (``COARSER``),
+written in the same transaction: ``calls_hourly_untagged`` without the tags, ``calls_hourly_narrow``
+without the tags and the scope. A report reads the narrowest one that keeps its groups and filters
+(``_rollup_for``): by model, a few rows an hour whatever the tags and scopes.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._read import (
     CALLS_ONLY,
@@ -50,6 +56,7 @@ from ._records import (
     ROLLUP_BY_CURRENCY,
     ROLLUP_COST_SPLIT,
     ROLLUP_LATENCY,
+    ROLLUP_NARROW,
     SCHEMA_VERSION,
     SUMS,
     LedgerError,
@@ -58,7 +65,7 @@ from ._records import (
     sums_at,
 )
 
-__all__ = ["ROLLUP_KEYS", "SQLiteLedger", "rollup"]
+__all__ = ["COARSER", "ROLLUP_KEYS", "Coarser", "SQLiteLedger", "coarser", "rollup"]
 
 log = logging.getLogger("llmtally")
 
@@ -79,6 +86,35 @@ _ROLLUP_KEY_SQL = (
     "scope_path",
     "COALESCE(tags, '')",
     "currency",
+)
+
+
+class Coarser(NamedTuple):
+    """An hourly rollup with some of the wide one's keys: the same sums, fewer rows."""
+
+    table: str
+    keys: tuple[str, ...]
+    #: The report groups (and filters) it keeps; a report by any other reads a wider table.
+    groups: frozenset[str]
+
+    @property
+    def key_sql(self) -> tuple[str, ...]:
+        """Each key as computed from a row of ``calls`` (what ``ledger check`` compares it with)."""
+        return tuple(_ROLLUP_KEY_SQL[ROLLUP_KEYS.index(k)] for k in self.keys)
+
+
+_TIMELESS = ("model", "provider", "endpoint", "currency", "day", "hour")
+#: The coarser rollups (schema ``ROLLUP_NARROW``), narrowest first; each is summed from the next
+#: one's rows when written (the last from the wide one's), so each key must be among the next's.
+COARSER = (
+    Coarser(
+        "calls_hourly_narrow", ("hour", "model", "provider", "endpoint", "currency"), frozenset(_TIMELESS)
+    ),
+    Coarser(
+        "calls_hourly_untagged",
+        ("hour", "model", "provider", "endpoint", "scope_path", "currency"),
+        frozenset((*_TIMELESS, "scope")),
+    ),
 )
 
 
@@ -112,18 +148,48 @@ def _migrations() -> dict[int, list[str]]:
         f"UPDATE calls_hourly SET cost_pico_hi = CAST(cost_pico AS INTEGER) / {COST_HI}, "
         f"cost_pico = CAST(cost_pico AS INTEGER) % {COST_HI} WHERE cost_pico >= {COST_HI}"
     ]
+    steps[ROLLUP_NARROW] += [s for coarse in COARSER for s in _coarser_from_wide(coarse)]
     return steps
 
 
-def _keyed_table(what: str, counts: Sequence[str], options: str) -> str:
-    """CREATE ``what``: the rollup's keys, then integer ``counts``."""
+def _keyed_table(
+    what: str, counts: Sequence[str], options: str, keys: Sequence[str] = ROLLUP_KEYS, default: str = ""
+) -> str:
+    """CREATE ``what``: the rollup's ``keys``, then integer ``counts`` (with a ``default`` clause)."""
     return (
         f"CREATE {what} (hour INTEGER NOT NULL, "
-        + ", ".join(f"{k} TEXT NOT NULL" for k in ROLLUP_KEYS[1:])
+        + ", ".join(f"{k} TEXT NOT NULL" for k in keys[1:])
         + ", "
-        + ", ".join(f"{name} INTEGER NOT NULL" for name in counts)
-        + f", PRIMARY KEY ({', '.join(ROLLUP_KEYS)})){options}"
+        + ", ".join(f"{name} INTEGER NOT NULL{default}" for name in counts)
+        + f", PRIMARY KEY ({', '.join(keys)})){options}"
     )
+
+
+def _coarser_from_wide(coarse: Coarser) -> list[str]:
+    """(Re)build a coarser rollup from the wide one, which holds every hour's totals (those of hours
+    pruned of their calls too, which the calls no longer have), the cost carried into
+    ``cost_pico_hi`` exactly: each wide row's ``cost_pico`` is below ``COST_HI``, summed in two
+    halves of 10**9 so that no 64-bit sum overflows."""
+    table = coarse.table
+    keys = ", ".join(coarse.keys)
+    g = 10**9
+    plain = [name for name in (*SUMS, *LATENCY_COLUMNS) if name != "cost_pico"]
+    return [
+        f"DROP TABLE IF EXISTS {table}",
+        # DEFAULT 0 as the wide one's added columns: an upsert names only a row's non-zero buckets.
+        _keyed_table(
+            f"TABLE {table}",
+            (*SUMS, "cost_pico_hi", *LATENCY_COLUMNS),
+            " WITHOUT ROWID",
+            coarse.keys,
+            " DEFAULT 0",
+        ),
+        f"INSERT INTO {table} ({keys}, {', '.join(plain)}, cost_pico, cost_pico_hi) "
+        f"SELECT {keys}, {', '.join(plain)}, (a + b / {g}) % {g} * {g} + b % {g}, hi + (a + b / {g}) / {g} "
+        f"FROM (SELECT {keys}, {', '.join(f'SUM({name}) AS {name}' for name in plain)}, "
+        f"SUM(cost_pico / {g}) AS a, SUM(cost_pico % {g}) AS b, SUM(cost_pico_hi) AS hi "
+        f"FROM calls_hourly GROUP BY {keys})",
+    ]
 
 
 def _latency_from_calls() -> list[str]:
@@ -165,9 +231,11 @@ _INSERT = f"INSERT INTO calls ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(
 
 
 @functools.lru_cache(maxsize=512)
-def _upsert(buckets: tuple[int, ...]) -> str:
+def _upsert(
+    buckets: tuple[int, ...], table: str = "calls_hourly", keys: tuple[str, ...] = ROLLUP_KEYS
+) -> str:
     """The statement adding a rollup row's SUMS and the counts of its non-zero latency ``buckets``
-    (the others stay as they are: most rows count a few buckets of the 82)."""
+    (the others stay as they are: most rows count a few buckets of the 82) to ``table``."""
     rolled = (*SUMS, "cost_pico_hi", *(LATENCY_COLUMNS[i] for i in buckets))
     # The cost carries into cost_pico_hi (both sides read the row as it was: SQLite's upsert).
     cost = "cost_pico + excluded.cost_pico"
@@ -176,20 +244,23 @@ def _upsert(buckets: tuple[int, ...]) -> str:
         "cost_pico_hi": f"cost_pico_hi + excluded.cost_pico_hi + ({cost}) / {COST_HI}",
     }
     return (
-        f"INSERT INTO calls_hourly ({', '.join((*ROLLUP_KEYS, *rolled))}) "
-        f"VALUES ({', '.join('?' * (len(ROLLUP_KEYS) + len(rolled)))}) "
-        f"ON CONFLICT ({', '.join(ROLLUP_KEYS)}) DO UPDATE SET "
+        f"INSERT INTO {table} ({', '.join((*keys, *rolled))}) "
+        f"VALUES ({', '.join('?' * (len(keys) + len(rolled)))}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
         + ", ".join(f"{name} = {carry.get(name, f'{name} + excluded.{name}')}" for name in rolled)
     )
 
 
-_COST_AT = len(ROLLUP_KEYS) + SUMS.index("cost_pico")
-
-
-def _add_rollup(conn: sqlite3.Connection, rolled: list[tuple[Any, ...]]) -> None:
-    """Add ``rollup()``'s rows to the hourly rollup, one statement per set of latency buckets."""
+def _add_rollup(
+    conn: sqlite3.Connection,
+    rolled: list[tuple[Any, ...]],
+    table: str = "calls_hourly",
+    keys: tuple[str, ...] = ROLLUP_KEYS,
+) -> None:
+    """Add ``rollup()``'s rows (or ``coarser()``'s, with its ``table`` and ``keys``) to an hourly
+    rollup, one statement per set of latency buckets."""
     shapes: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
-    at = _COST_AT
+    at = len(keys) + SUMS.index("cost_pico")
     for row in rolled:
         histogram = row[-1]
         buckets = tuple(sorted(histogram))
@@ -198,7 +269,27 @@ def _add_rollup(conn: sqlite3.Connection, rolled: list[tuple[Any, ...]]) -> None
             (*row[:at], lo, *row[at + 1 : -1], hi, *(histogram[i] for i in buckets))
         )
     for buckets, rows in shapes.items():
-        conn.executemany(_upsert(buckets), rows)
+        conn.executemany(_upsert(buckets, table, keys), rows)
+
+
+def coarser(rolled: list[tuple[Any, ...]], keys: Sequence[str], into: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Rows of a rollup keyed by ``keys`` (``rollup()``'s: keys, SUMS, the latency histogram as
+    {bucket: count}) summed by the fewer keys ``into``, in the same shape. From rolled rows, not the
+    calls: a batch has far fewer of them than calls, unless a tag is nearly unique per call."""
+    n = len(keys)
+    at = [keys.index(k) for k in into]
+    sums: dict[tuple[Any, ...], tuple[list[int], dict[int, int]]] = {}
+    for row in rolled:
+        key = tuple(row[i] for i in at)
+        found = sums.get(key)
+        if found is None:
+            sums[key] = (list(row[n:-1]), dict(row[-1]))
+            continue
+        acc, histogram = found
+        acc[:] = [a + b for a, b in zip(acc, row[n:-1], strict=True)]
+        for bucket, count in row[-1].items():
+            histogram[bucket] = histogram.get(bucket, 0) + count
+    return [(*k, *acc, histogram) for k, (acc, histogram) in sums.items()]
 
 
 def _compile_rollup() -> Any:
@@ -508,7 +599,12 @@ class SQLiteLedger:
             else:
                 conn.executemany(_INSERT, rows)
                 fresh = list(rows)
-            _add_rollup(conn, rollup(fresh))
+            rolled = rollup(fresh)
+            keys: tuple[str, ...] = ROLLUP_KEYS
+            _add_rollup(conn, rolled)
+            for coarse in reversed(COARSER):  # each from the wider one's rows
+                rolled, keys = coarser(rolled, keys, coarse.keys), coarse.keys
+                _add_rollup(conn, rolled, coarse.table, keys)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # a failed COMMIT may already have ended it
@@ -533,8 +629,8 @@ class SQLiteLedger:
             calls = self._columns(conn, "calls")
             if not calls:
                 raise LedgerError(f"{self.path} has no calls table: not an llmtally ledger")
-            hourly = self._columns(conn, "calls_hourly")
             keys = [*groups, *(key for key, _ in where)]
+            table, hourly = self._rollup_for(conn, keys)
             if (
                 not hourly
                 or ("currency" in keys and "currency" not in hourly)
@@ -550,7 +646,7 @@ class SQLiteLedger:
             sql, params = grouped(
                 [_hourly_sql(g) for g in groups],
                 sums_of_rollup(hourly, wide=True),
-                "calls_hourly",
+                table,
                 "hour",
                 first,
                 last,
@@ -568,6 +664,17 @@ class SQLiteLedger:
     @staticmethod
     def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
         return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+    def _rollup_for(self, conn: sqlite3.Connection, keys: Sequence[str]) -> tuple[str, set[str]]:
+        """The narrowest hourly rollup that keeps every group and filter of ``keys``, and its columns
+        (none: no rollup, read the calls). The coarser ones are missing from a ledger of schema 11
+        or older read without migrating it: the wide one answers then."""
+        for coarse in COARSER:
+            if all(k in coarse.groups for k in keys):
+                columns = self._columns(conn, coarse.table)
+                if columns:
+                    return coarse.table, columns
+        return "calls_hourly", self._columns(conn, "calls_hourly")
 
     @staticmethod
     def _calls(
@@ -601,7 +708,7 @@ class SQLiteLedger:
         keys = [*groups, *(key for key, _ in where)]
         conn = self.connect()
         try:
-            hourly = self._columns(conn, "calls_hourly")
+            table, hourly = self._rollup_for(conn, keys)
             parts: list[tuple[Any, ...]] = []
             if set(LATENCY_COLUMNS) <= hourly and not any(g in CALLS_ONLY for g in keys):
                 first = None if start is None else -(-start // 3600) * 3600
@@ -611,7 +718,7 @@ class SQLiteLedger:
                     sql, params = grouped(
                         [_hourly_sql(g) for g in groups],
                         sums,
-                        "calls_hourly",
+                        table,
                         "hour",
                         first,
                         last,
@@ -717,7 +824,8 @@ class SQLiteLedger:
             newest = conn.execute(
                 "SELECT started_at, id FROM calls ORDER BY started_at DESC, id DESC LIMIT 1"
             )
-            total = conn.execute("SELECT TOTAL(requests) FROM calls_hourly").fetchone()
+            table, _ = self._rollup_for(conn, ())
+            total = conn.execute(f"SELECT TOTAL(requests) FROM {table}").fetchone()
             return (*(newest.fetchone() or ()), *(total or ()))
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path} is not a readable llmtally ledger: {exc}") from exc
