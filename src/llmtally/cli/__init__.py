@@ -427,19 +427,6 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def report_money(args: argparse.Namespace) -> tuple[str, Any]:
-    """The currency and rates a report is shown in: ``--currency`` / ``--rates``, else configured."""
-    from .._runtime import RUNTIME
-
-    currency, rates = RUNTIME.money()
-    if args.currency and args.currency.strip().upper() != currency:
-        # The configured rates are per the configured currency: not for another one.
-        currency, rates = args.currency.strip().upper(), {}
-    if args.rates is not None:
-        rates = args.rates
-    return currency, rates
-
-
 def _report(args: argparse.Namespace) -> int:
     from .._report import report
     from .._report.render import render, write_chart
@@ -449,6 +436,8 @@ def _report(args: argparse.Namespace) -> int:
     by = args.by or ["model"]
     url = RUNTIME.ledger_url(args.ledger)
     assert url is not None
+    from .money import report_money
+
     try:
         currency, rates = report_money(args)
         rows = report(

@@ -36,7 +36,7 @@ def ui_command(args: argparse.Namespace) -> int:
     from .._runtime import RUNTIME
     from ..ledger import LedgerError, open_ledger
     from ..ui.server import Dashboard
-    from . import report_money
+    from .money import report_money
 
     url = RUNTIME.ledger_url(args.ledger)
     assert url is not None
