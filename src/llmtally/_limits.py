@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._core.money import ZERO, format_usd, parse_amount
 from ._core.pipeline import PIPELINE
+from ._core.refusal import Refusal
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -308,7 +309,7 @@ def check(scopes: tuple[Tally, ...], ex: Exchange) -> None:
         except BudgetExceeded:
             raise
         except Exception as exc:  # a fault of ours: the limits cannot be known to hold
-            _unchecked(limited, exc)
+            _unchecked(limited, exc, ex)
         for tally, _ in limited:
             tally._sent += 1
     shared = [(t, limits) for t, limits in limited if limits.shared is not None]
@@ -329,7 +330,7 @@ def check(scopes: tuple[Tally, ...], ex: Exchange) -> None:
             )
 
 
-def _unchecked(limited: list[tuple[Tally, Limits]], exc: Exception) -> None:
+def _unchecked(limited: list[tuple[Tally, Limits]], exc: Exception, ex: Exchange) -> None:
     """The limit check itself failed (a fault of ours, never bad input: that is refused when the
     scope is made). A scope that refuses (``on_exceed="raise"``) refuses the request: a limit is
     there to stop spending, and one that cannot be checked is not known to hold. Otherwise the
@@ -337,21 +338,72 @@ def _unchecked(limited: list[tuple[Tally, Limits]], exc: Exception) -> None:
     for tally, limits in limited:
         if limits.on_exceed == "raise":
             log.error("llmtally: could not check the limits of scope %r", tally.name, exc_info=exc)
-            raise _refused(tally, BudgetExceeded.unchecked(tally.name, exc)) from exc
+            raise _refused(tally, BudgetExceeded.unchecked(tally.name, exc), ex) from exc
     log.error("llmtally: could not check the limits (warn mode); the request is sent", exc_info=exc)
 
 
-def _refused(tally: Tally, problem: BudgetExceeded) -> BudgetExceeded:
+def _refused(tally: Tally, problem: BudgetExceeded, ex: Exchange, by: str = "scope") -> BudgetExceeded:
     """Note the refusal on the scope whose limit made it (``Tally.refused``): code that catches the
     exception cannot hide from the scope's owner that a request was refused (the pytest plugin's
-    budget marker fails such a test)."""
+    budget marker fails such a test); and in the ledger (``_record``)."""
     tally._refused = problem
+    _record(problem, ex, "refused", by)
     return problem
 
 
-def _refuse(tally: Tally, limits: Limits, problem: BudgetExceeded) -> None:
+def _record(problem: BudgetExceeded, ex: Exchange, action: str, by: str) -> None:
+    """Hand a refusal (or a warning) to the ledger's writer (``PIPELINE.refused``); never raises.
+    Nothing is done without a ledger: the record is only made for a sink."""
+    if not PIPELINE.refusal_sinks:
+        return
+    try:
+        PIPELINE.refused(_refusal(problem, ex, action, by))
+    except Exception:
+        log.exception("llmtally: could not record a refused request in the ledger")
+
+
+def _refusal(problem: BudgetExceeded, ex: Exchange, action: str, by: str) -> Refusal:
+    """What the ledger keeps of a refusal: where the request was made, as its call would have been
+    recorded (scope path, merged tags, provider, endpoint, requested model), and the limit's figures."""
+    from . import wire
+    from ._core import currency
+
+    names: list[str] = []
+    tags: dict[str, object] = {}
+    for scope in ex.scopes:
+        names.append(scope.name or "")
+        if scope.tags:
+            tags.update(scope.tags)
+    model = ex.parser.model_in_path(ex.path)
+    if model is None:
+        try:
+            obj = wire.loads(ex.request_body())
+        except Exception:
+            obj = None
+        found = obj.get("model") if isinstance(obj, dict) else None
+        model = found if isinstance(found, str) else None
+    money = problem.limit == "cost"
+    return Refusal(
+        refused_by=problem.scope,
+        limit=problem.limit,
+        allowed=str(problem.allowed),
+        spent=str(problem.spent),
+        action=action,
+        worst=None if problem.worst is None else str(problem.worst),
+        by_kind=by,
+        currency=currency.display() if money else None,
+        scope_path=tuple(names),
+        tags=tags,
+        provider=ex.gateway or wire.provider_for_host(ex.host) or ex.parser.provider,
+        endpoint=ex.parser.endpoint,
+        requested_model=model,
+    )
+
+
+def _refuse(tally: Tally, limits: Limits, problem: BudgetExceeded, ex: Exchange, by: str = "scope") -> None:
     if limits.on_exceed == "raise":
-        raise _refused(tally, problem)
+        raise _refused(tally, problem, ex, by)
+    _record(problem, ex, "warned", by)
     if not tally._warned:
         tally._warned = True
         log.warning("%s", str(problem).replace("; the request was not sent", "; sending anyway (warn mode)"))
@@ -377,7 +429,7 @@ def _check(limited: list[tuple[Tally, Limits]], ex: Exchange) -> None:
                 if worst is not None and spent + worst > limits.max_cost:
                     problem = BudgetExceeded(tally.name, "cost", limits.max_cost, spent, worst=worst)
         if problem is not None:
-            _refuse(tally, limits, problem)
+            _refuse(tally, limits, problem, ex)
 
 
 def _reserve(shared: list[tuple[Tally, Limits]], ex: Exchange) -> None:
@@ -406,8 +458,8 @@ def _reserve(shared: list[tuple[Tally, Limits]], ex: Exchange) -> None:
             if limits.on_exceed == "raise":
                 unreserve(made)
                 made = []
-                raise _refused(tally, problem)
-            _refuse(tally, limits, problem)  # warns
+                raise _refused(tally, problem, ex, "budget")
+            _refuse(tally, limits, problem, ex, "budget")  # warns
             made.append((budget, ZERO))
     finally:
         if made:

@@ -231,6 +231,7 @@ class Runtime:
             sinks.append(self._otel)
         sinks += self._extra_sinks
         PIPELINE.sinks = tuple(sinks)
+        PIPELINE.refusal_sinks = (self.writer.note_refusal,) if self.writer is not None else ()
         # OpenTelemetry wants its metrics as each call ends, not on the next read.
         PIPELINE.eager = self._otel is not None
 

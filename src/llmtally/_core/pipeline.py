@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any, Protocol
 
+    from .refusal import Refusal
     from .tally import Tally
     from .usage import Call
 
@@ -61,6 +62,8 @@ class Pipeline:
         #: Receivers of every settled call, scope or no scope. A tuple, replaced whole by the
         #: runtime, so the call path reads it without a lock.
         self.sinks: tuple[Sink, ...] = ()
+        #: Receivers of every refusal record (``_core.refusal``): the ledger writer's. Same rule.
+        self.refusal_sinks: tuple[Callable[[Refusal], None], ...] = ()
         #: Settle each call as it ends instead of on the next read (a sink wants it now).
         self.eager = False
         #: ``opentelemetry.trace.get_current_span`` while OpenTelemetry export is on: the span
@@ -115,6 +118,16 @@ class Pipeline:
                 import logging
 
                 logging.getLogger("llmtally").exception("llmtally: sink %r failed", sink)
+
+    def refused(self, record: Refusal) -> None:
+        """A request a limit stopped (or let through in warn mode): to every refusal sink (guarded)."""
+        for sink in self.refusal_sinks:
+            try:
+                sink(record)
+            except Exception:
+                import logging
+
+                logging.getLogger("llmtally").exception("llmtally: refusal sink %r failed", sink)
 
 
 #: The process's pipeline.

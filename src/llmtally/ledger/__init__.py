@@ -58,8 +58,15 @@ class Ledger(Protocol):
         """Create the ledger or bring it to this llmtally's schema (idempotent; opening a ledger
         to write does it); ``LedgerError`` if it is not an llmtally ledger or is newer than this."""
 
-    def write(self, rows: Sequence[tuple[Any, ...]], *, ignore_duplicates: bool = False) -> None:
-        """Append rows (``_records.COLUMNS`` order) in one transaction, all or none."""
+    def write(
+        self,
+        rows: Sequence[tuple[Any, ...]],
+        *,
+        ignore_duplicates: bool = False,
+        refusals: Sequence[tuple[Any, ...]] = (),
+    ) -> None:
+        """Append rows (``_records.COLUMNS`` order) and refusals' rows (``REFUSAL_COLUMNS``) in one
+        transaction, all or none. Refusals' ids already in the ledger are skipped."""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """One statement in its own transaction (shared budgets); its rows, if any."""
@@ -91,6 +98,13 @@ class Ledger(Protocol):
 
     def record(self, call_id: str, started_at: float | None = None) -> dict[str, Any] | None:
         """One call's record, or None."""
+
+    def refusals(
+        self, start: float | None, end: float | None, where: Where = (), *, limit: int | None = 100
+    ) -> list[dict[str, Any]]:
+        """The refusals (column -> value) in ``[start, end)`` that ``where`` keeps, newest first;
+        with ``limit=None``, instead one {"action": ..., "count": n} per action. None in a ledger
+        older than the ``refusals`` table (read without migrating it)."""
 
     def tag_keys(self, start: float | None, end: float | None) -> list[str]:
         """The tag names used by the calls of ``[start, end)`` (or a little more), most used first."""

@@ -40,6 +40,7 @@ __all__ = [
     "merge",
     "parse_where",
     "percentiles",
+    "refusals_sql",
     "scope_value",
     "sum_of_calls",
     "sums_of_calls",
@@ -191,6 +192,48 @@ def browse_sql(
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
     sql += f" ORDER BY started_at DESC, id DESC LIMIT {int(limit)}"
+    return sql, params
+
+
+#: The filters that apply to refusals (a refused request has no served model, price or currency:
+#: ``model`` is the model it asked for). Others leave refusals unfiltered.
+REFUSAL_FILTERS = ("model", "provider", "endpoint", "scope")
+
+
+def refusals_sql(
+    columns: Sequence[str],
+    start: float | None,
+    end: float | None,
+    where: Where,
+    expr: Callable[[str], tuple[str, list[Any]]],
+    limit: int | None,
+    mark: str = "?",
+) -> tuple[str, list[Any]]:
+    """SELECT the ``columns`` (or, with ``limit=None``, the counts per ``action``) of the refusals in
+    ``[start, end)`` that ``where`` keeps, newest first. ``expr`` gives a group's expression over
+    the calls; over refusals ``model`` is the requested model (it is all a refusal knows)."""
+
+    def over_refusals(key: str) -> tuple[str, list[Any]]:
+        if key == "model":
+            return "COALESCE(requested_model, 'unknown')", []
+        return expr(key)
+
+    kept = tuple((k, v) for k, v in where if k in REFUSAL_FILTERS or k.startswith("tag:"))
+    conditions, params = where_sql(kept, over_refusals, mark)
+    if start is not None:
+        conditions.append(f"at >= {mark}")
+        params.append(start)
+    if end is not None:
+        conditions.append(f"at < {mark}")
+        params.append(end)
+    what = "action, COUNT(*)" if limit is None else ", ".join(columns)
+    sql = f"SELECT {what} FROM refusals"
+    if conditions:
+        sql += " WHERE " + " AND ".join(conditions)
+    if limit is None:
+        sql += " GROUP BY action"
+    else:
+        sql += f" ORDER BY at DESC, id DESC LIMIT {int(limit)}"
     return sql, params
 
 

@@ -16,12 +16,14 @@ import math
 import os
 import re
 import socket
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._core.money import to_pico
 from .._core.usage import TOKEN_NAMES
 
 if TYPE_CHECKING:
+    from .._core.refusal import Refusal
     from .._core.usage import Call
 
 __all__ = [
@@ -32,6 +34,8 @@ __all__ = [
     "COST_HI",
     "LATENCY_BOUNDS",
     "LATENCY_COLUMNS",
+    "REFUSALS",
+    "REFUSAL_COLUMNS",
     "ROLLUP_BY_CURRENCY",
     "ROLLUP_COST_SPLIT",
     "ROLLUP_LATENCY",
@@ -39,12 +43,18 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUMS",
     "LedgerError",
+    "RefusalRow",
     "added_at",
     "check_row",
     "columns_at",
+    "from_spool",
     "redact_url",
+    "refusal_row",
+    "refusals_table",
     "refused",
+    "split_kinds",
     "to_row",
+    "to_spool",
     "url_secrets",
 ]
 
@@ -95,8 +105,13 @@ COST_HI = 10**18
 #: without the tags (whose values can be nearly unique per call, a user tag), and without the tags
 #: and the scope, filled from the wide one and kept by ``write()`` beside it. ``calls`` unchanged.
 ROLLUP_NARROW = 12
+#: The version that added the ``refusals`` table (``REFUSAL_COLUMNS``): requests a limit stopped, or
+#: let through past it in warn mode. ``calls`` unchanged.
+REFUSALS = 13
 #: Bumped with every change to the columns; each backend migrates older ledgers forward.
-SCHEMA_VERSION = max((*ADDED_KINDS, *ADDED_COLUMNS, *ADDED_ROLLUP, ROLLUP_BY_CURRENCY, ROLLUP_NARROW))
+SCHEMA_VERSION = max(
+    (*ADDED_KINDS, *ADDED_COLUMNS, *ADDED_ROLLUP, ROLLUP_BY_CURRENCY, ROLLUP_NARROW, REFUSALS)
+)
 
 _missing = set(TOKEN_NAMES) - set(V1_KINDS) - {k for kinds in ADDED_KINDS.values() for k in kinds}
 if _missing:  # pragma: no cover - a developer added a kind without its migration
@@ -153,6 +168,40 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 
+#: The ``refusals`` table (schema ``REFUSALS``), in row order. ``allowed``, ``spent`` and ``worst``
+#: are exact text (money as a Decimal's text in ``currency``; counts as digits).
+REFUSAL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "TEXT PRIMARY KEY"),
+    ("at", "DOUBLE PRECISION NOT NULL"),
+    ("action", "TEXT NOT NULL"),  # refused (raise mode) or warned (warn mode: the request was sent)
+    ("refused_by", "TEXT"),  # the scope or shared budget whose limit it was
+    ("by_kind", "TEXT NOT NULL"),  # scope or budget
+    ("limit_kind", "TEXT NOT NULL"),  # cost, tokens, requests or unchecked
+    ("allowed", "TEXT NOT NULL"),
+    ("spent", "TEXT NOT NULL"),
+    ("worst", "TEXT"),
+    ("currency", "TEXT"),
+    ("provider", "TEXT"),
+    ("endpoint", "TEXT"),
+    ("requested_model", "TEXT"),
+    ("scope_path", "TEXT NOT NULL"),  # as in calls: a JSON array of scope names, outermost first
+    ("tags", "TEXT"),
+    ("host", "TEXT NOT NULL"),
+    ("pid", "INTEGER NOT NULL"),
+    ("run_id", "TEXT"),
+)
+REFUSAL_NAMES: tuple[str, ...] = tuple(name for name, _ in REFUSAL_COLUMNS)
+#: How a refusal's line in the spool says what it is (a call's line has no ``kind``: older spools).
+SPOOL_KIND = "refusal"
+
+
+class RefusalRow(tuple):  # type: ignore[type-arg]
+    """A refusal's row (``REFUSAL_COLUMNS`` order): a tuple of its own type, so that one queue, one
+    spool and one batch carry calls and refusals, and ``Ledger.write`` tells them apart."""
+
+    __slots__ = ()
+
+
 #: What a report sums per group, in this order: the request counts, every token kind, the cost.
 SUMS: tuple[str, ...] = (
     "requests",
@@ -175,6 +224,12 @@ def columns_at(version: int) -> tuple[tuple[str, str], ...]:
     later = {k for v, kinds in ADDED_KINDS.items() if v > version for k in kinds}
     later |= {name for v, columns in ADDED_COLUMNS.items() if v > version for name, _ in columns}
     return tuple(c for c in COLUMNS if c[0] not in later)
+
+
+def refusals_table(id_type: str = "TEXT PRIMARY KEY") -> list[str]:
+    """The statements that create the ``refusals`` table and its index (the same in both dialects)."""
+    columns = ", ".join(f"{name} {id_type if name == 'id' else kind}" for name, kind in REFUSAL_COLUMNS)
+    return [f"CREATE TABLE refusals ({columns})", "CREATE INDEX refusals_at ON refusals (at)"]
 
 
 def added_at(version: int) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
@@ -253,13 +308,15 @@ def _column_check(name: str, kind: str) -> Any:
 
 
 _CHECKS = tuple(_column_check(name, kind) for name, kind in COLUMNS)
+_REFUSAL_CHECKS = tuple(_column_check(name, kind) for name, kind in REFUSAL_COLUMNS)
 
 
 def check_row(row: Any) -> str | None:
     """Why a record cannot be stored (a wrong type, a value out of range), or None if it can."""
-    if type(row) is not tuple or len(row) != len(_CHECKS):
-        return f"not a record of {len(_CHECKS)} columns"
-    for check, value in zip(_CHECKS, row, strict=True):
+    checks = _REFUSAL_CHECKS if type(row) is RefusalRow else _CHECKS
+    if type(row) not in (tuple, RefusalRow) or len(row) != len(checks):
+        return f"not a record of {len(checks)} columns"
+    for check, value in zip(checks, row, strict=True):
         reason = check(value)
         if reason is not None:
             return str(reason)
@@ -412,3 +469,52 @@ def _other(call: Call, name: str) -> Any:
 
 
 _NO_V1 = (None,) * len(V1_KINDS)
+
+
+def refusal_row(rec: Refusal) -> RefusalRow:
+    """A Refusal as its row. No text of prompts exists to be stored."""
+    return RefusalRow(
+        (
+            _ids.next(),
+            rec.at,
+            rec.action,
+            rec.refused_by,
+            rec.by_kind,
+            rec.limit,
+            rec.allowed,
+            rec.spent,
+            rec.worst,
+            rec.currency,
+            rec.provider,
+            rec.endpoint,
+            rec.requested_model,
+            _scope_text(rec.scope_path),
+            json.dumps(dict(rec.tags), sort_keys=True, default=str) if rec.tags else None,
+            _HOST,
+            os.getpid(),
+            rec.run_id,
+        )
+    )
+
+
+def to_spool(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row as a spool line's object: a call's columns, or a refusal's with ``kind``."""
+    if type(row) is RefusalRow:
+        return {"kind": SPOOL_KIND, **dict(zip(REFUSAL_NAMES, row, strict=False))}
+    return dict(zip(NAMES, row, strict=False))
+
+
+def from_spool(record: dict[str, Any]) -> tuple[Any, ...]:
+    """A spool line's object as its row (``to_spool`` undone); a line without ``kind`` is a call's."""
+    if record.get("kind") == SPOOL_KIND:
+        return RefusalRow(record.get(name) for name in REFUSAL_NAMES)
+    return tuple(record.get(name) for name in NAMES)
+
+
+def split_kinds(rows: Sequence[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[RefusalRow]]:
+    """(calls' rows, refusals' rows) of a mixed batch (a replayed spool, a split batch)."""
+    calls: list[tuple[Any, ...]] = []
+    refusals: list[RefusalRow] = []
+    for row in rows:
+        (refusals if type(row) is RefusalRow else calls).append(row)  # type: ignore[arg-type]
+    return calls, refusals

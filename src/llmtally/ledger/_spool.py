@@ -28,14 +28,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ._records import COLUMNS, check_row
+from ._records import check_row, from_spool, to_spool
 
 __all__ = ["ENV_SPOOL_DIR", "Spool", "spool_dir"]
 
 log = logging.getLogger("llmtally")
 
 ENV_SPOOL_DIR = "LLMTALLY_SPOOL_DIR"
-_NAMES = [name for name, _ in COLUMNS]
 
 try:
     import fcntl
@@ -190,7 +189,7 @@ class Spool:
         """Add rows durably (fsync), all or none; ``OSError`` if they could not be."""
         if not rows:
             return
-        data = "".join(json.dumps(dict(zip(_NAMES, row, strict=True))) + "\n" for row in rows).encode()
+        data = "".join(json.dumps(to_spool(row)) + "\n" for row in rows).encode()
         self._append(self.path, data)
 
     def _append(self, path: str, data: bytes) -> None:
@@ -228,7 +227,7 @@ class Spool:
             if isinstance(item, bytes):
                 entry["line"] = item.decode("utf-8", "replace")
             else:
-                entry["record"] = dict(zip(_NAMES, item, strict=False))
+                entry["record"] = to_spool(item)
             lines.append(json.dumps(entry, default=repr) + "\n")
         self._append(self.dead_path, "".join(lines).encode())
 
@@ -342,7 +341,7 @@ class Spool:
 
         base = self.path[: -len(".jsonl")]
         claim = f"{base}.claim-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
-        data = "".join(json.dumps(dict(zip(_NAMES, row, strict=True))) + "\n" for row in rows).encode()
+        data = "".join(json.dumps(to_spool(row)) + "\n" for row in rows).encode()
         fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
@@ -383,7 +382,7 @@ class Spool:
 
     @staticmethod
     def _rewrite(fd: int, rows: list[tuple[Any, ...]]) -> None:
-        data = "".join(json.dumps(dict(zip(_NAMES, row, strict=True))) + "\n" for row in rows).encode()
+        data = "".join(json.dumps(to_spool(row)) + "\n" for row in rows).encode()
         os.ftruncate(fd, 0)
         view = memoryview(data)
         while view:
@@ -412,7 +411,7 @@ class Spool:
             if type(record) is not dict:
                 rejects.append((line, f"not a record but a JSON {type(record).__name__}"))
                 continue
-            row = tuple(record.get(name) for name in _NAMES)
+            row = from_spool(record)
             reason = check_row(row)
             if reason is not None:
                 rejects.append((line, reason))

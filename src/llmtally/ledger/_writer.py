@@ -30,7 +30,8 @@ from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 from .._core.pipeline import PIPELINE
-from ._records import check_row, refused, to_row
+from .._core.refusal import Refusal
+from ._records import check_row, refusal_row, refused, split_kinds, to_row
 from ._spool import Spool
 
 if TYPE_CHECKING:
@@ -99,6 +100,13 @@ class Writer:
         if self._idle:
             self._wake()
 
+    def note_refusal(self, record: Refusal) -> None:
+        """A refusal record (``_core.refusal``): queued with the calls, written in the same batches,
+        spooled and replayed the same way."""
+        self._queue.put(record)
+        if self._idle:
+            self._wake()
+
     def _wake(self) -> None:
         """A forked child's first call: its writer thread starts now, not at the fork. A thread
         started at the fork would keep alive a child that ends its forking thread (a fork from a
@@ -138,6 +146,7 @@ class Writer:
         write them in one transaction: the writer wakes once an interval, not once a call, so it
         takes the GIL from the callers' threads as little as it can."""
         calls: list[Any] = []
+        refusals: list[Refusal] = []
         markers: list[threading.Event] = []
         deadline = time.monotonic() + wait
         get = self._queue.get
@@ -150,16 +159,22 @@ class Writer:
             if isinstance(item, threading.Event):
                 markers.append(item)
                 break  # write what came before the marker, then release its waiter
+            if type(item) is Refusal:
+                refusals.append(item)
+                continue
             calls.append(item)
         try:
-            self._write(calls, force=any(not isinstance(m, _NoRetry) for m in markers))
+            self._write(calls, force=any(not isinstance(m, _NoRetry) for m in markers), refusals=refusals)
         except Exception:  # pragma: no cover - _write handles ledger and spool failures itself
             log.exception("llmtally: the ledger writer failed")
         for marker in markers:
             marker.set()
 
-    def _write(self, calls: list[Any], force: bool = False) -> None:
+    def _write(self, calls: list[Any], force: bool = False, refusals: list[Refusal] | None = None) -> None:
         rows = [to_row(c) for c in calls]
+        mixed = bool(refusals)
+        if refusals:
+            rows += [refusal_row(r) for r in refusals]
         if self.spool_only:
             self._keep(rows)
             return
@@ -169,7 +184,7 @@ class Writer:
         try:
             self._catch_up()
             if rows:
-                self._write_rows(rows)
+                self._write_rows(rows, mixed=mixed)
         except Exception as exc:
             self._failed(exc)
             self._keep(rows)
@@ -192,11 +207,25 @@ class Writer:
             log.info("llmtally: wrote %d records kept in memory to the ledger", len(self._backlog))
             self._backlog = []
 
-    def _write_rows(self, rows: list[tuple[Any, ...]], ignore_duplicates: bool = False) -> None:
+    def _put(self, rows: list[tuple[Any, ...]], ignore_duplicates: bool, mixed: bool = True) -> None:
+        """One ``Ledger.write`` of rows; ``mixed``: they may hold refusals' rows (``RefusalRow``),
+        written in the same transaction. A batch of calls only (the usual one) is not looked through."""
+        if not mixed:
+            self.ledger.write(rows, ignore_duplicates=ignore_duplicates)
+            return
+        calls, refusals = split_kinds(rows)
+        if refusals:
+            self.ledger.write(calls, ignore_duplicates=ignore_duplicates, refusals=refusals)
+        else:
+            self.ledger.write(calls, ignore_duplicates=ignore_duplicates)
+
+    def _write_rows(
+        self, rows: list[tuple[Any, ...]], ignore_duplicates: bool = False, mixed: bool = True
+    ) -> None:
         """Write rows, setting apart those the ledger refuses for what they hold; raises when the
         ledger cannot be written at all (the caller spools)."""
         try:
-            self.ledger.write(rows, ignore_duplicates=ignore_duplicates)
+            self._put(rows, ignore_duplicates, mixed)
             return
         except Exception as exc:
             first = exc
@@ -209,7 +238,7 @@ class Writer:
                 return
             try:
                 # The failed write wrote nothing (one transaction), but a lost reply is possible.
-                self.ledger.write(rows, ignore_duplicates=True)
+                self._put(rows, True)
                 return
             except Exception as exc:
                 first = exc
@@ -226,7 +255,7 @@ class Writer:
         while parts:
             part = parts.pop()
             try:
-                self.ledger.write(part, ignore_duplicates=True)
+                self._put(part, True)
                 written += len(part)
             except Exception as exc:
                 if not refused(exc):

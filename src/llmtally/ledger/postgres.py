@@ -24,8 +24,29 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._read import QUANTILES, Where, browse_sql, check_group, grouped, sums_of_calls, tag_names, where_sql
-from ._records import NAMES, SCHEMA_VERSION, LedgerError, added_at, columns_at, redact_url, url_secrets
+from ._read import (
+    QUANTILES,
+    Where,
+    browse_sql,
+    check_group,
+    grouped,
+    refusals_sql,
+    sums_of_calls,
+    tag_names,
+    where_sql,
+)
+from ._records import (
+    NAMES,
+    REFUSAL_NAMES,
+    REFUSALS,
+    SCHEMA_VERSION,
+    LedgerError,
+    added_at,
+    columns_at,
+    redact_url,
+    refusals_table,
+    url_secrets,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -50,6 +71,10 @@ _LOCK_KEY = int.from_bytes(b"llmtally", "big")
 _NAMES = ", ".join(NAMES)
 _INSERT = f"INSERT INTO calls ({_NAMES}) VALUES ({', '.join(['%s'] * len(NAMES))})"
 _COPY = f"COPY calls ({_NAMES}) FROM STDIN"
+_INSERT_REFUSAL = (
+    f"INSERT INTO refusals ({', '.join(REFUSAL_NAMES)}) VALUES ({', '.join(['%s'] * len(REFUSAL_NAMES))}) "
+    "ON CONFLICT (id) DO NOTHING"
+)
 # version -> statements that bring a ledger from the version before it to this one.
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -63,6 +88,7 @@ _MIGRATIONS: dict[int, list[str]] = {
         for added in [added_at(version)]
     },
 }
+_MIGRATIONS[REFUSALS] += refusals_table()
 
 
 def _group_sql(key: str) -> tuple[str, list[Any]]:
@@ -256,8 +282,19 @@ class PostgresLedger:
                 raise
         return self._conn, True
 
-    def _insert(self, conn: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]], ignore: bool) -> None:
+    def _insert(
+        self,
+        conn: psycopg.Connection[Any],
+        rows: Sequence[tuple[Any, ...]],
+        ignore: bool,
+        refusals: Sequence[tuple[Any, ...]] = (),
+    ) -> None:
         with conn.transaction():
+            if refusals:
+                with conn.cursor() as cur:
+                    cur.executemany(_INSERT_REFUSAL, refusals)
+            if not rows:
+                return
             if ignore:
                 # Rows that may be in the table already (a replayed spool): the ids decide.
                 with conn.cursor() as cur:
@@ -359,13 +396,15 @@ class PostgresLedger:
             if row[n] is not None
         ]
 
-    def _read(self, sql: str, params: Sequence[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Column names and rows of one query on the calls (none if there is no calls table yet)."""
+    def _read(
+        self, sql: str, params: Sequence[Any], table: str = "calls"
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and rows of one query on ``table`` (none if there is no such table yet)."""
         with self._lock:
             conn, _ = self._connection()
             try:
                 with conn.transaction():
-                    found = conn.execute("SELECT to_regclass('calls')::text").fetchone()
+                    found = conn.execute("SELECT to_regclass(%s)::text", (table,)).fetchone()
                     if found is None or found[0] is None:
                         return [], []
                     cur = conn.execute(sql, params)
@@ -402,6 +441,16 @@ class PostgresLedger:
         names, rows = self._read(sql, params)
         return [dict(zip(names, row, strict=True)) for row in rows]
 
+    def refusals(
+        self, start: float | None, end: float | None, where: Where = (), *, limit: int | None = 100
+    ) -> list[dict[str, Any]]:
+        """The refusals in ``[start, end)`` that ``where`` keeps, newest first (``Ledger.refusals``)."""
+        sql, params = refusals_sql(REFUSAL_NAMES, start, end, where, _group_sql, limit, "%s")
+        names, rows = self._read(sql, params, "refusals")
+        if limit is None:
+            return [{"action": action, "count": int(n)} for action, n in rows]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
     def record(self, call_id: str, started_at: float | None = None) -> dict[str, Any] | None:
         """One call's whole record by its id."""
         sql = "SELECT * FROM calls WHERE id = %s"
@@ -423,18 +472,25 @@ class PostgresLedger:
         """A value that changes whenever calls are written (the live view polls it)."""
         return tuple(self._read("SELECT COUNT(*), MAX(started_at) FROM calls", ())[1][:1])
 
-    def write(self, rows: Sequence[tuple[Any, ...]], *, ignore_duplicates: bool = False) -> None:
-        """Append rows in one transaction (all or none); ``LedgerError`` if they could not be.
+    def write(
+        self,
+        rows: Sequence[tuple[Any, ...]],
+        *,
+        ignore_duplicates: bool = False,
+        refusals: Sequence[tuple[Any, ...]] = (),
+    ) -> None:
+        """Append rows (and ``refusals``' rows) in one transaction (all or none); ``LedgerError`` if
+        they could not be.
 
         With ``ignore_duplicates``, rows whose id is already in the ledger are skipped rather than
-        failing the whole batch.
+        failing the whole batch. Refusals are always written so.
         """
-        if not rows:
+        if not rows and not refusals:
             return
         with self._lock:
             conn, fresh = self._connection()
             try:
-                self._insert(conn, rows, ignore_duplicates)
+                self._insert(conn, rows, ignore_duplicates, refusals)
                 return
             except self._pg.Error as exc:
                 if fresh or not conn.broken:
@@ -446,7 +502,7 @@ class PostgresLedger:
             self._drop()
             conn, _ = self._connection()
             try:
-                self._insert(conn, rows, True)
+                self._insert(conn, rows, True, refusals)
             except self._pg.Error as exc:
                 if conn.broken:
                     self._drop()

@@ -40,6 +40,7 @@ from ._read import (
     latency_bucket_sql,
     merge,
     percentiles,
+    refusals_sql,
     sum_of_calls,
     sums_of_calls,
     sums_of_rollup,
@@ -53,6 +54,8 @@ from ._records import (
     LATENCY_BOUNDS,
     LATENCY_COLUMNS,
     NAMES,
+    REFUSAL_NAMES,
+    REFUSALS,
     ROLLUP_BY_CURRENCY,
     ROLLUP_COST_SPLIT,
     ROLLUP_LATENCY,
@@ -62,6 +65,7 @@ from ._records import (
     LedgerError,
     added_at,
     columns_at,
+    refusals_table,
     sums_at,
 )
 
@@ -149,6 +153,7 @@ def _migrations() -> dict[int, list[str]]:
         f"cost_pico = CAST(cost_pico AS INTEGER) % {COST_HI} WHERE cost_pico >= {COST_HI}"
     ]
     steps[ROLLUP_NARROW] += [s for coarse in COARSER for s in _coarser_from_wide(coarse)]
+    steps[REFUSALS] += refusals_table()
     return steps
 
 
@@ -228,6 +233,10 @@ def _rollup_by_currency() -> list[str]:
 _MIGRATIONS = _migrations()
 _COL = {name: i for i, name in enumerate(NAMES)}
 _INSERT = f"INSERT INTO calls ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})"
+_INSERT_REFUSAL = (
+    f"INSERT OR IGNORE INTO refusals ({', '.join(REFUSAL_NAMES)}) "
+    f"VALUES ({', '.join('?' * len(REFUSAL_NAMES))})"
+)
 
 
 @functools.lru_cache(maxsize=512)
@@ -576,11 +585,18 @@ class SQLiteLedger:
                     os.unlink(self.path + suffix)
         self._open()
 
-    def write(self, rows: Sequence[tuple[Any, ...]], *, ignore_duplicates: bool = False) -> None:
-        """Append rows in one transaction (all or none).
+    def write(
+        self,
+        rows: Sequence[tuple[Any, ...]],
+        *,
+        ignore_duplicates: bool = False,
+        refusals: Sequence[tuple[Any, ...]] = (),
+    ) -> None:
+        """Append rows (and ``refusals``' rows) in one transaction (all or none).
 
         With ``ignore_duplicates``, rows whose id is already in the ledger are skipped rather than
         failing the whole batch (a replayed spool may hold rows that were written before).
+        Refusals are always written so: nothing is summed from them.
         """
         self._check_still_there()
         if not self._migrated:
@@ -605,6 +621,8 @@ class SQLiteLedger:
             for coarse in reversed(COARSER):  # each from the wider one's rows
                 rolled, keys = coarser(rolled, keys, coarse.keys), coarse.keys
                 _add_rollup(conn, rolled, coarse.table, keys)
+            if refusals:
+                conn.executemany(_INSERT_REFUSAL, refusals)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # a failed COMMIT may already have ended it
@@ -778,6 +796,24 @@ class SQLiteLedger:
             return [dict(zip(columns, row, strict=True)) for row in conn.execute(sql, params)]
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path} is not a readable llmtally ledger: {exc}") from exc
+
+    def refusals(
+        self, start: float | None, end: float | None, where: Where = (), *, limit: int | None = 100
+    ) -> list[dict[str, Any]]:
+        """The refusals in ``[start, end)`` that ``where`` keeps, newest first (``Ledger.refusals``);
+        none in a ledger older than its table."""
+        conn = self.connect()
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "refusals" not in tables:
+                return []
+            sql, params = refusals_sql(REFUSAL_NAMES, start, end, where, _filter_calls, limit)
+            rows = conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path} is not a readable llmtally ledger: {exc}") from exc
+        if limit is None:
+            return [{"action": action, "count": int(n)} for action, n in rows]
+        return [dict(zip(REFUSAL_NAMES, row, strict=True)) for row in rows]
 
     def record(self, call_id: str, started_at: float | None = None) -> dict[str, Any] | None:
         """One call's whole record by its id (found by its key when ``started_at`` is given)."""
