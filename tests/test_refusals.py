@@ -10,15 +10,19 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx2
 import openai
 import pytest
 from _postgres import postgres_fixture
+from _ui import dashboard, iso
 
 import llmtally
 from llmtally.ledger import open_ledger
@@ -296,3 +300,47 @@ class TestPostgres:
         assert ledger is not None
         assert [r["refused_by"] for r in ledger.refusals(None, None)] == ["pgdown"]
         ledger.close()
+
+
+def get(dash: Any, path: str, **query: Any) -> Any:
+    url = dash.address + path + ("?" + urlencode(query, doseq=True) if query else "")
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+class TestDashboard:
+    """The Budgets view's recent refusals, and its API."""
+
+    def test_api(self, tmp_path: Path, client: Any) -> None:
+        url = f"sqlite:///{tmp_path / 'l.db'}"
+        llmtally.configure(ledger=url)
+        with llmtally.track(HOSTILE, max_requests=1, tags={"team": "red"}):
+            ask(client)
+            with pytest.raises(llmtally.BudgetExceeded):
+                ask(client)
+        with llmtally.track("quiet", max_requests=0, on_exceed="warn"):
+            ask(client)
+        with llmtally.budget("team", max_cost=CALL, ledger=url):
+            ask(client)
+            with pytest.raises(llmtally.BudgetExceeded):
+                ask(client)
+        assert llmtally.flush()
+        with dashboard(url) as dash:
+            doc = get(dash, "api/overview")["refusals"]
+            assert (doc["refused"], doc["warned"]) == (2, 1)
+            assert [(r["refused_by"], r["by"], r["action"]) for r in doc["rows"]] == [
+                ("team", "budget", "refused"),
+                ("quiet", "scope", "warned"),
+                (HOSTILE, "scope", "refused"),
+            ]
+            mine = doc["rows"][2]
+            assert mine["scope"] == HOSTILE and mine["limit"] == "requests" and mine["model"] == "gpt-4"
+            assert (mine["allowed"], mine["spent"], mine["tags"]) == ("1", "1", {"team": "red"})
+            assert doc["rows"][0]["shown"]["allowed"] == "$0.00111"
+            only = get(dash, "api/refusals", tag="team=red")
+            assert [r["refused_by"] for r in only["rows"]] == [HOSTILE] and only["refused"] == 1
+            assert get(dash, "api/refusals", scope="quiet")["warned"] == 1
+            assert get(dash, "api/refusals", model="gpt-4o") == {"refused": 0, "warned": 0, "rows": []}
+            later = get(dash, "api/refusals", since=iso(time.time() + 3600))
+            assert later["rows"] == [] and later["refused"] == 0
+            assert len(get(dash, "api/refusals", limit="1")["rows"]) == 1

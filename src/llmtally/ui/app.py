@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .._report.refusals import recent_refusals
 from ..ledger import Ledger, LedgerError
 from .calls import call_json, calls_csv, page, parse_before
 from .overview import overview
@@ -171,6 +172,15 @@ def create_app(
         doc["command"] = view.command(["model"])
         return JSONResponse(doc)
 
+    def api_refusals(request: Request) -> Response:
+        try:
+            view = _view(request)
+            limit = max(1, min(500, int(request.query_params.get("limit") or 50)))
+            doc = recent_refusals(ledger, view.start, view.end, view.where, limit=limit)
+        except (ValueError, LedgerError) as exc:
+            return _bad(exc)
+        return JSONResponse(doc)
+
     def api_call(request: Request) -> Response:
         call_id = request.query_params.get("id") or ""
         at = request.query_params.get("at")
@@ -216,6 +226,7 @@ def create_app(
         Route("/api/overview", api_overview),
         Route("/api/calls", api_calls),
         Route("/api/call", api_call),
+        Route("/api/refusals", api_refusals),
         Route("/api/changed", api_changed),
         Route("/api/export.csv", api_export),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from .._report import Report, ReportRow, report, spend_over_time, totals
+from .._report.refusals import recent_refusals
 from .._report.render import cost_cell, readable
 from ..ledger import Ledger
 from ..ledger.budgets import read_budgets
@@ -25,6 +26,8 @@ __all__ = ["TOP", "budgets", "overview", "row_json", "shown_cost"]
 #: Rows in each "top" table; stacks in the chart (the rest stacked as one "others").
 TOP = 10
 STACKS = 8
+#: Refusals listed in the Budgets view (the API gives more: ``/api/refusals?limit=``).
+REFUSALS_SHOWN = 20
 
 #: Why a call is counted apart, as the page says it.
 WHY_UNPRICED = "no price is known for the model (add one with a price file or llmtally.set_price)"
@@ -269,4 +272,6 @@ def overview(
         "unpriced": {"requests": total.unpriced_requests, "models": unpriced},
         "estimated": {"requests": total.estimated_requests, "why": WHY_ESTIMATED},
         "budgets": budgets(ledger),
+        # Scopes and shared budgets that hit their limits in the window (the newest few).
+        "refusals": recent_refusals(ledger, view.start, view.end, view.where, limit=REFUSALS_SHOWN),
     }

@@ -306,6 +306,23 @@
     $("t-budgets").replaceChildren(el("thead", {}, head), body);
   }
 
+  // Requests a limit stopped (or warn mode let through) in the window: every value as text, shown().
+  function refusalsTable(r) {
+    text("refusal-counts", number(r.refused) + " refused, " + number(r.warned) + " sent past a limit (warn mode) in this window");
+    const head = el("tr", {}, el("th", {}, "Time (UTC)"), el("th", {}, "Scope"), el("th", {}, "Limit of"), el("th", {}, "Limit"),
+      el("th", { class: "num" }, "Allowed"), el("th", { class: "num" }, "Spent"), el("th", {}, "Model"), el("th", {}, ""));
+    const body = el("tbody");
+    for (const x of r.rows) {
+      const at = new Date(x.at * 1000).toISOString().slice(0, 19).replace("T", " ");
+      body.append(el("tr", { "data-id": x.id }, el("td", {}, at), el("td", { class: "name" }, shown(x.scope)),
+        el("td", { class: "name" }, shown(x.refused_by) + (x.by === "budget" ? " (budget)" : "")), el("td", {}, shown(x.limit)),
+        el("td", { class: "num" }, shown(x.shown.allowed)), el("td", { class: "num" }, shown(x.shown.spent)),
+        el("td", { class: "name" }, shown(x.model)), el("td", { class: x.action === "refused" ? "full" : "" }, shown(x.action))));
+    }
+    if (!r.rows.length) body.append(el("tr", {}, el("td", { class: "muted" }, "no request hit a limit in this view")));
+    $("t-refusals").replaceChildren(el("thead", {}, head), body);
+  }
+
   async function loadOverview(p) {
     const [doc, recent] = await Promise.all([
       getJSON("api/overview", apiQuery(p)),
@@ -350,6 +367,7 @@
     $("t-failures").replaceChildren(failures);
     apart(doc);
     budgetsTable(doc.budgets);
+    refusalsTable(doc.refusals);
     datalist("l-model", doc.models, "model");
     datalist("l-scope", doc.scopes, "scope");
     datalist("l-provider", doc.providers, "provider");
