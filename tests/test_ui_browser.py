@@ -147,6 +147,40 @@ class TestWhatAPersonSees:
         assert tab.page.locator("#chips .chip").inner_text().startswith("tag = team=<script>")
 
 
+class TestRefusals:
+    def test_a_refusal_is_listed_as_text(self, browser: Any, tmp_path: Path) -> None:
+        """A scope that hit its limit, named by hostile text, is listed in the Budgets view, escaped."""
+        import httpx2
+        import openai
+
+        import llmtally
+        from llmtally.testing import FakeProvider, Reply
+
+        url = f"sqlite:///{tmp_path / 'r.db'}"
+        fake = FakeProvider(handler=lambda req: Reply(text="x", prompt_tokens=11, completion_tokens=13))
+        client = openai.OpenAI(
+            api_key="sk-test",
+            base_url="http://fake/v1",
+            max_retries=0,
+            http_client=httpx2.Client(transport=fake.httpx2_transport()),
+        )
+        name = HOSTILE[0] + HOSTILE[2]
+        llmtally.configure(ledger=url)
+        with llmtally.track(name, max_requests=0), pytest.raises(llmtally.BudgetExceeded):
+            client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+        assert llmtally.flush()
+        llmtally.configure(ledger="none")
+        with dashboard(url) as dash:
+            tab = Page(browser, dash.address)
+            tab.open("since=24h")
+            cells = tab.page.locator("#t-refusals tbody td.name").all_inner_texts()
+            assert cells[:2] == [printable(name), printable(name)]
+            assert tab.text("#refusal-counts").startswith("1 refused, 0 sent")
+            assert tab.page.evaluate("document.querySelectorAll('script').length") == 2
+            tab.check()
+            tab.page.close()
+
+
 class TestFilterAndDrillDown:
     def test_a_filter_then_a_row_then_a_call(
         self, tab: Page, ledger: tuple[str, str, str], shots: Path
