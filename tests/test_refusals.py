@@ -344,3 +344,55 @@ class TestDashboard:
             later = get(dash, "api/refusals", since=iso(time.time() + 3600))
             assert later["rows"] == [] and later["refused"] == 0
             assert len(get(dash, "api/refusals", limit="1")["rows"]) == 1
+
+
+class TestCommand:
+    """``llmtally ledger refusals``."""
+
+    def test_lists_them(self, tmp_path: Path, client: Any, capsys: pytest.CaptureFixture[str]) -> None:
+        from llmtally.cli import cli_logic
+
+        url = f"sqlite:///{tmp_path / 'l.db'}"
+        llmtally.configure(ledger=url)
+        with llmtally.track("nightly", max_cost=CALL):
+            ask(client)
+            with pytest.raises(llmtally.BudgetExceeded):
+                ask(client)
+        assert llmtally.flush()
+        llmtally.configure(ledger="none")
+        capsys.readouterr()
+        assert cli_logic(["ledger", "refusals", "--ledger", url]) == 0
+        out = capsys.readouterr().out
+        assert "1 request(s) refused, 0 sent past a limit" in out
+        assert "refused  nightly  cost limit of nightly: $0.00111 of $0.00111  model gpt-4" in out
+        assert (
+            cli_logic(["ledger", "refusals", "--ledger", url, "--where", "scope=other", "--format", "json"])
+            == 0
+        )
+        assert json.loads(capsys.readouterr().out) == {"refused": 0, "warned": 0, "rows": []}
+
+    def test_a_bad_refusal_is_set_apart_then_reimported(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from llmtally.cli import cli_logic
+        from llmtally.ledger._writer import Writer
+
+        url = f"sqlite:///{tmp_path / 'l.db'}"
+        ledger = open_ledger(url)
+        assert ledger is not None
+        writer = Writer(ledger)
+        good = RefusalRow(
+            ("g", 1.0, "refused", "s", "scope", "cost", "1", "1", *[None] * 5, "[]", None, "h", 1, None)
+        )
+        bad = RefusalRow(("b", 2.0, None, *good[3:]))  # no action: NOT NULL
+        writer._write_rows([good, bad])  # the ledger refuses the bad one alone
+        writer.close()
+        assert [r["id"] for r in rows(tmp_path / "l.db")] == ["g"]
+        capsys.readouterr()
+        assert cli_logic(["ledger", "quarantined", "--ledger", url]) == 0
+        assert "refusal b (s)" in capsys.readouterr().out
+        spool = Spool(url)
+        dead = Path(spool.dead_path)
+        dead.write_text(dead.read_text().replace('"action": null', '"action": "warned"'))
+        assert cli_logic(["ledger", "reimport", "--ledger", url]) == 0
+        assert sorted(r["id"] for r in rows(tmp_path / "l.db")) == ["b", "g"]

@@ -5,7 +5,10 @@
 ``quarantined``  the records set apart, each with why (text the server sent is shown escaped);
 ``reimport``     tries them again, once fixed (edit the dead-letter file: one JSON object a line);
 ``check``        SQLite's integrity check and the hourly totals (every rollup) against the calls;
-``prune``        deletes calls older than a date, keeping their hourly totals in reports (SQLite) or not.
+``prune``        deletes calls (and refusals) older than a date, keeping their hourly totals in reports
+                 (SQLite) or not;
+``refusals``     the requests a scope's limit or a shared budget refused (or, in warn mode, let through
+                 past it), newest first: when, which scope, which limit, allowed, spent, model.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ def add_parser(sub: Any) -> None:
     led = sub.add_parser(
         "ledger",
         help="the ledger's state, records set apart, integrity check, pruning",
-        description="Look after the ledger: status, quarantined, reimport, check, prune.",
+        description="Look after the ledger: status, quarantined, reimport, check, prune, refusals.",
     )
-    led.add_argument("action", choices=("status", "quarantined", "reimport", "check", "prune"))
+    led.add_argument("action", choices=("status", "quarantined", "reimport", "check", "prune", "refusals"))
     led.add_argument(
         "--ledger", metavar="URL", help="the ledger (default: LLMTALLY_LEDGER, else the default file)"
     )
@@ -40,7 +43,19 @@ def add_parser(sub: Any) -> None:
         default="keep",
         help="prune: keep the pruned calls' hourly totals in reports (SQLite), or drop them too",
     )
-    led.add_argument("--format", choices=("text", "json"), default="text", help="quarantined: text or json")
+    led.add_argument(
+        "--format", choices=("text", "json"), default="text", help="quarantined, refusals: text or json"
+    )
+    led.add_argument("--since", metavar="WHEN", default="7d", help="refusals: from when (default 7d; all)")
+    led.add_argument("--until", metavar="WHEN", help="refusals: until when")
+    led.add_argument(
+        "--where",
+        metavar="GROUP=VALUE",
+        action="append",
+        default=[],
+        help="refusals: keep those of a model (asked for), provider, endpoint, scope or tag:KEY",
+    )
+    led.add_argument("--limit", type=int, default=50, help="refusals: how many to list (default 50)")
 
 
 def _say(text: str) -> None:
@@ -116,18 +131,19 @@ def _quarantined(url: str, args: argparse.Namespace) -> int:
         return 0
     for e in entries:
         record = e.get("record")
-        what = (
-            f"call {record.get('id')} ({record.get('model') or record.get('requested_model')})"
-            if isinstance(record, dict)
-            else f"line {str(e.get('line', ''))[:120]!r}"
-        )
+        if isinstance(record, dict) and record.get("kind") == "refusal":
+            what = f"refusal {record.get('id')} ({record.get('refused_by')})"
+        elif isinstance(record, dict):
+            what = f"call {record.get('id')} ({record.get('model') or record.get('requested_model')})"
+        else:
+            what = f"line {str(e.get('line', ''))[:120]!r}"
         _say(f"{e.get('at', '?')}  {what}: {e.get('reason', '?')}")
     _say(f"{len(entries)} record(s); fix them in the dead-letter file, then `llmtally ledger reimport`")
     return 0
 
 
 def _reimport(url: str, args: argparse.Namespace) -> int:
-    from ..ledger._records import NAMES, check_row, refused
+    from ..ledger._records import RefusalRow, check_row, from_spool, refused
 
     ledger = _open(url, write=True)
     written = 0
@@ -145,11 +161,14 @@ def _reimport(url: str, args: argparse.Namespace) -> int:
             if not isinstance(record, dict):
                 left.append(e)
                 continue
-            row = tuple(record.get(name) for name in NAMES)
+            row = from_spool(record)
             reason = check_row(row)
             if reason is None:
                 try:
-                    ledger.write([row], ignore_duplicates=True)
+                    if type(row) is RefusalRow:
+                        ledger.write([], ignore_duplicates=True, refusals=[row])
+                    else:
+                        ledger.write([row], ignore_duplicates=True)
                     written += 1
                     continue
                 except Exception as exc:
@@ -287,6 +306,7 @@ def _prune(url: str, args: argparse.Namespace) -> int:
         try:
             (n,) = ledger.execute(f"SELECT COUNT(*) FROM calls WHERE started_at < {p}", (cutoff,))[0]
             ledger.execute(f"DELETE FROM calls WHERE started_at < {p}", (cutoff,))
+            ledger.execute(f"DELETE FROM refusals WHERE at < {p}", (cutoff,))  # migrated: it exists
             if sqlite and args.totals == "drop":
                 from ..ledger.sqlite import COARSER
 
@@ -308,7 +328,37 @@ def _prune(url: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def _refusals(url: str, args: argparse.Namespace) -> int:
+    from .._report import parse_time
+    from .._report.refusals import recent_refusals
+    from ..ledger._read import parse_where
+
+    since = None if args.since == "all" else args.since
+    start, end = parse_time(since), parse_time(args.until)
+    where = parse_where(args.where)
+    ledger = _open(url)
+    try:
+        doc = recent_refusals(ledger, start, end, where, limit=max(1, args.limit))
+    finally:
+        ledger.close()
+    if args.format == "json":
+        json.dump(doc, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    window = "ever" if start is None else f"since {_when(start)}"
+    _say(f"{doc['refused']:,} request(s) refused, {doc['warned']:,} sent past a limit (warn mode), {window}")
+    for r in doc["rows"]:
+        by = f"{r['refused_by']} (budget)" if r["by"] == "budget" else str(r["refused_by"])
+        worst = f", could cost {r['shown']['worst']}" if r["worst"] is not None else ""
+        _say(
+            f"{_when(r['at'])}  {r['action']:<7}  {r['scope']}  {r['limit']} limit of {by}: "
+            f"{r['shown']['spent']} of {r['shown']['allowed']}{worst}  model {r['model'] or '-'}"
+        )
+    return 0
+
+
 _ACTIONS = {
+    "refusals": _refusals,
     "status": _status,
     "quarantined": _quarantined,
     "reimport": _reimport,

@@ -233,9 +233,11 @@ def _rollup_by_currency() -> list[str]:
 _MIGRATIONS = _migrations()
 _COL = {name: i for i, name in enumerate(NAMES)}
 _INSERT = f"INSERT INTO calls ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})"
+# Only a duplicate id is skipped (a replayed spool): OR IGNORE would drop a row that breaks NOT NULL
+# too, in silence, where the writer must see the failure and set the row apart.
 _INSERT_REFUSAL = (
-    f"INSERT OR IGNORE INTO refusals ({', '.join(REFUSAL_NAMES)}) "
-    f"VALUES ({', '.join('?' * len(REFUSAL_NAMES))})"
+    f"INSERT INTO refusals ({', '.join(REFUSAL_NAMES)}) "
+    f"VALUES ({', '.join('?' * len(REFUSAL_NAMES))}) ON CONFLICT (id) DO NOTHING"
 )
 
 
