@@ -273,7 +273,7 @@ class TestBadInput:
         llmtally.configure(ledger=db)
         call(client)
         llmtally.flush()
-        assert tables(db) == ["calls", "llmtally_schema", "users"]
+        assert tables(db) == ["calls", "llmtally_schema", "refusals", "users"]
         assert len(rows(db)) == 1
 
     @staticmethod

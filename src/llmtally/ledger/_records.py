@@ -229,7 +229,11 @@ def columns_at(version: int) -> tuple[tuple[str, str], ...]:
 def refusals_table(id_type: str = "TEXT PRIMARY KEY") -> list[str]:
     """The statements that create the ``refusals`` table and its index (the same in both dialects)."""
     columns = ", ".join(f"{name} {id_type if name == 'id' else kind}" for name, kind in REFUSAL_COLUMNS)
-    return [f"CREATE TABLE refusals ({columns})", "CREATE INDEX refusals_at ON refusals (at)"]
+    # IF NOT EXISTS: a ledger put back to an older schema by hand (or by a test) may still hold it.
+    return [
+        f"CREATE TABLE IF NOT EXISTS refusals ({columns})",
+        "CREATE INDEX IF NOT EXISTS refusals_at ON refusals (at)",
+    ]
 
 
 def added_at(version: int) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
