@@ -337,3 +337,26 @@ class TestFork:
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "0.00111"  # priced: the child's catalogue is whole
+
+
+def test_a_replayed_bad_row_fails_loudly_never_vanishes(tmp_path: Path) -> None:
+    """The replay path skips a record already stored; it used INSERT OR IGNORE, which in SQLite also
+    drops a row that breaks NOT NULL, in silence. Now such a row fails the batch, and the writer sets
+    it apart (tests/test_poison.py); a true duplicate is still skipped."""
+    from llmtally._core.usage import Call, Usage
+    from llmtally.ledger import open_ledger, to_row
+    from llmtally.ledger._records import NAMES
+
+    led = open_ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    assert led is not None
+    call = Call("openai", "chat.completions", "gpt-4o", usage=Usage(1, 1), started_at=1_790_000_000.0)
+    row = to_row(call)
+    led.write([row], ignore_duplicates=True)
+    led.write([row], ignore_duplicates=True)  # the same record again: skipped
+    assert led.execute("SELECT COUNT(*) FROM calls") == [(1,)]
+    at = NAMES.index("endpoint")
+    broken = (row[0] + "-2", *row[1:at], None, *row[at + 1 :])
+    with pytest.raises(sqlite3.IntegrityError):
+        led.write([broken], ignore_duplicates=True)
+    assert led.execute("SELECT COUNT(*) FROM calls") == [(1,)]
+    led.close()

@@ -611,8 +611,10 @@ class SQLiteLedger:
         conn.execute("BEGIN")
         try:
             if ignore_duplicates:
-                # Row by row, to add to the hourly sums only the rows that were new.
-                insert = _INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
+                # Row by row, to add to the hourly sums only the rows that were new. Not INSERT OR
+                # IGNORE: that also drops, in silence, a row breaking NOT NULL; this skips only a
+                # record already there, and a bad row fails the batch (set apart by the writer).
+                insert = _INSERT + " ON CONFLICT (started_at, id) DO NOTHING"
                 fresh = [row for row in rows if conn.execute(insert, row).rowcount]
             else:
                 conn.executemany(_INSERT, rows)
