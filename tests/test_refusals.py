@@ -370,6 +370,9 @@ class TestCommand:
             == 0
         )
         assert json.loads(capsys.readouterr().out) == {"refused": 0, "warned": 0, "rows": []}
+        # A filter a refusal cannot answer (it has no currency, no price) is an error, never ignored.
+        assert cli_logic(["ledger", "refusals", "--ledger", url, "--where", "currency=EUR"]) != 0
+        assert "cannot be filtered by currency" in capsys.readouterr().err
 
     def test_a_bad_refusal_is_set_apart_then_reimported(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]

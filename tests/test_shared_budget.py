@@ -52,6 +52,7 @@ class TestSQLite:
             with pytest.raises(llmtally.BudgetExceeded) as info:
                 ask(c)
         assert t.successful_requests == 3 and info.value.scope == "team"
+        assert "shared budget 'team'" in str(info.value)  # was called a scope
         # Another scope on the same budget (a later run) starts from what was spent.
         with pytest.raises(llmtally.BudgetExceeded), llmtally.budget("team", ledger=url):
             ask(c)

@@ -118,7 +118,25 @@ class TestSameAsTheReport:
         got = rows_of([doc["totals"]])[0]
         assert got == want["totals"]
         assert doc["latency_exact"] == want["latency_exact"]
-        assert doc["command"].startswith("llmtally report --since ")
+        assert doc["command"].startswith("llmtally report --ledger ")
+
+    def test_the_printed_command_gives_the_pages_numbers(self, doc: Any, recorded: Recorded) -> None:
+        """Was: printed without --ledger (it read the default ledger) nor the currency and rates."""
+        import contextlib
+        import io
+        import shlex
+
+        from llmtally.cli import cli_logic
+
+        argv = shlex.split(doc["command"])
+        assert argv[:2] == ["llmtally", "report"] and "--currency" in argv
+        if recorded.path is None:  # PostgreSQL: its password is never printed
+            assert "***" in doc["command"]
+            return
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert cli_logic([*argv[1:], "--format", "json"]) == 0
+        assert rows_of([doc["totals"]])[0] == json.loads(out.getvalue())["totals"]
 
     def test_tags(self, doc: Any, recorded: Recorded) -> None:
         assert doc["tags"]["keys"][:2] in (["team", "user"], ["user", "team"])

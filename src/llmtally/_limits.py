@@ -101,6 +101,7 @@ class BudgetExceeded(BaseException):
         extra: str = "",
         *,
         worst: Decimal | None = None,
+        of: str = "scope",
     ) -> None:
         self.scope = scope
         self.limit = limit
@@ -111,10 +112,10 @@ class BudgetExceeded(BaseException):
         fmt = (lambda v: f"${v}") if limit == "cost" else str
         name = scope or "(unnamed)"
         if worst is None:
-            text = f"scope {name!r} reached its {_WHAT[limit]}: {fmt(spent)} of {fmt(allowed)}"
+            text = f"{of} {name!r} reached its {_WHAT[limit]}: {fmt(spent)} of {fmt(allowed)}"
         else:
             text = (
-                f"scope {name!r} could pass its {_WHAT[limit]} ({fmt(spent)} spent of {fmt(allowed)}): "
+                f"{of} {name!r} could pass its {_WHAT[limit]} ({fmt(spent)} spent of {fmt(allowed)}): "
                 f"this request could cost up to ${format_usd(worst)}"
             )
         super().__init__(f"llmtally: {text}{extra}; the request was not sent")
@@ -454,7 +455,7 @@ def _reserve(shared: list[tuple[Tally, Limits]], ex: Exchange) -> None:
             state = budget.store.get(budget.name)
             spent = state.spent + state.reserved if state else worst
             allowed = state.max_cost if state else 0
-            problem = BudgetExceeded(budget.name, "cost", allowed, spent, worst=worst)
+            problem = BudgetExceeded(budget.name, "cost", allowed, spent, worst=worst, of="shared budget")
             if limits.on_exceed == "raise":
                 unreserve(made)
                 made = []

@@ -72,6 +72,8 @@ def ledger_command(args: argparse.Namespace) -> int:
     assert url is not None
     try:
         return int(_ACTIONS[args.action](url, args))
+    except BrokenPipeError:
+        raise  # `llmtally ledger refusals | head`: main() ends quietly
     except (LedgerError, ValueError, OSError) as exc:
         from .._core.text import printable
 
@@ -336,6 +338,14 @@ def _refusals(url: str, args: argparse.Namespace) -> int:
     since = None if args.since == "all" else args.since
     start, end = parse_time(since), parse_time(args.until)
     where = parse_where(args.where)
+    from ..ledger._read import REFUSAL_FILTERS
+
+    unknown = sorted({k for k, _ in where if k not in REFUSAL_FILTERS and not k.startswith("tag:")})
+    if unknown:  # a refused request has no currency nor price: say so, never ignore the filter
+        raise ValueError(
+            f"refusals cannot be filtered by {', '.join(unknown)}; "
+            f"choose from {', '.join(sorted(REFUSAL_FILTERS))} or tag:KEY"
+        )
     ledger = _open(url)
     try:
         doc = recent_refusals(ledger, start, end, where, limit=max(1, args.limit))

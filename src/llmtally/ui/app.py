@@ -169,7 +169,7 @@ def create_app(
             )
         except (ValueError, LedgerError) as exc:
             return _bad(exc)
-        doc["command"] = view.command(["model"])
+        doc["command"] = view.command(["model"], ledger=str(ledger.url))
         return JSONResponse(doc)
 
     def api_refusals(request: Request) -> Response:

@@ -251,7 +251,9 @@ def overview(
             "now": view.now,
         },
         "filters": [[key, list(values)] for key, values in view.where],
-        "command": view.command(["model"]),
+        "command": view.command(
+            ["model"], ledger=str(ledger.url), currency=by_model.currency, rates=by_model.rates
+        ),
         "periods": _periods(ledger, view, money),
         "totals": row_json(total, []),
         "latency_exact": by_model.latency_exact,

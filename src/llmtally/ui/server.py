@@ -75,6 +75,10 @@ class Dashboard:
         else:
             hosts = None
         app = Guard(create_app(ledger, money=money, poll_seconds=poll_seconds), hosts=hosts, token=self.token)
+        if host.strip("[]") in ("0.0.0.0", "::", ""):  # every address: name the machine, not 0.0.0.0
+            import socket
+
+            shown = socket.gethostname()
         self.address = f"http://{shown}:{self.port}/"
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)

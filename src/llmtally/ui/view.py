@@ -43,9 +43,25 @@ class View:
     end: float | None
     now: float
 
-    def command(self, by: Sequence[str] = ("model",)) -> str:
-        """The ``llmtally report`` command that gives this view's numbers (the window as instants)."""
+    def command(
+        self,
+        by: Sequence[str] = ("model",),
+        *,
+        ledger: str | None = None,
+        currency: str | None = None,
+        rates: Mapping[str, object] | None = None,
+    ) -> str:
+        """The ``llmtally report`` command that gives this view's numbers (the window as instants):
+        on ``ledger`` (its password hidden), in ``currency`` at ``rates``, when given."""
         parts = ["llmtally", "report"]
+        if ledger is not None:
+            from ..ledger import redact_url
+
+            parts += ["--ledger", redact_url(ledger)]
+        if currency is not None:
+            parts += ["--currency", currency]
+        if rates:
+            parts += ["--rates", ",".join(f"{code}={rate}" for code, rate in sorted(rates.items()))]
         if self.start is not None:
             parts += ["--since", _iso(self.start)]
         if self.end is not None:
