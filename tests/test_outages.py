@@ -13,12 +13,12 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
 from _postgres import PostgresServer, _free_port, postgres_fixture
+from _sqlite import locked
 
 import llmtally
 from llmtally.ledger import sqlite as sqlite_ledger
@@ -45,18 +45,6 @@ def ids(path: Path) -> list[str]:
         return [r[0] for r in conn.execute("SELECT id FROM calls")]
     finally:
         conn.close()
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Another process's write lock on the SQLite file, as long as the block runs."""
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
 
 
 class Proxy:

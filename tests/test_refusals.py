@@ -3,7 +3,6 @@ through the writer's queue, in SQLite and PostgreSQL, spooled through an outage 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
@@ -12,7 +11,6 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import httpx2
 import openai
 import pytest
 from _postgres import postgres_fixture
+from _sqlite import locked
 from _ui import dashboard, iso
 
 import llmtally
@@ -65,18 +64,6 @@ def rows(path: Path) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute("SELECT * FROM refusals ORDER BY at")]
     finally:
         conn.close()
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Another process's write lock on the SQLite file, as long as the block runs."""
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
 
 
 class TestRecorded:
