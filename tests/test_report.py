@@ -132,7 +132,7 @@ class TestCommand:
         total = cost("gpt-4", 3000, 300) + cost("gpt-4o-mini", 5800, 580)
         # Rounded for reading (4 significant digits), and never a complete total when a call has no price.
         assert total == Decimal("0.109218") and "Total" in out and "≥ $0.1092" in out
-        assert "1 calls have no known price" in out and "1 calls carried no usage" in out
+        assert "1 call has no known price" in out and "1 call carried no usage" in out
 
     def test_top_keeps_totals(self, ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
         assert cli_logic(["report", "--ledger", ledger, "--top", "1", "--format", "json"]) == 0

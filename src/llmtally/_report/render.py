@@ -43,6 +43,13 @@ _FORMULA = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", 
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
+def _calls(n: int, one: str = "", many: str = "") -> str:
+    """``1 call has`` / ``3 calls have``: a count of calls, and the verb that agrees with it."""
+    noun = "call" if n == 1 else "calls"
+    verb = one if n == 1 else many
+    return f"{n:,} {noun} {verb}".rstrip()
+
+
 def csv_text(value: object) -> object:
     """A text cell a spreadsheet shows as written (a ``'`` before what would start a formula)."""
     if not isinstance(value, str):
@@ -350,12 +357,13 @@ def _table(
     notes = []
     if total.unpriced_requests:
         notes.append(
-            f"{total.unpriced_requests:,} calls have no known price: their tokens are counted, their cost "
-            "is not (an empty cost: none of the group's calls has a price; ≥: only part of it is known)."
+            f"{_calls(total.unpriced_requests, 'has', 'have')} no known price: their tokens are counted, "
+            "their cost is not (an empty cost: none of the group's calls has a price; ≥: only part of it "
+            "is known)."
         )
     if total.estimated_requests:
         notes.append(
-            f"{total.estimated_requests:,} calls carried no usage; their tokens were counted offline."
+            f"{_calls(total.estimated_requests)} carried no usage; their tokens were counted offline."
         )
     if rates:
         said = ", ".join(f"1 {code} = {format_usd(rate)} {currency}" for code, rate in sorted(rates.items()))
@@ -480,7 +488,7 @@ def write_chart(
                 )
                 _literal(legend.get_texts())
             if unpriced:
-                note = f"{unpriced:,} calls have no known price: their cost is not in the bars."
+                note = f"{_calls(unpriced, 'has', 'have')} no known price: their cost is not in the bars."
                 _literal([fig.text(0.01, 0.01, note, fontsize=8)])
             fig.tight_layout()
             if path.endswith(".png"):
