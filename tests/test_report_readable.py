@@ -12,7 +12,6 @@ import math
 import os
 import random
 import re
-import select
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from _postgres import PostgresServer, postgres_fixture
+from _tty import on_a_terminal as terminal
 from test_report import DAY, T0, make_call
 
 import llmtally
@@ -69,39 +69,7 @@ def wide(tmp_path: Path) -> str:
 
 def on_a_terminal(args: list[str], columns: int, **env: str) -> str:
     """``python -m llmtally ARGS`` with its stdout on a pseudo-terminal COLUMNS wide: what it wrote."""
-    if sys.platform == "win32":  # pragma: no cover
-        pytest.skip("no pseudo-terminals on Windows")
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    environ = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm-256color", **env}
-    if "NO_COLOR" not in env:
-        environ.pop("NO_COLOR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtally", *args], stdout=follower, stderr=subprocess.PIPE, env=environ
-    )
-    os.close(follower)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([leader], [], [], 60)
-        if not ready:
-            proc.kill()
-            raise AssertionError("llmtally wrote nothing for 60 s")
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()
-    return b"".join(chunks).decode("utf-8").replace("\r\n", "\n")
+    return terminal(args, columns, **env).decode("utf-8").replace("\r\n", "\n")
 
 
 def table_lines(text: str) -> list[str]:

@@ -6,11 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import select
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -18,6 +14,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from _tty import on_a_terminal
 
 import llmtally
 from llmtally._core.usage import Call, Usage
@@ -160,34 +157,7 @@ def test_the_table_is_plain_text(ledger: str, by: str, capsys: pytest.CaptureFix
 
 def run_on_a_terminal(args: list[str]) -> bytes:
     """``python -m llmtally ARGS`` with its stdout on a pseudo-terminal; everything it wrote."""
-    if sys.platform == "win32":  # pragma: no cover
-        pytest.skip("no pseudo-terminals on Windows")
-    import pty
-
-    leader, follower = pty.openpty()
-    env = {**os.environ, "COLUMNS": "200", "TERM": "xterm-256color"}
-    env.pop("NO_COLOR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtally", *args], stdout=follower, stderr=subprocess.PIPE, env=env
-    )
-    os.close(follower)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([leader], [], [], 30)
-        if not ready:
-            proc.kill()
-            raise AssertionError("llmtally report wrote nothing for 30 s")
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err.decode()
-    return b"".join(chunks)
+    return on_a_terminal(args, 200)
 
 
 @pytest.mark.parametrize("by", ["model", "tag:team"])
