@@ -26,11 +26,13 @@ import copy
 import os
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .._core import relay
 from .._core.pipeline import PIPELINE, _pid
 from .._core.scope import _EMPTY, Suppressed, _push, _Quiet, _scopes, _state, _suppressed
+
+if TYPE_CHECKING:
+    from .._core.relay import Relay
 
 __all__ = ["InScopes", "ProcessesInstrumentor"]
 
@@ -51,6 +53,8 @@ def _plain(tags: dict[str, object]) -> dict[str, Any]:
 def _portable(frame: tuple[Any, ...]) -> _Portable:
     """The open scopes as a worker can rebuild them: names, tags, each one's relay, and its limits
     with what it has spent so far."""
+    from .._core import relay  # loaded when work first leaves for another process, not at start
+
     out = []
     for tally in frame:
         r = relay.ensure(tally)
@@ -58,7 +62,7 @@ def _portable(frame: tuple[Any, ...]) -> _Portable:
     return tuple(out)
 
 
-def _limits_of(tally: Any, r: relay.Relay) -> Any:
+def _limits_of(tally: Any, r: Relay) -> Any:
     """A limited scope's limits, and where it stands now: spent (its totals, its requests) and how
     far it has read its workers' calls (a worker counts the others' calls from there)."""
     limits = tally._limits
@@ -75,6 +79,8 @@ def _limits_of(tally: Any, r: relay.Relay) -> Any:
 
 
 def _frame_of(portable: _Portable) -> Any:
+    from .._core import relay
+
     frame = _EMPTY
     for name, tags, uid, folder, owner, limited in portable:
         if limited is None:
@@ -90,6 +96,7 @@ def _limited_stand_in(
 ) -> Any:
     """A stand-in that checks the scope's limits against all it has spent: what it had spent when
     the task was sent, the other workers' calls since, and this task's own."""
+    from .._core import relay
     from .._core.tally import Tally
     from .._limits import Limits, Shared
 
